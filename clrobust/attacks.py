@@ -1,0 +1,184 @@
+"""Adversarial attacks: eps parsing, end-to-end attacks through torchattacks, and the
+label-free representation attack (threat model I).
+
+All attacks take and return images in [0, 1]; models normalise inside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from typing import Callable, Dict, Iterator, List, Optional
+
+import torch
+from torch import nn
+
+from clrobust.errors import ClrobustError
+
+#: End-to-end attacks (threat model II) and the representation attack (threat model I).
+ATTACKS = ("none", "fgsm", "pgd", "pgd-l2", "apgd", "autoattack", "rep")
+L2_ATTACKS = ("pgd-l2",)
+
+
+def parse_eps(text: "str | float", norm: str = "Linf") -> float:
+    """Parse an attack radius given as ``8/255``, ``0.0314`` or a number.
+
+    An L-inf radius above 1 is refused (inputs are in [0, 1]): ``8`` most likely meant ``8/255``.
+    """
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        s = str(text).strip()
+        try:
+            value = float(Fraction(s)) if re.fullmatch(r"[0-9.]+\s*/\s*[0-9.]+", s) else float(s)
+        except (ValueError, ZeroDivisionError):
+            raise ClrobustError(f"bad eps {text!r}: give a number such as 8/255 or 0.0314.") from None
+    if not math.isfinite(value) or value < 0:
+        raise ClrobustError(f"bad eps {text!r}: it must be a finite number >= 0, such as 8/255.")
+    if norm == "Linf" and value > 1:
+        raise ClrobustError(f"bad eps {text!r}: inputs are in [0, 1], so an L-inf eps above 1 "
+                            f"means nothing; did you mean {text}/255?")
+    return value
+
+
+def parse_eps_list(text: str, norm: str = "Linf") -> List[float]:
+    """Comma-separated eps values, e.g. ``2/255,4/255,8/255``."""
+    return [parse_eps(t, norm) for t in str(text).split(",") if t.strip()]
+
+
+def format_eps(eps: float) -> str:
+    """``8/255`` when eps is a multiple of 1/255, else the decimal."""
+    k = eps * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and eps > 0 else f"{eps:g}"
+
+
+@dataclass
+class AttackSpec:
+    """An attack's settings, recorded beside every result."""
+
+    name: str = "pgd"
+    eps: float = 8 / 255
+    steps: int = 10
+    alpha: Optional[float] = None
+    random_start: bool = True
+    seed: int = 0
+    n_classes: int = 10
+
+    def __post_init__(self) -> None:
+        if self.name not in ATTACKS:
+            raise ClrobustError(f"unknown attack {self.name!r}; use one of: {', '.join(ATTACKS)}.")
+        if self.steps < 1:
+            raise ClrobustError(f"--steps must be at least 1, got {self.steps}.")
+        if self.alpha is None:
+            self.alpha = self.eps if self.name == "fgsm" else 2.5 * self.eps / self.steps
+
+    @property
+    def norm(self) -> str:
+        return "L2" if self.name in L2_ATTACKS else "Linf"
+
+    def to_dict(self) -> Dict[str, object]:
+        d = asdict(self)
+        d["norm"] = self.norm
+        d["eps_text"] = format_eps(self.eps)
+        d["threat_model"] = "I (label-free, encoder)" if self.name == "rep" else "II (end-to-end)"
+        return d
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block with torch's global RNG seeded, restoring the caller's RNG state afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+class _Logits(nn.Module):
+    """Wraps a model so torchattacks sees a plain logits function."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def torchattacks_attack(spec: AttackSpec, model: nn.Module):
+    """Build the torchattacks object for an end-to-end attack (threat model II)."""
+    import torchattacks as ta
+
+    m = _Logits(model)
+    if spec.name == "fgsm":
+        return ta.FGSM(m, eps=spec.eps)
+    if spec.name == "pgd":
+        return ta.PGD(m, eps=spec.eps, alpha=spec.alpha, steps=spec.steps, random_start=spec.random_start)
+    if spec.name == "pgd-l2":
+        return ta.PGDL2(m, eps=spec.eps, alpha=spec.alpha, steps=spec.steps, random_start=spec.random_start)
+    if spec.name == "apgd":
+        return ta.APGD(m, norm=spec.norm, eps=spec.eps, steps=spec.steps, n_restarts=1,
+                       loss="ce", seed=spec.seed)
+    if spec.name == "autoattack":
+        # The reference implementation's "standard" step counts, set explicitly
+        # (torchattacks' own AutoAttack runs 10 steps).
+        return ta.MultiAttack([
+            ta.APGD(m, norm=spec.norm, eps=spec.eps, steps=100, n_restarts=1, loss="ce", seed=spec.seed),
+            ta.APGDT(m, norm=spec.norm, eps=spec.eps, steps=100, n_restarts=1, n_classes=spec.n_classes,
+                     seed=spec.seed),
+            ta.FAB(m, norm=spec.norm, eps=spec.eps, steps=100, n_restarts=1, multi_targeted=True,
+                   n_classes=spec.n_classes, seed=spec.seed),
+            ta.Square(m, norm=spec.norm, eps=spec.eps, n_queries=5000, n_restarts=1, seed=spec.seed),
+        ])
+    raise ValueError(spec.name)
+
+
+def pgd_maximize(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float,
+                 alpha: float, steps: int, random_start: bool = True) -> torch.Tensor:
+    """L-inf PGD that maximises ``loss_fn(x_adv)`` within ``eps`` of ``x``, staying in [0, 1]."""
+    x = x.detach()
+    if eps == 0:
+        return x.clone()
+    delta = torch.empty_like(x).uniform_(-eps, eps) if random_start else torch.zeros_like(x)
+    x_adv = (x + delta).clamp_(0, 1)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        grad, = torch.autograd.grad(loss_fn(x_adv), x_adv)
+        with torch.no_grad():
+            x_adv = x_adv + alpha * grad.sign()
+            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0, 1)
+    return x_adv.detach()
+
+
+def representation_attack(model: nn.Module, x: torch.Tensor, eps: float, alpha: float, steps: int,
+                          temperature: float = 0.5, random_start: bool = True) -> torch.Tensor:
+    """Threat model I: maximise the NT-Xent loss between clean and perturbed representations.
+
+    Uses the projection head when the model has one, the encoder features otherwise;
+    needs no labels.
+    """
+    from clrobust.train.losses import nt_xent
+
+    embed = model.project if getattr(model, "projector", None) is not None else model.features
+    with torch.no_grad():
+        z_clean = embed(x).detach()
+    return pgd_maximize(lambda xa: nt_xent(z_clean, embed(xa), temperature), x, eps, alpha, steps,
+                        random_start)
+
+
+def attack_batch(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 batch_index: int = 0) -> torch.Tensor:
+    """Adversarial version of one batch against ``model`` (in eval mode), seeded per batch."""
+    if spec.name == "none" or spec.eps == 0:
+        return x.clone()
+    was_training = model.training
+    model.eval()
+    try:
+        with seeded(spec.seed * 100003 + batch_index):
+            if spec.name == "rep":
+                return representation_attack(model, x, spec.eps, spec.alpha, spec.steps,
+                                             random_start=spec.random_start)
+            return torchattacks_attack(spec, model)(x, y).detach()
+    finally:
+        model.train(was_training)

@@ -1,0 +1,161 @@
+"""Data sets as in-memory uint8 tensors: the embedded CIFAR-10 subset, CIFAR-10/100 and image folders.
+
+Every loader returns an :class:`ImageData`; images stay uint8 (N, 3, H, W) until a
+batch is taken, so a whole CIFAR split costs 150 MB, not 600.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from clrobust.errors import ClrobustError
+
+CIFAR10_CLASSES = [
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+]
+#: Mean and std of the CIFAR-10 training set, the normalisation of the zoo's models.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+DATASETS = ("cifar10-mini", "cifar10", "cifar100", "imagefolder")
+SPLITS = ("train", "test")
+
+
+@dataclass
+class ImageData:
+    """Images (uint8, N x 3 x H x W) with integer labels."""
+
+    name: str
+    split: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: List[str]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, n: Optional[int]) -> "ImageData":
+        """The first ``n`` images (all of them when ``n`` is None or too large)."""
+        if n is None or n >= len(self):
+            return self
+        if n < 1:
+            raise ClrobustError(f"--n-samples must be at least 1, got {n}.")
+        return ImageData(self.name, self.split, self.images[:n], self.labels[:n], self.classes)
+
+    def shard(self, rank: int, world: int) -> "ImageData":
+        """The contiguous part of the data that process ``rank`` of ``world`` handles."""
+        n = len(self)
+        lo, hi = n * rank // world, n * (rank + 1) // world
+        return ImageData(self.name, self.split, self.images[lo:hi], self.labels[lo:hi], self.classes)
+
+    def batches(self, batch_size: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """Float batches in [0, 1] with their labels, in order."""
+        for i in range(0, len(self), batch_size):
+            yield to_float(self.images[i:i + batch_size]), self.labels[i:i + batch_size]
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images to float32 in [0, 1]."""
+    return images.float().div_(255.0)
+
+
+def embedded_path() -> Path:
+    """Path of the CIFAR-10 subset that ships inside the package."""
+    return Path(str(resources.files("clrobust.data").joinpath("cifar10_mini.npz")))
+
+
+def load_dataset(name: str = "cifar10-mini", split: str = "test", root: Optional[str] = None,
+                 image_size: int = 32) -> ImageData:
+    """Load a data set by name.
+
+    Args:
+        name: ``cifar10-mini`` (embedded), ``cifar10`` or ``cifar100`` (official
+            python-format folders under ``root``, never downloaded) or
+            ``imagefolder`` (``root/<split>/<class>/*.png`` or ``root/<class>/*``).
+        split: ``train`` or ``test``.
+        root: folder for the non-embedded data sets.
+        image_size: side length image folders are resized to.
+
+    Raises:
+        ClrobustError: unknown name or split, missing or empty folder.
+    """
+    if split not in SPLITS:
+        raise ClrobustError(f"unknown split {split!r}; use one of: {', '.join(SPLITS)}.")
+    if name == "cifar10-mini":
+        return _load_mini(split)
+    if name in ("cifar10", "cifar100"):
+        return _load_cifar(name, split, root)
+    if name == "imagefolder":
+        return _load_folder(split, root, image_size)
+    raise ClrobustError(f"unknown data set {name!r}; use one of: {', '.join(DATASETS)}.")
+
+
+def _load_mini(split: str) -> ImageData:
+    with np.load(embedded_path()) as z:
+        x, y = z[f"x_{split}"], z[f"y_{split}"]
+    return ImageData("cifar10-mini", split, torch.from_numpy(x), torch.from_numpy(y).long(),
+                     list(CIFAR10_CLASSES))
+
+
+def _require_root(name: str, root: Optional[str]) -> Path:
+    if root is None:
+        raise ClrobustError(f"data set {name!r} needs --data-root pointing at its folder "
+                            "(nothing is downloaded).")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise ClrobustError(f"--data-root {root!r} is not a folder.")
+    return path
+
+
+def _load_cifar(name: str, split: str, root: Optional[str]) -> ImageData:
+    from torchvision import datasets
+
+    path = _require_root(name, root)
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    folder = cls.base_folder
+    if not (path / folder).is_dir() and path.name == folder:
+        path = path.parent  # accept the extracted folder itself as the root
+    try:
+        ds = cls(str(path), train=(split == "train"), download=False)
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
+        raise ClrobustError(
+            f"{name} not found under {str(path)!r}: expected the official python version "
+            f"({folder}/ with its batch files and meta file); {exc}") from None
+    x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
+    return ImageData(name, split, x, torch.as_tensor(ds.targets, dtype=torch.long), list(ds.classes))
+
+
+def _load_folder(split: str, root: Optional[str], image_size: int) -> ImageData:
+    from torchvision import datasets, transforms
+
+    path = _require_root("imagefolder", root)
+    if (path / split).is_dir():
+        path = path / split
+    tf = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size),
+                             transforms.PILToTensor()])
+    try:
+        ds = datasets.ImageFolder(str(path), transform=tf)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise ClrobustError(f"no images found in {str(path)!r}: expected one sub-folder per "
+                            f"class holding image files ({exc}).") from None
+    if len(ds) == 0:
+        raise ClrobustError(f"image folder {str(path)!r} is empty.")
+    xs, ys = zip(*(ds[i] for i in range(len(ds))))
+    x = torch.stack([t.expand(3, -1, -1) if t.shape[0] == 1 else t[:3] for t in xs])
+    return ImageData("imagefolder", split, x, torch.as_tensor(ys, dtype=torch.long), list(ds.classes))
+
+
+def default_workers() -> int:
+    return max(1, (os.cpu_count() or 1))

@@ -1,0 +1,94 @@
+"""The network clrobust analyses: input normalisation, encoder, projection head, linear classifier."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std with buffers, so models take inputs in [0, 1] as attacks expect."""
+
+    def __init__(self, mean: Optional[Sequence[float]], std: Optional[Sequence[float]]):
+        super().__init__()
+        self.enabled = mean is not None
+        self.register_buffer("mean", torch.tensor(mean if mean is not None else [0.0] * 3).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std if std is not None else [1.0] * 3).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std if self.enabled else x
+
+
+class ProjectionHead(nn.Module):
+    """The 2-layer MLP of SimCLR / SupCon (feature -> hidden -> out)."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, hidden)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.relu(self.fc1(x)))
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a network's modules (saved beside its weights)."""
+
+    arch: str = "resnet18"
+    width: int = 64
+    stem: str = "cifar"
+    num_classes: int = 10
+    proj_dim: Optional[int] = 128
+    proj_hidden: Optional[int] = None
+    mean: Optional[Tuple[float, ...]] = None
+    std: Optional[Tuple[float, ...]] = None
+    dual_bn: bool = False
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["mean"] = list(self.mean) if self.mean is not None else None
+        d["std"] = list(self.std) if self.std is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "ModelConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        for k in ("mean", "std"):
+            if known.get(k) is not None:
+                known[k] = tuple(known[k])
+        return cls(**known)
+
+
+class Network(nn.Module):
+    """normalize -> encoder -> (projector | classifier).
+
+    ``forward`` returns classifier logits (what attacks need); ``features`` the
+    encoder output; ``project`` the contrastive embedding.
+    """
+
+    def __init__(self, config: ModelConfig, encoder: nn.Module):
+        super().__init__()
+        self.config = config
+        self.normalize = Normalize(config.mean, config.std)
+        self.encoder = encoder
+        dim = encoder.feature_dim
+        self.projector = (ProjectionHead(dim, config.proj_hidden or dim, config.proj_dim)
+                          if config.proj_dim else None)
+        self.classifier = nn.Linear(dim, config.num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.normalize(x))
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        if self.projector is None:
+            raise RuntimeError("this network has no projection head")
+        return self.projector(self.features(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))

@@ -1,0 +1,64 @@
+"""What is recorded beside every result: versions, seed, settings, and safe output folders."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterable
+
+from clrobust.errors import ClrobustError
+
+
+def versions() -> Dict[str, str]:
+    """Versions of Python, clrobust and the libraries that shape the numbers."""
+    import numpy
+    import torch
+
+    import clrobust
+
+    out = {"python": platform.python_version(), "clrobust": clrobust.__version__,
+           "torch": torch.__version__, "numpy": numpy.__version__}
+    for mod in ("torchvision", "torchattacks", "sklearn", "kornia"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # pragma: no cover - optional at run time
+            pass
+    return out
+
+
+def command_line() -> str:
+    return " ".join(["clrobust"] + sys.argv[1:]) if sys.argv else ""
+
+
+def prepare_out_dir(out: Path, result_names: Iterable[str], overwrite: bool) -> Path:
+    """Create ``out``; refuse if it already holds any of ``result_names`` unless ``overwrite``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ClrobustError(f"--out {str(out)!r} is a file, not a folder; choose another path.")
+    existing = [n for n in result_names if (out / n).exists()]
+    if existing and not overwrite:
+        raise ClrobustError(f"--out {str(out)!r} already holds results ({', '.join(existing[:3])}); "
+                            "choose another folder or pass --overwrite.")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_json(path: Path, data: Dict[str, Any]) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_default) + "\n")
+    tmp.replace(path)
+
+
+def _default(o: Any) -> Any:
+    import numpy as np
+    import torch
+
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, (np.ndarray, torch.Tensor)):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")

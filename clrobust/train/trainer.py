@@ -1,0 +1,387 @@
+"""Training under every scenario of the science: scheme x scenario x adversarial method.
+
+Two phases:
+
+1. *pre-training* the encoder: SimCLR / SupCon (with the projection head) or
+   supervised cross-entropy (with the classifier), standard or adversarial
+   (PGD on the training loss, or CLAE's batch-wise adversarial examples);
+2. *the classifier phase*: a linear classifier on the frozen encoder, standard
+   (``st``, ``at``) or adversarial (``pat``), or adversarial fine-tuning of
+   encoder and classifier together (``fat``).
+
+State is saved after every epoch, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from clrobust.attacks import AttackSpec, format_eps, pgd_maximize
+from clrobust.checkpoints import load_network, save_network
+from clrobust.data import CIFAR10_MEAN, CIFAR10_STD, ImageData, load_dataset, to_float
+from clrobust.errors import ClrobustError
+from clrobust.models import ModelConfig, Network, adversarial_bn, create_model
+from clrobust.provenance import command_line, versions
+from clrobust.robustness import accuracy
+from clrobust.train.augment import crop_flip_augment, simclr_augment
+from clrobust.train.losses import nt_xent, supcon
+
+SCHEMES = ("simclr", "supcon", "supervised")
+SCENARIOS = ("st", "at", "pat", "fat")
+ADV_METHODS = ("pgd", "clae")
+CONTRASTIVE = ("simclr", "supcon")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (all recorded in the checkpoint's metadata)."""
+
+    scheme: str = "simclr"
+    scenario: str = "st"
+    adv_method: str = "pgd"
+    arch: str = "resnet18"
+    width: int = 16
+    proj_dim: int = 128
+    data: str = "cifar10-mini"
+    data_root: Optional[str] = None
+    n_train: Optional[int] = None
+    epochs: int = 20
+    batch_size: int = 256
+    lr: Optional[float] = None
+    weight_decay: float = 5e-4
+    temperature: Optional[float] = None
+    eps: float = 8 / 255
+    attack_steps: int = 5
+    attack_alpha: Optional[float] = None
+    clae_weight: float = 1.0
+    classifier_epochs: int = 10
+    classifier_lr: Optional[float] = None
+    init: Optional[str] = None
+    seed: int = 0
+    eval_samples: Optional[int] = None
+    eval_steps: int = 20
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.scheme not in SCHEMES:
+            raise ClrobustError(f"unknown scheme {self.scheme!r}; use one of: {', '.join(SCHEMES)}.")
+        if self.scenario not in SCENARIOS:
+            raise ClrobustError(f"unknown scenario {self.scenario!r}; use one of: {', '.join(SCENARIOS)}.")
+        if self.adv_method not in ADV_METHODS:
+            raise ClrobustError(f"unknown --adv-method {self.adv_method!r}; use pgd or clae.")
+        if self.scheme == "supervised" and self.scenario == "pat":
+            raise ClrobustError("scenario 'pat' (adversarial linear classifier on a frozen encoder) "
+                                "does not apply to 'supervised': the encoder and classifier are "
+                                "trained together; use 'at' (or 'fat' to fine-tune adversarially).")
+        if self.adv_method == "clae":
+            if self.scheme not in CONTRASTIVE:
+                raise ClrobustError("--adv-method clae applies to contrastive pre-training "
+                                    "(simclr, supcon), not to 'supervised'.")
+            if self.scenario == "st":
+                raise ClrobustError("--adv-method clae is adversarial pre-training: use it with "
+                                    "--scenario at, pat or fat.")
+        if self.attack_steps < 1:
+            raise ClrobustError("--attack-steps must be at least 1.")
+        if self.temperature is None:
+            self.temperature = 0.5 if self.scheme == "simclr" else 0.1
+        if self.attack_alpha is None:
+            self.attack_alpha = (self.eps if self.adv_method == "clae" and self.attack_steps == 1
+                                 else max(2.5 * self.eps / self.attack_steps, 0.01 if self.eps >= 8 / 255 else 0))
+        if self.lr is None:
+            self.lr = 1e-3 if self.scheme in CONTRASTIVE else 0.05
+        if self.classifier_lr is None:
+            self.classifier_lr = 0.01 if self.scenario == "fat" else 1e-3
+
+    @property
+    def adversarial_pretraining(self) -> bool:
+        return self.scenario != "st"
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
+    """Batch statistics as in training, but running statistics left untouched (for attacks)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    old = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, o in zip(bns, old):
+            m.momentum = o
+
+
+class Trainer:
+    """Runs a :class:`TrainConfig` and writes ``out.safetensors``, ``out.json``, ``out.history.csv``."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, progress: bool = True, log: Callable[[str], None] = print):
+        self.cfg = cfg
+        self.out = Path(out)
+        self.state_path = self.out.with_name(self.out.name + ".state.pt")
+        self.progress = progress
+        self.log = log
+        self.history: List[Dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ setup
+    def _build(self) -> Network:
+        cfg = self.cfg
+        train = self.train_data
+        if cfg.init:
+            from clrobust.zoo import resolve
+
+            _, path = resolve(cfg.init)
+            net, _ = load_network(path)
+            if net.config.num_classes != train.num_classes:
+                net.classifier = nn.Linear(net.encoder.feature_dim, train.num_classes)
+                net.config.num_classes = train.num_classes
+            return net
+        config = ModelConfig(arch=cfg.arch, width=cfg.width, num_classes=train.num_classes,
+                             proj_dim=cfg.proj_dim if cfg.scheme in CONTRASTIVE else None,
+                             mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                             dual_bn=(cfg.adv_method == "clae"))
+        return create_model(config)
+
+    def _optimizer(self, params, lr: float, epochs: int, kind: str):
+        if kind == "adam":
+            opt = torch.optim.Adam(params, lr=lr, weight_decay=1e-6)
+        else:
+            opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=self.cfg.weight_decay, nesterov=True)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+        return opt, sched
+
+    # ------------------------------------------------------------------ run
+    def run(self, resume: bool = False) -> Dict[str, Any]:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        self.train_data = load_dataset(cfg.data, "train", cfg.data_root).subset(cfg.n_train)
+        self.test_data = load_dataset(cfg.data, "test", cfg.data_root).subset(cfg.eval_samples)
+        self.net = self._build()
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        resume_state = None
+        if resume and self.state_path.exists():
+            resume_state = torch.load(self.state_path, weights_only=True)
+            self.history = list(resume_state["history"])
+            self.log(f"resuming {resume_state['phase']} after epoch {resume_state['epoch'] + 1}")
+        elif resume:
+            self.log("nothing to resume: starting from scratch")
+        t0 = time.time()
+        if cfg.init is None:
+            self._phase("pretrain", cfg.epochs, resume_state)
+        if resume_state is not None and resume_state["phase"] == "pretrain":
+            resume_state = None
+        self._classifier_phase(resume_state)
+        train_seconds = time.time() - t0
+        metrics = self.evaluate()
+        meta = self._metadata(metrics, train_seconds)
+        save_network(self.out, self.net, meta)
+        self._write_history()
+        if self.state_path.exists():
+            self.state_path.unlink()
+        return meta
+
+    def _phase(self, phase: str, epochs: int, resume_state: Optional[dict]) -> None:
+        cfg = self.cfg
+        net = self.net
+        if phase == "pretrain":
+            if cfg.scheme in CONTRASTIVE:
+                params = [p for n, p in net.named_parameters() if not n.startswith("classifier")]
+                opt, sched = self._optimizer(params, cfg.lr, epochs, "adam")
+                step = self._contrastive_step
+            else:
+                opt, sched = self._optimizer(net.parameters(), cfg.lr, epochs, "sgd")
+                step = self._supervised_step
+        elif phase == "pat":
+            opt, sched = self._optimizer(net.classifier.parameters(), cfg.classifier_lr, epochs, "adam")
+            step = self._pat_step
+        else:  # fat
+            opt, sched = self._optimizer(net.parameters(), cfg.classifier_lr, epochs, "sgd")
+            step = self._supervised_step
+        start = 0
+        if resume_state is not None and resume_state["phase"] == phase:
+            net.load_state_dict(resume_state["model"])
+            opt.load_state_dict(resume_state["optimizer"])
+            sched.load_state_dict(resume_state["scheduler"])
+            torch.set_rng_state(resume_state["rng"])
+            start = resume_state["epoch"] + 1
+        augment = simclr_augment() if (phase == "pretrain" and cfg.scheme in CONTRASTIVE) else crop_flip_augment()
+        data = self.train_data
+        bs = min(cfg.batch_size, len(data))
+        bar = tqdm(range(start, epochs), desc=phase, disable=not self.progress, initial=start, total=epochs)
+        for epoch in bar:
+            net.train()
+            if phase == "pat":
+                net.eval()  # encoder frozen, BN statistics included
+            order = torch.randperm(len(data))
+            losses = []
+            for i in range(0, len(data) - bs + 1, bs):  # full batches only
+                idx = order[i:i + bs]
+                x = to_float(data.images[idx])
+                y = data.labels[idx]
+                loss = step(x, y, augment)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+                if not torch.isfinite(loss):
+                    raise ClrobustError(f"training diverged in {phase} epoch {epoch + 1} (loss {loss.item()}); "
+                                        "lower --lr.")
+            sched.step()
+            mean = sum(losses) / max(len(losses), 1)
+            self.history.append({"phase": phase, "epoch": epoch + 1, "loss": mean,
+                                 "lr": opt.param_groups[0]["lr"]})
+            bar.set_postfix(loss=f"{mean:.4f}")
+            torch.save({"phase": phase, "epoch": epoch, "model": net.state_dict(),
+                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "rng": torch.get_rng_state(), "history": self.history}, self.state_path)
+
+    # ------------------------------------------------------------------ steps
+    def _contrastive_loss(self, z1: torch.Tensor, z2: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.cfg.scheme == "simclr":
+            return nt_xent(z1, z2, self.cfg.temperature)
+        return supcon(z1, z2, y, self.cfg.temperature)
+
+    def _contrastive_step(self, x: torch.Tensor, y: torch.Tensor, augment: nn.Module) -> torch.Tensor:
+        cfg, net = self.cfg, self.net
+        v1, v2 = augment(x), augment(x)
+        n = len(x)
+        if not cfg.adversarial_pretraining:
+            z = net.project(torch.cat([v1, v2]))
+            return self._contrastive_loss(z[:n], z[n:], y)
+        if cfg.adv_method == "clae":
+            # CLAE: perturb view 2 to maximise the whole-batch loss, through the adversarial BN.
+            with frozen_bn_stats(net):
+                z1_ref = net.project(v1).detach()
+                with adversarial_bn(net):
+                    v2_adv = pgd_maximize(lambda xa: self._contrastive_loss(z1_ref, net.project(xa), y),
+                                          v2, cfg.eps, cfg.attack_alpha, cfg.attack_steps,
+                                          random_start=cfg.attack_steps > 1)
+            z = net.project(torch.cat([v1, v2]))
+            with adversarial_bn(net):
+                z_adv = net.project(v2_adv)
+            clean = self._contrastive_loss(z[:n], z[n:], y)
+            return clean + cfg.clae_weight * self._contrastive_loss(z[:n], z_adv, y)
+        # Adversarial pre-training of the science: perturb view 1 to maximise the
+        # contrastive loss between it and its clean self; loss = adv pair + view pair.
+        with frozen_bn_stats(net):
+            z1_ref = net.project(v1).detach()
+            v1_adv = pgd_maximize(lambda xa: self._contrastive_loss(z1_ref, net.project(xa), y),
+                                  v1, cfg.eps, cfg.attack_alpha, cfg.attack_steps)
+        z = net.project(torch.cat([v1, v2, v1_adv]))
+        return self._contrastive_loss(z[:n], z[2 * n:], y) + self._contrastive_loss(z[:n], z[n:2 * n], y)
+
+    def _supervised_step(self, x: torch.Tensor, y: torch.Tensor, augment: nn.Module) -> torch.Tensor:
+        cfg, net = self.cfg, self.net
+        x = augment(x)
+        if cfg.adversarial_pretraining and cfg.eps > 0:
+            with frozen_bn_stats(net):
+                x = pgd_maximize(lambda xa: F.cross_entropy(net(xa), y), x, cfg.eps,
+                                 cfg.attack_alpha, cfg.attack_steps)
+        return F.cross_entropy(net(x), y)
+
+    def _pat_step(self, x: torch.Tensor, y: torch.Tensor, augment: nn.Module) -> torch.Tensor:
+        cfg, net = self.cfg, self.net
+        x = augment(x)
+        x_adv = pgd_maximize(lambda xa: F.cross_entropy(net(xa), y), x, cfg.eps, cfg.attack_alpha,
+                             cfg.attack_steps)
+        with torch.no_grad():
+            f = net.features(x_adv)
+        return F.cross_entropy(net.classifier(f), y)
+
+    # ------------------------------------------------------------------ classifier
+    def _classifier_phase(self, resume_state: Optional[dict]) -> None:
+        cfg = self.cfg
+        if cfg.scheme == "supervised":
+            if cfg.scenario == "fat":
+                self._phase("fat", cfg.classifier_epochs, resume_state)
+            return
+        if resume_state is None or resume_state["phase"] not in ("pat", "fat"):
+            self.fit_linear_probe()
+        if cfg.scenario in ("pat", "fat"):
+            self._phase(cfg.scenario, cfg.classifier_epochs, resume_state)
+
+    def fit_linear_probe(self) -> None:
+        """Fit the classifier on frozen, un-augmented train features (full-batch L-BFGS, seeded)."""
+        net = self.net
+        net.eval()
+        feats = []
+        with torch.no_grad():
+            for x, _ in self.train_data.batches(512):
+                feats.append(net.features(x))
+        f = torch.cat(feats)
+        y = self.train_data.labels
+        head = net.classifier
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+        fit_linear(head, f, y, weight_decay=1e-4)
+        acc = (head(f).argmax(1) == y).float().mean().item()
+        self.history.append({"phase": "linear-probe", "epoch": 1, "loss": float("nan"), "train_acc": acc})
+
+    # ------------------------------------------------------------------ eval & outputs
+    def evaluate(self) -> Dict[str, Any]:
+        cfg = self.cfg
+        nc = self.train_data.num_classes
+        ii = AttackSpec("pgd", 8 / 255, cfg.eval_steps, seed=cfg.seed, n_classes=nc)
+        i = AttackSpec("rep", 4 / 255, cfg.eval_steps, seed=cfg.seed, n_classes=nc)
+        r2 = accuracy(self.net, self.test_data, ii, progress=self.progress, desc="eval PGD")
+        r1 = accuracy(self.net, self.test_data, i, progress=self.progress, desc="eval rep-attack")
+        return {"clean_accuracy": r2["clean"],
+                "pgd20_8_255_accuracy": r2["adversarial"],
+                "tm1_pgd20_4_255_accuracy": r1["adversarial"],
+                "eval_split": "test", "eval_samples": r2["n"],
+                "eval_attacks": {"threat_model_II": ii.to_dict(), "threat_model_I": i.to_dict()}}
+
+    def _metadata(self, metrics: Dict[str, Any], seconds: float) -> Dict[str, Any]:
+        cfg = self.cfg
+        return {"training": {**asdict(cfg), "eps_text": format_eps(cfg.eps),
+                             "train_attack": self.train_attack_text(), "train_seconds": round(seconds, 1),
+                             "command": command_line()},
+                "metrics": metrics, "versions": versions()}
+
+    def train_attack_text(self) -> str:
+        cfg = self.cfg
+        if not cfg.adversarial_pretraining:
+            return "none"
+        method = "CLAE FGSM" if cfg.adv_method == "clae" and cfg.attack_steps == 1 else \
+            f"{'CLAE ' if cfg.adv_method == 'clae' else ''}PGD-{cfg.attack_steps}"
+        return f"{method} L-inf eps {format_eps(cfg.eps)} step {cfg.attack_alpha:.4g}"
+
+    def _write_history(self) -> None:
+        path = self.out.with_name(self.out.name + ".history.csv")
+        keys = ["phase", "epoch", "loss", "lr", "train_acc"]
+        with open(path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+            w.writeheader()
+            for row in self.history:
+                w.writerow(row)
+
+
+def fit_linear(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor,
+               weight_decay: float = 1e-4, max_iter: int = 300) -> nn.Linear:
+    """Multinomial logistic regression on fixed features by full-batch L-BFGS (deterministic)."""
+    features = features.detach()
+    opt = torch.optim.LBFGS(head.parameters(), lr=1, max_iter=max_iter, history_size=20,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(head(features), labels) + weight_decay * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return head
+
+
+def train(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True) -> Dict[str, Any]:
+    """Train one model as ``cfg`` says and write its checkpoint to ``out``."""
+    return Trainer(cfg, out, progress=progress).run(resume=resume)
