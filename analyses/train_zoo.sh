@@ -5,7 +5,7 @@
 #   ZOO=/tmp/zoo bash analyses/train_zoo.sh   # somewhere else
 #
 # Each model is a ResNet-18 of base width 8 (0.18 M parameters, ~0.7 MB).
-# On 2 CPU cores the whole zoo takes about 90 minutes (the adversarial SimCLR
+# On 2 CPU cores the whole zoo takes about 75 minutes (the adversarial SimCLR
 # models dominate: ~35 s per epoch). Interrupted runs resume; finished models are
 # skipped. Logs go to $ZOO/logs/. Afterwards the manifest is rebuilt.
 set -euo pipefail
@@ -24,20 +24,20 @@ run() {  # run NAME ARGS...
 
 # the main job's pair
 run simclr-st        --scheme simclr --scenario st --epochs 30
-run simclr-at        --scheme simclr --scenario at --eps 8/255 --attack-steps 5 --epochs 15
+run simclr-at        --scheme simclr --scenario at --eps 8/255 --attack-steps 5 --epochs 10
 # the other schemes, standard and adversarial
-run supervised-st    --scheme supervised --scenario st --epochs 30 --batch-size 128
-run supervised-at    --scheme supervised --scenario at --eps 8/255 --attack-steps 5 --epochs 15 --batch-size 128
-run supcon-st        --scheme supcon --scenario st --epochs 30
-run supcon-at        --scheme supcon --scenario at --eps 8/255 --attack-steps 5 --epochs 15
+run supervised-st    --scheme supervised --scenario st --epochs 25 --batch-size 128
+run supervised-at    --scheme supervised --scenario at --eps 8/255 --attack-steps 5 --epochs 10 --batch-size 128
+run supcon-st        --scheme supcon --scenario st --epochs 20
+run supcon-at        --scheme supcon --scenario at --eps 8/255 --attack-steps 5 --epochs 10
 # partial and full adversarial fine-tuning of the adversarially pre-trained SimCLR encoder
-run simclr-pat       --scheme simclr --scenario pat --init "$ZOO/simclr-at.safetensors" --eps 8/255 --attack-steps 5 --classifier-epochs 5
-run simclr-fat       --scheme simclr --scenario fat --init "$ZOO/simclr-at.safetensors" --eps 8/255 --attack-steps 5 --classifier-epochs 5
+run simclr-pat       --scheme simclr --scenario pat --init "$ZOO/simclr-at.safetensors" --eps 8/255 --attack-steps 5 --classifier-epochs 3
+run simclr-fat       --scheme simclr --scenario fat --init "$ZOO/simclr-at.safetensors" --eps 8/255 --attack-steps 5 --classifier-epochs 3
 # CLAE adversarial examples (FGSM step of eps on the whole-batch loss, dual BN)
-run simclr-clae      --scheme simclr --scenario at --adv-method clae --eps 8/255 --epochs 15
+run simclr-clae      --scheme simclr --scenario at --adv-method clae --eps 8/255 --epochs 10
 # the eps sweep
-run simclr-at-eps2   --scheme simclr --scenario at --eps 2/255 --attack-steps 5 --epochs 15
-run simclr-at-eps16  --scheme simclr --scenario at --eps 16/255 --attack-steps 5 --epochs 15
+run simclr-at-eps2   --scheme simclr --scenario at --eps 2/255 --attack-steps 5 --epochs 10
+run simclr-at-eps16  --scheme simclr --scenario at --eps 16/255 --attack-steps 5 --epochs 10
 
 clrobust zoo --rebuild-manifest --dir "$ZOO"
 echo "zoo complete in $SECONDS s"

@@ -132,6 +132,91 @@ def train(scheme, scenario, adv_method, arch, width, epochs, batch_size, lr, tem
                f"({m['eval_samples']} test images)")
 
 
+@cli.command("compare-layers")
+@click.argument("models", nargs=-1)
+@data_options
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--layers", default="blocks", show_default=True,
+              help="blocks (stem, every residual block, pooled feature), all (every conv/bn/relu/block), "
+                   "or comma-separated glob patterns such as 'layer3.*,avgpool'.")
+@click.option("--attack", type=click.Choice(["pgd", "fgsm", "pgd-l2", "apgd", "autoattack", "rep", "none"]),
+              default="pgd", show_default=True,
+              help="Attack crafted against each model: end-to-end (threat model II) or 'rep', the "
+                   "label-free representation attack (threat model I).")
+@click.option("--eps", default="8/255", show_default=True, help="Attack radius: 8/255 or 0.0314 (L2: 0.5).")
+@click.option("--steps", default=10, show_default=True, type=int, help="Attack iterations.")
+@click.option("--alpha", default=None, type=float, help="Attack step size [2.5 eps / steps].")
+@click.option("--n-samples", default=512, show_default=True, type=int, help="Images to use (the first N of the split).")
+@click.option("--batch-size", default=128, show_default=True, type=int,
+              help="Images per batch; each batch adds one unbiased-HSIC term to minibatch CKA.")
+@seed_option
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
+@click.option("--out", default="compare-layers-out", show_default=True, type=click.Path(file_okay=False),
+              help="Output folder.")
+@click.option("--overwrite", is_flag=True, help="Replace results already in --out.")
+@progress_option
+def compare_layers(models, data, data_root, split, layers, attack, eps, steps, alpha, n_samples, batch_size,
+                   seed, device, out, overwrite, progress):
+    """CKA between every pair of layers, on clean and adversarial inputs.
+
+    MODELS are zoo names (see `clrobust zoo`) or checkpoint paths; with none, the
+    embedded standard (simclr-st) and adversarially trained (simclr-at) SimCLR
+    encoders are compared on cifar10-mini test under PGD 8/255.
+
+    \b
+    Writes to --out:
+      results.json        layers, CKA matrices, disparity, accuracy, attack, seed, versions
+      cka_*.png           heatmaps: each model clean vs clean and clean vs adversarial,
+                          and across models (clean vs clean, adversarial vs adversarial)
+      disparity.csv/.png  1 - CKA(clean_l, adversarial_l) per layer, per model
+      settings.json       the settings and versions of this run
+
+    \b
+    Examples:
+      clrobust compare-layers
+      clrobust compare-layers simclr-st --attack fgsm --eps 4/255 --layers all
+      clrobust compare-layers my.safetensors simclr-at --n-samples 846 --out runs/cmp
+    """
+    from clrobust.attacks import AttackSpec, parse_eps
+    from clrobust.compare import CompareSettings, compare_layers as run, summary_table
+    from clrobust.zoo import DEFAULT_PAIR
+
+    models = list(models) or list(DEFAULT_PAIR)
+    norm = "L2" if attack == "pgd-l2" else "Linf"
+    spec = AttackSpec(attack, parse_eps(eps, norm), steps, alpha, seed=seed)
+    if batch_size < 4:
+        raise ClrobustError("--batch-size must be at least 4 (unbiased HSIC needs 4 samples per batch).")
+    settings = CompareSettings(models=models, data=data, data_root=data_root, split=split, layers=layers,
+                               attack=spec, n_samples=n_samples, batch_size=batch_size, seed=seed, device=device)
+    results = run(settings, Path(out), overwrite=overwrite, progress=progress)
+    click.echo(summary_table(results))
+    t = results["timings_seconds"]
+    click.echo(f"{results['n_samples']} images, attack {spec.to_dict()['eps_text']} {attack}-{steps}; "
+               f"time: attack {t['attack']:.1f}s, forward {t['forward']:.1f}s, CKA {t['cka']:.1f}s. "
+               f"Results in {out}/")
+
+
+@cli.command()
+@click.option("--dir", "directory", default=None, type=click.Path(file_okay=False),
+              help="Zoo folder [the repository's checkpoints/, or $CLROBUST_ZOO].")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option("--rebuild-manifest", is_flag=True,
+              help="Rewrite manifest.json (and MANIFEST.md) from the checkpoints' metadata and sha256.")
+def zoo(directory, as_json, rebuild_manifest):
+    """List the embedded zoo: scheme, scenario, training eps and measured accuracy."""
+    import json
+
+    from clrobust import zoo as zoo_mod
+
+    d = Path(directory) if directory else zoo_mod.zoo_dir()
+    if rebuild_manifest:
+        zoo_mod.rebuild_manifest(d)
+    if as_json:
+        click.echo(json.dumps(zoo_mod.manifest(d), indent=2))
+    else:
+        click.echo(zoo_mod.table(zoo_mod.entries(d)))
+
+
 def main(argv: Optional[list] = None) -> None:
     """Entry point: user errors print one line and exit with status 2."""
     try:
@@ -148,3 +233,21 @@ def main(argv: Optional[list] = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted.", err=True)
         sys.exit(130)
+
+
+def _register_optional_commands() -> None:
+    """Commands that live in their own modules (kept out of this file to keep it thin)."""
+    import importlib
+
+    for module in ("clrobust.cli_checkpoints", "clrobust.cli_analysis"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name == module:
+                continue
+            raise
+        for command in getattr(mod, "COMMANDS", []):
+            cli.add_command(command)
+
+
+_register_optional_commands()

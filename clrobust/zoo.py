@@ -54,3 +54,63 @@ def resolve(name_or_path: str) -> Tuple[str, Path]:
     known = names()
     raise ClrobustError(f"unknown model {name_or_path!r}: not a file and not in the zoo "
                         f"({', '.join(known) if known else 'zoo is empty'}).")
+
+
+_COLUMNS = [("name", "name", "{}"), ("scheme", "scheme", "{}"), ("scenario", "scenario", "{}"),
+            ("train eps", "eps", "{}"), ("train attack", "train_attack", "{}"), ("epochs", "epochs", "{}"),
+            ("seed", "seed", "{}"), ("clean", "clean_accuracy", "{:.1%}"),
+            ("PGD-20 8/255 (II)", "pgd20_8_255_accuracy", "{:.1%}"),
+            ("PGD-20 4/255 (I)", "tm1_pgd20_4_255_accuracy", "{:.1%}")]
+
+
+def _entry_from_metadata(path: Path) -> Dict[str, Any]:
+    import hashlib
+
+    meta = json.loads(path.with_suffix(".json").read_text())
+    tr, m = meta.get("training", {}), meta.get("metrics", {})
+    weights = path.with_suffix(".safetensors")
+    return {
+        "name": weights.stem, "file": weights.name,
+        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "size_bytes": weights.stat().st_size,
+        "arch": meta["model"]["arch"], "width": meta["model"]["width"],
+        "scheme": tr.get("scheme"), "scenario": tr.get("scenario"), "adv_method": tr.get("adv_method"),
+        "eps": tr.get("eps_text") if tr.get("scenario") != "st" else "-",
+        "train_attack": tr.get("train_attack"), "epochs": tr.get("epochs") if not tr.get("init") else
+        f"{tr.get('classifier_epochs')} (+ {Path(str(tr.get('init'))).stem})",
+        "seed": tr.get("seed"), "data": tr.get("data"), "train_seconds": tr.get("train_seconds"),
+        **{k: m.get(k) for k in ("clean_accuracy", "pgd20_8_255_accuracy", "tm1_pgd20_4_255_accuracy",
+                                 "eval_samples")},
+    }
+
+
+def rebuild_manifest(directory: Path) -> Dict[str, Any]:
+    """Rewrite ``manifest.json`` and ``MANIFEST.md`` from every checkpoint's JSON in ``directory``."""
+    directory = Path(directory)
+    models = [_entry_from_metadata(p) for p in sorted(directory.glob("*.safetensors"))]
+    order = {n: i for i, n in enumerate(["simclr-st", "simclr-at", "supcon-st", "supcon-at", "supervised-st",
+                                         "supervised-at", "simclr-pat", "simclr-fat", "simclr-clae",
+                                         "simclr-at-eps2", "simclr-at-eps16"])}
+    models.sort(key=lambda e: (order.get(e["name"], 99), e["name"]))
+    data = {"description": "clrobust embedded zoo, trained on cifar10-mini (4,660 train images); "
+                           "accuracies on its 846 test images. Retrain: bash analyses/train_zoo.sh",
+            "models": models}
+    (directory / "manifest.json").write_text(json.dumps(data, indent=2) + "\n")
+    (directory / "MANIFEST.md").write_text("# Embedded zoo\n\n" + data["description"] + "\n\n" +
+                                          table(models, markdown=True) + "\n")
+    return data
+
+
+def table(models: List[Dict[str, Any]], markdown: bool = False) -> str:
+    """The zoo as a text (or Markdown) table."""
+    if not models:
+        return "the zoo is empty (train it with analyses/train_zoo.sh)"
+    rows = [[c[0] for c in _COLUMNS]]
+    for e in models:
+        rows.append([("-" if e.get(k) is None else fmt.format(e[k])) for _, k, fmt in _COLUMNS])
+    if markdown:
+        out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+        out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+        return "\n".join(out)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)

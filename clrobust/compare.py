@@ -1,0 +1,232 @@
+"""The main job: layer-by-layer CKA of models on clean and adversarial inputs.
+
+For every batch of the data: craft adversarial inputs against each model, record
+every chosen layer of every model on clean and adversarial inputs (one forward
+pass each), compute each recording's U-centred Grams once, and add every
+requested pair into its :class:`~clrobust.cka.StreamingCKA`.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from clrobust.attacks import AttackSpec, attack_batch
+from clrobust.cka import StreamingCKA, batch_bounds, ugram_stack
+from clrobust.data import load_dataset, to_float
+from clrobust.errors import ClrobustError
+from clrobust.hooks import LayerRecorder, layer_names
+from clrobust.loading import LoadedModel, load_model
+from clrobust.provenance import prepare_out_dir, versions, write_json
+
+RESULT_FILES = ("results.json", "disparity.csv", "disparity.png", "settings.json")
+INPUTS = ("clean", "adversarial")
+
+
+@dataclass
+class CompareSettings:
+    models: Sequence[str]
+    data: str = "cifar10-mini"
+    data_root: Optional[str] = None
+    split: str = "test"
+    layers: str = "blocks"
+    attack: AttackSpec = field(default_factory=AttackSpec)
+    n_samples: Optional[int] = 512
+    batch_size: int = 128
+    seed: int = 0
+    device: str = "cpu"
+
+
+Entry = Tuple[Tuple[str, str], Tuple[str, str]]  # ((model, input), (model, input))
+
+
+def planned_entries(labels: Sequence[str]) -> List[Entry]:
+    """Within each model: clean-clean and clean-adversarial; across models: clean-clean and adv-adv."""
+    entries: List[Entry] = []
+    for m in labels:
+        entries += [((m, "clean"), (m, "clean")), ((m, "clean"), (m, "adversarial"))]
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            entries += [((a, "clean"), (b, "clean")), ((a, "adversarial"), (b, "adversarial"))]
+    return entries
+
+
+def _labels(models: Sequence[LoadedModel]) -> List[str]:
+    labels: List[str] = []
+    for m in models:
+        label = m.label
+        k = 2
+        while label in labels:
+            label = f"{m.label}#{k}"
+            k += 1
+        labels.append(label)
+    return labels
+
+
+def run_compare(settings: CompareSettings, progress: bool = True, dist=None) -> Dict[str, Any]:
+    """Compute the results of ``compare-layers`` (no files written)."""
+    timings = {"load": 0.0, "attack": 0.0, "forward": 0.0, "cka": 0.0}
+    t = time.perf_counter()
+    loaded = [load_model(m, settings.device) for m in settings.models]
+    labels = _labels(loaded)
+    nets = {lab: lm.network for lab, lm in zip(labels, loaded)}
+    names = {lab: layer_names(net, settings.layers) for lab, net in nets.items()}
+    data = load_dataset(settings.data, settings.split, settings.data_root).subset(settings.n_samples)
+    for lab, lm in zip(labels, loaded):
+        nc = lm.network.config.num_classes
+        if nc != data.num_classes:
+            raise ClrobustError(f"model {lab!r} has {nc} classes but {settings.data} has {data.num_classes}; "
+                                "compare it on its own data set.")
+    settings.attack.n_classes = data.num_classes
+    shard = data if dist is None else data.shard(dist.rank, dist.world)
+    timings["load"] += time.perf_counter() - t
+
+    entries = planned_entries(labels)
+    accs = {e: StreamingCKA() for e in entries}
+    correct = {lab: {"clean": 0, "adversarial": 0} for lab in labels}
+    recorders = {lab: LayerRecorder(nets[lab], names[lab]) for lab in labels}
+    bounds = batch_bounds(len(shard), settings.batch_size)
+    # Batch index offset so attack seeds do not depend on the number of processes.
+    offset = 0 if dist is None else len(batch_bounds(len(data), settings.batch_size)) * dist.rank
+    try:
+        for r in recorders.values():
+            r.__enter__()
+        bar = tqdm(bounds, desc="compare-layers", disable=not progress, unit="batch")
+        for bi, (lo, hi) in enumerate(bar):
+            x = to_float(shard.images[lo:hi]).to(settings.device)
+            y = shard.labels[lo:hi].to(settings.device)
+            grams: Dict[Tuple[str, str], torch.Tensor] = {}
+            for lab in labels:
+                net = nets[lab]
+                t = time.perf_counter()
+                x_adv = attack_batch(settings.attack, net, x, y, batch_index=offset + bi)
+                timings["attack"] += time.perf_counter() - t
+                for inp, xi in (("clean", x), ("adversarial", x_adv)):
+                    t = time.perf_counter()
+                    acts = recorders[lab].record(xi)
+                    with torch.no_grad():
+                        pred = net(xi).argmax(1)
+                    correct[lab][inp] += int((pred == y).sum())
+                    timings["forward"] += time.perf_counter() - t
+                    t = time.perf_counter()
+                    grams[(lab, inp)] = ugram_stack([a.cpu() for a in acts.values()])
+                    timings["cka"] += time.perf_counter() - t
+            t = time.perf_counter()
+            for e in entries:
+                accs[e].update_grams(grams[e[0]], grams[e[1]])
+            timings["cka"] += time.perf_counter() - t
+    finally:
+        for r in recorders.values():
+            r.remove()
+
+    if dist is not None:
+        dist.all_reduce_cka(accs, entries)
+        dist.all_reduce_counts(correct)
+    t = time.perf_counter()
+    cka_list = []
+    matrices: Dict[Entry, np.ndarray] = {}
+    for e in entries:
+        mat = accs[e].compute()
+        matrices[e] = mat
+        cka_list.append({"rows": {"model": e[0][0], "input": e[0][1]},
+                         "cols": {"model": e[1][0], "input": e[1][1]},
+                         "matrix": mat.tolist()})
+    timings["cka"] += time.perf_counter() - t
+    n = len(data)
+    disparity = {lab: (1.0 - np.diag(matrices[((lab, "clean"), (lab, "adversarial"))])).tolist()
+                 for lab in labels}
+    accuracy = {lab: {"clean": correct[lab]["clean"] / n, "adversarial": correct[lab]["adversarial"] / n}
+                for lab in labels}
+    return {
+        "models": {lab: {"source": str(lm.path), "training": lm.metadata.get("training", {})}
+                   for lab, lm in zip(labels, loaded)},
+        "layers": names,
+        "cka": cka_list,
+        "disparity": disparity,
+        "accuracy": accuracy,
+        "attack": settings.attack.to_dict(),
+        "data": {"name": settings.data, "split": settings.split},
+        "n_samples": n,
+        "batches": len(batch_bounds(n, settings.batch_size)),
+        "batch_size": settings.batch_size,
+        "cka_estimator": "minibatch linear CKA, unbiased HSIC summed over batches (float64)",
+        "seed": settings.seed,
+        "versions": versions(),
+        "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+def write_outputs(results: Dict[str, Any], out: Path) -> List[Path]:
+    """results.json, heatmap PNGs, disparity.csv and disparity.png in ``out``."""
+    from clrobust import plots
+    from clrobust.attacks import format_eps
+
+    written = []
+    write_json(out / "results.json", results)
+    written.append(out / "results.json")
+    atk = results["attack"]
+    atk_text = "no attack" if atk["name"] == "none" else f"{atk['name'].upper()} eps {format_eps(atk['eps'])}"
+    for e in results["cka"]:
+        r, c = e["rows"], e["cols"]
+        fname = heatmap_name(r, c)
+        title = (f"{r['model']} ({r['input']}) vs {c['model']} ({c['input']})\n"
+                 f"{atk_text}, n={results['n_samples']}")
+        plots.save_heatmap(out / fname, np.asarray(e["matrix"]), results["layers"][r["model"]],
+                           results["layers"][c["model"]], title,
+                           f"{r['model']} - {r['input']}", f"{c['model']} - {c['input']}")
+        written.append(out / fname)
+    with open(out / "disparity.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["model", "layer_index", "layer", "disparity", "cka_clean_adversarial"])
+        for lab, vals in results["disparity"].items():
+            for i, (layer, v) in enumerate(zip(results["layers"][lab], vals)):
+                w.writerow([lab, i, layer, f"{v:.8f}", f"{1 - v:.8f}"])
+    written.append(out / "disparity.csv")
+    legend = {lab: f"{lab} (adv. acc {a['adversarial']:.1%})" for lab, a in results["accuracy"].items()}
+    plots.save_disparity(out / "disparity.png", results["disparity"], results["layers"],
+                         f"Clean vs adversarial disparity over depth ({atk_text})", legend)
+    written.append(out / "disparity.png")
+    return written
+
+
+def heatmap_name(rows: Dict[str, str], cols: Dict[str, str]) -> str:
+    def short(d):
+        return f"{d['model']}-{'adv' if d['input'] == 'adversarial' else 'clean'}"
+    return f"cka_{short(rows)}_vs_{short(cols)}.png"
+
+
+def summary_table(results: Dict[str, Any]) -> str:
+    """Plain-text table: accuracy and disparity (first, middle, last layer) per model."""
+    lines = [f"{'model':<22}{'clean acc':>10}{'adv acc':>10}{'disp first':>12}{'disp mid':>10}"
+             f"{'disp last':>11}{'mean last 1/3':>15}"]
+    for lab, d in results["disparity"].items():
+        a = results["accuracy"][lab]
+        k = max(1, len(d) // 3)
+        lines.append(f"{lab:<22}{a['clean']:>10.1%}{a['adversarial']:>10.1%}{d[0]:>12.3f}"
+                     f"{d[len(d) // 2]:>10.3f}{d[-1]:>11.3f}{float(np.mean(d[-k:])):>15.3f}")
+    return "\n".join(lines)
+
+
+def compare_layers(settings: CompareSettings, out: Path, overwrite: bool = False,
+                   progress: bool = True) -> Dict[str, Any]:
+    """Run the job and write its outputs (refusing to overwrite unless asked)."""
+    out = Path(out)
+    prepare_out_dir(out, RESULT_FILES, overwrite)  # fail before any work
+    results = run_compare(settings, progress=progress)
+    write_outputs(results, out)
+    write_json(out / "settings.json", {"command": settings_dict(settings), "versions": results["versions"],
+                                       "seed": settings.seed})
+    return results
+
+
+def settings_dict(s: CompareSettings) -> Dict[str, Any]:
+    return {"models": list(s.models), "data": s.data, "data_root": s.data_root, "split": s.split,
+            "layers": s.layers, "attack": s.attack.to_dict(), "n_samples": s.n_samples,
+            "batch_size": s.batch_size, "seed": s.seed, "device": s.device}

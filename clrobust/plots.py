@@ -1,0 +1,65 @@
+"""Figures from arrays; nothing here computes a result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+
+def heatmap(ax, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str,
+            row_label: str = "", col_label: str = "", cbar: bool = True) -> None:
+    """A CKA heatmap on ``ax``, colour scale fixed to [0, 1], first layer at the bottom-left."""
+    sns.heatmap(matrix[::-1], ax=ax, vmin=0, vmax=1, cmap="magma", square=True, cbar=cbar,
+                xticklabels=list(cols), yticklabels=list(rows)[::-1], cbar_kws={"label": "linear CKA"})
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(col_label, fontsize=8)
+    ax.set_ylabel(row_label, fontsize=8)
+    ax.tick_params(labelsize=6)
+
+
+def save_heatmap(path: Path, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str,
+                 row_label: str = "", col_label: str = "") -> None:
+    size = max(4.5, 0.32 * max(len(rows), len(cols)) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    heatmap(ax, matrix, rows, cols, title, row_label, col_label)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def disparity_axes(ax, curves: Dict[str, Sequence[float]], layers: Dict[str, Sequence[str]],
+                   title: str, legend: Optional[Dict[str, str]] = None) -> None:
+    """Disparity 1 - CKA(clean_l, adv_l) over relative depth, one line per model."""
+    for label, values in curves.items():
+        v = np.asarray(values, dtype=float)
+        depth = np.linspace(0, 1, len(v)) if len(v) > 1 else np.zeros(1)
+        ax.plot(depth, v, marker="o", ms=3, label=(legend or {}).get(label, label))
+    first = next(iter(layers.values()))
+    if all(list(l) == list(first) for l in layers.values()):
+        ticks = np.linspace(0, 1, len(first)) if len(first) > 1 else [0]
+        ax.set_xticks(ticks)
+        ax.set_xticklabels(first, rotation=60, ha="right", fontsize=6)
+        ax.set_xlabel("layer")
+    else:
+        ax.set_xlabel("relative depth")
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("disparity  1 - CKA(clean, adversarial)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def save_disparity(path: Path, curves: Dict[str, Sequence[float]], layers: Dict[str, Sequence[str]],
+                   title: str, legend: Optional[Dict[str, str]] = None) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    disparity_axes(ax, curves, layers, title, legend)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
