@@ -33,6 +33,7 @@ def parse_eps(text: "str | float", norm: str = "Linf") -> float:
     else:
         s = str(text).strip()
         try:
+            s = re.sub(r"\s+", "", s)
             value = float(Fraction(s)) if re.fullmatch(r"[0-9.]+\s*/\s*[0-9.]+", s) else float(s)
         except (ValueError, ZeroDivisionError):
             raise ClrobustError(f"bad eps {text!r}: give a number such as 8/255 or 0.0314.") from None

@@ -1,0 +1,242 @@
+"""The known third-party checkpoint layouts, as data: one :class:`CheckpointFormat` per source.
+
+Every rule below is applied by the same generic code (``mapping.py``), so adding
+a source means adding an entry, not a branch::
+
+    from clrobust.checkpoints.formats import CheckpointFormat, register_format, KUANGLIU
+
+    register_format(CheckpointFormat(
+        name="my-lab", source="My lab's SimCLR",
+        recognise=(r"^net\\.conv1\\.weight$", r"^net\\.proj\\."),
+        prefixes=("net.",), heads=(r"^net\\.proj\\.",), renames=KUANGLIU,
+        normalize="cifar10"))
+
+Key patterns are regular expressions matched against the state dict's keys after
+the wrappers common to every key are removed (a leading ``module.`` on all keys,
+``_orig_mod.`` anywhere). The canonical names are clrobust's: ``stem.conv``,
+``stem.bn``, ``layerK.J.conv1/bn1/.../shortcut.0/shortcut.1``, ``classifier``
+and ``normalize.mean/std``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from clrobust.errors import ClrobustError
+
+Rename = Tuple[str, str]
+#: (pattern, replacement, branch): a batch-norm copy; branch None reads the ``branch`` group.
+BNBranch = Tuple[str, str, Optional[int]]
+
+#: kuangliu/pytorch-cifar naming: ``conv1``, ``bn1``, ``layerK.J.shortcut.0/1``, ``linear``.
+KUANGLIU: Tuple[Rename, ...] = (
+    (r"^conv1\.", "stem.conv."), (r"^bn1\.", "stem.bn."), (r"^linear\.", "classifier."),
+)
+#: torchvision naming: ``conv1``, ``bn1``, ``layerK.J.downsample.0/1``, ``fc``.
+TORCHVISION: Tuple[Rename, ...] = (
+    (r"^conv1\.", "stem.conv."), (r"^bn1\.", "stem.bn."), (r"\.downsample\.", ".shortcut."),
+    (r"^fc\.", "classifier."),
+)
+#: ACL's multi-BN ResNet: ``downsample.conv`` / ``downsample.bn``.
+ACL_NAMES: Tuple[Rename, ...] = (
+    (r"\.downsample\.conv\.", ".shortcut.0."), (r"\.downsample\.bn\.", ".shortcut.1."),
+) + TORCHVISION
+#: Normalisation buffers stored inside models, applied after every format's renames.
+IN_MODEL_NORMALIZE: Tuple[Rename, ...] = (
+    (r"^mu$", "normalize.mean"), (r"^sigma$", "normalize.std"),
+    (r"^normalizer\.new_mean$", "normalize.mean"), (r"^normalizer\.new_std$", "normalize.std"),
+    (r"^normaliz(e|er|ation)\.(mean|std)$", r"normalize.\2"),
+)
+
+#: Named input normalisations (mean, std); ``none`` means inputs are used as they are.
+NORMALIZATIONS: Dict[str, Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]] = {
+    "none": None,
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar10-kuangliu": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+
+@dataclass(frozen=True)
+class CheckpointFormat:
+    """How to recognise one source's checkpoints and map them onto a clrobust Network.
+
+    Attributes:
+        name: short identifier (``--format NAME``).
+        source: the project, for reports.
+        recognise: regexes; each must match at least one (unwrapped) key.
+        top_keys: top-level keys the file must also have (e.g. SupContrast's ``opt``).
+        prefixes: encoder prefixes to strip (longest match wins).
+        renames: (regex, replacement) applied in order to every stripped key.
+        heads: regexes (on unwrapped keys, before stripping) of keys to drop and report.
+        normalize: default input normalisation (a :data:`NORMALIZATIONS` name) when the
+            checkpoint holds no normalisation buffers.
+        small_stem: the stem a 3x3 first conv means (``cifar`` or ``cifar-pad2``).
+        bn_branches: patterns of extra batch-norm copies (dual/triple BN), branch 0 = clean.
+        adversarial_branch: the branch loaded as the adversarial BN.
+        split_bn: running statistics may hold ``C x splits`` values (averaged on load).
+        notes: caveats shown by ``clrobust inspect``.
+    """
+
+    name: str
+    source: str
+    recognise: Tuple[str, ...]
+    top_keys: Tuple[str, ...] = ()
+    prefixes: Tuple[str, ...] = ()
+    renames: Tuple[Rename, ...] = ()
+    heads: Tuple[str, ...] = ()
+    normalize: str = "none"
+    small_stem: str = "cifar"
+    bn_branches: Tuple[BNBranch, ...] = ()
+    adversarial_branch: int = 1
+    split_bn: bool = False
+    notes: Tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"format {self.name!r}: unknown normalisation {self.normalize!r}")
+        if self.small_stem not in ("cifar", "cifar-pad2"):
+            raise ValueError(f"format {self.name!r}: small_stem must be 'cifar' or 'cifar-pad2'")
+
+    @property
+    def n_conditions(self) -> int:
+        return len(self.recognise) + len(self.top_keys)
+
+
+_MULTI_BN: Tuple[BNBranch, ...] = ((r"\.bn_list\.(?P<branch>\d+)\.", ".", None),)
+
+FORMATS: List[CheckpointFormat] = [
+    CheckpointFormat(
+        "supcontrast", "SupContrast (HobbitLong)",
+        recognise=(r"^encoder\.(module\.)?conv1\.weight$",), top_keys=("opt", "model"),
+        prefixes=("encoder.module.", "encoder."), renames=KUANGLIU + ((r"^fc\.", "classifier."),),
+        heads=(r"^head\.",), normalize="cifar10-kuangliu"),
+    CheckpointFormat(
+        "cl-robustness", "CL-Robustness (CLNet / EvalNet)",
+        recognise=(r"^encoder\.encoder\.conv1\.weight$",), prefixes=("encoder.encoder.",),
+        renames=KUANGLIU + ((r"^head\.", "classifier."),), heads=(r"^head\.\d+\.",),
+        notes=("EvalNet returns F.normalize(logits); clrobust returns the raw logits (same argmax).",)),
+    CheckpointFormat(
+        "deacl", "DeACL (solo-learn based)",
+        recognise=(r"^backbone\.normalize\.mean$", r"^backbone\.conv1\.weight$"), top_keys=("state_dict",),
+        prefixes=("backbone.",), renames=TORCHVISION, heads=(r"^(?!backbone\.|classifier\.)",),
+        normalize="cifar10", small_stem="cifar-pad2",
+        notes=("classifier.* is the online linear probe.",)),
+    CheckpointFormat(
+        "solo-learn", "solo-learn",
+        recognise=(r"^(backbone|encoder)\.conv1\.weight$",
+                   r"^(projector\.\d+\.running_mean|momentum_backbone\.|classifier\.weight$)"),
+        top_keys=("state_dict",), prefixes=("backbone.", "encoder."), renames=TORCHVISION,
+        heads=(r"^projector\.", r"^momentum_", r"^predictor\.", r"^(backbone|encoder)\.fc\."),
+        normalize="cifar10", small_stem="cifar-pad2",
+        notes=("classifier.* is the online linear probe (trained on detached features).",)),
+    CheckpointFormat(
+        "lightly", "lightly examples (torchvision backbone as Sequential)",
+        recognise=(r"^backbone\.4\.0\.conv1\.weight$",), prefixes=("backbone.",),
+        renames=((r"^0\.", "stem.conv."), (r"^1\.", "stem.bn."), (r"^4\.", "layer1."), (r"^5\.", "layer2."),
+                 (r"^6\.", "layer3."), (r"^7\.", "layer4."), (r"\.downsample\.", ".shortcut."),
+                 (r"^online_classifier\.classification_head\.", "classifier.")),
+        heads=(r"^projection_head", r"^prediction_head", r"momentum"), normalize="imagenet", split_bn=True),
+    CheckpointFormat(
+        "lightly-cifar", "lightly CIFAR benchmarks (ResNetGenerator as Sequential)",
+        recognise=(r"^backbone\.0\.weight$", r"^backbone\.2\.0\.conv1\.weight$"), prefixes=("backbone.",),
+        renames=((r"^0\.", "stem.conv."), (r"^1\.", "stem.bn."), (r"^2\.", "layer1."), (r"^3\.", "layer2."),
+                 (r"^4\.", "layer3."), (r"^5\.", "layer4."),
+                 (r"^online_classifier\.classification_head\.", "classifier.")),
+        heads=(r"^projection_head", r"^prediction_head", r"momentum"), normalize="imagenet", split_bn=True),
+    CheckpointFormat(
+        "simclr-sthalles", "SimCLR (sthalles)",
+        recognise=(r"^backbone\.conv1\.weight$", r"^backbone\.fc\.0\.weight$"), top_keys=("arch", "state_dict"),
+        prefixes=("backbone.",), renames=TORCHVISION, heads=(r"^backbone\.fc\.",)),
+    CheckpointFormat(
+        "simclr-spijkervet", "SimCLR (Spijkervet)",
+        recognise=(r"^(model\.)?encoder\.conv1\.weight$", r"^(model\.)?projector\.0\.weight$"),
+        prefixes=("model.encoder.", "encoder."), renames=TORCHVISION,
+        heads=(r"^(model\.)?projector\.", r"^(model\.)?encoder\.fc\.")),
+    CheckpointFormat(
+        "moco", "MoCo (reference) / MoCo v3",
+        recognise=(r"^(encoder_q|base_encoder)\.conv1\.weight$",), prefixes=("encoder_q.", "base_encoder."),
+        renames=TORCHVISION,
+        heads=(r"^(encoder_q|base_encoder)\.(fc|head)\.", r"^(encoder_k|momentum_encoder)\.", r"^queue",
+               r"^predictor\."),
+        normalize="imagenet"),
+    CheckpointFormat(
+        "madry-robustness", "MadryLab robustness",
+        recognise=(r"^attacker\.model\.", r"^normalizer\.new_mean$"), prefixes=("model.",),
+        renames=KUANGLIU, heads=(r"^attacker\.",)),
+    CheckpointFormat(
+        "acl", "ACL (VITA-Group), dual BN",
+        recognise=(r"\.bn_list\.1\.",), top_keys=("state_dict", "optim"), renames=ACL_NAMES,
+        heads=(r"^fc\.",), bn_branches=_MULTI_BN, normalize="imagenet",
+        notes=("bn_list.0 is the clean BN, bn_list.1 the adversarial one.",)),
+    CheckpointFormat(
+        "advcl", "AdvCL, triple BN",
+        recognise=(r"\.bn_list\.2\.",), top_keys=("model",), renames=ACL_NAMES,
+        heads=(r"^head_(proj|pred|ce)", r"^fc_"), bn_branches=_MULTI_BN,
+        notes=("bn_list.0 clean, bn_list.1 PGD (loaded as adversarial BN), bn_list.2 PGD-CE (dropped).",)),
+    CheckpointFormat(
+        "clae-simclr", "CLAE (SimCLR), dual BN",
+        recognise=(r"_adv\.", r"^encoder\.conv1\.weight$"), prefixes=("encoder.",),
+        renames=((r"\.shortcut_bn\.", ".shortcut.1."),) + KUANGLIU, heads=(r"^projector\.",),
+        bn_branches=((r"_adv\.", ".", 1),), normalize="half"),
+    CheckpointFormat(
+        "clae-plain", "CLAE (Plain / UEL), dual BN",
+        recognise=(r"_adv\.",), top_keys=("net",), prefixes=("encoder.",),
+        renames=((r"\.shortcut_bn\.", ".shortcut.1."),) + KUANGLIU, heads=(r"^projector\.", r"^linear\."),
+        bn_branches=((r"_adv\.", ".", 1),), normalize="cifar10-kuangliu",
+        notes=("linear is the 128-d embedding layer, not a classifier, so it is dropped.",)),
+    CheckpointFormat(
+        "rocl", "RoCL",
+        recognise=(r"^conv1\.weight$",), top_keys=("model", "optimizer_state", "rng_state"),
+        renames=KUANGLIU, notes=("RoCL keeps its projector and linear head in separate files.",)),
+    CheckpointFormat(
+        "robustbench", "RobustBench (ResNet entries)",
+        recognise=(r"^(model\.)?conv1\.weight$", r"^(mu|sigma|normalize\.mean)$"), prefixes=("model.",),
+        renames=TORCHVISION + KUANGLIU,
+        notes=("Only ResNet-18/34/50 entries load; WRN and PreAct-ResNet are not clrobust architectures.",)),
+    CheckpointFormat(
+        "kuangliu", "any kuangliu/pytorch-cifar style ResNet (generic)",
+        recognise=(r"^conv1\.weight$", r"^layer\d\.\d+\.shortcut\.0\.weight$"), prefixes=("model.",),
+        renames=KUANGLIU, notes=("generic layout: the input normalisation is unknown; check --normalize.",)),
+    CheckpointFormat(
+        "torchvision", "any torchvision style ResNet (generic)",
+        recognise=(r"^conv1\.weight$", r"^layer\d\.\d+\.downsample\.0\.weight$"), prefixes=("model.",),
+        renames=TORCHVISION, notes=("generic layout: the input normalisation is unknown; check --normalize.",)),
+]
+
+
+def register_format(fmt: CheckpointFormat, first: bool = True) -> None:
+    """Add (or replace, by name) a checkpoint format.
+
+    Args:
+        fmt: the format's rules.
+        first: put it before the built-in ones, so it wins ties in detection.
+    """
+    for i, known in enumerate(FORMATS):
+        if known.name == fmt.name:
+            FORMATS[i] = fmt
+            return
+    FORMATS.insert(0 if first else len(FORMATS), fmt)
+
+
+def unregister_format(name: str) -> None:
+    """Remove a format by name (no error if absent)."""
+    FORMATS[:] = [f for f in FORMATS if f.name != name]
+
+
+def get_format(name: str) -> CheckpointFormat:
+    """The format called ``name``.
+
+    Raises:
+        ClrobustError: unknown name (the message lists the known ones).
+    """
+    for fmt in FORMATS:
+        if fmt.name == name:
+            return fmt
+    raise ClrobustError(f"unknown checkpoint format {name!r}; known: {', '.join(f.name for f in FORMATS)}.")
+
+
+def format_names() -> Sequence[str]:
+    return [f.name for f in FORMATS]

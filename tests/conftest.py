@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny networks saved as clrobust checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clrobust.checkpoints import save_network
+from clrobust.data import CIFAR10_MEAN, CIFAR10_STD
+from clrobust.models import ModelConfig, create_model
+
+torch.set_num_threads(2)
+
+
+def tiny_network(seed: int = 0, width: int = 4, **kw):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(arch="resnet18", width=width, num_classes=10, proj_dim=16,
+                      mean=CIFAR10_MEAN, std=CIFAR10_STD, **kw)
+    net = create_model(cfg)
+    # Nontrivial BN statistics so eval-mode outputs are not degenerate.
+    net.train()
+    with torch.no_grad():
+        for _ in range(2):
+            net(torch.rand(16, 3, 32, 32))
+    return net.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    """Two tiny clrobust checkpoints (different seeds); returns their .safetensors paths."""
+    d = tmp_path_factory.mktemp("ckpt")
+    paths = []
+    for seed in (0, 1):
+        net = tiny_network(seed)
+        paths.append(save_network(d / f"tiny{seed}", net, {"training": {"scheme": "test"}}))
+    return paths
