@@ -1,0 +1,281 @@
+"""Load third-party checkpoints (SupContrast, solo-learn, MoCo, ACL, CLAE ...) as clrobust Networks.
+
+>>> net, report = load_checkpoint("last.pth")            # format and architecture detected
+>>> print(report.format, report.arch, report.dropped[:2])
+
+Detection and key mapping are driven by the table in ``format_table.py``;
+extend it with :func:`register_format`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from clrobust.checkpoints.format_table import (
+    ACL_NAMES, FORMATS, IN_MODEL_NORMALIZE, KUANGLIU, NORMALIZATIONS, TORCHVISION, CheckpointFormat,
+    format_names, get_format, register_format, unregister_format)
+from clrobust.checkpoints.mapping import Mapped, find_state_dict, infer_arch, key_overlap, map_state, unwrap
+from clrobust.checkpoints.reading import read_checkpoint_file
+from clrobust.errors import ClrobustError
+from clrobust.models import ARCHITECTURES, DualBatchNorm2d, ModelConfig, Network, create_model
+
+Norm = Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_checkpoint` found and did."""
+
+    path: str
+    format: str
+    source: str
+    arch: str
+    width: int
+    stem: str
+    num_classes: int
+    params: int
+    encoder_params: int
+    container: Optional[str]
+    has_classifier: bool
+    dual_bn: bool
+    adversarial_bn: bool
+    normalize: Dict[str, Any]
+    dropped: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- detection
+
+def _conditions_met(fmt: CheckpointFormat, keys: Sequence[str], top: Sequence[str]) -> int:
+    met = sum(any(re.search(p, k) for k in keys) for p in fmt.recognise)
+    return met + sum(t in top for t in fmt.top_keys)
+
+
+def detect_format(state: Dict[str, torch.Tensor], top_keys: Sequence[str] = ()) -> CheckpointFormat:
+    """The most specific format whose every condition holds (ties: earlier in the table).
+
+    Args:
+        state: the unwrapped state dict.
+        top_keys: the file's top-level keys.
+
+    Raises:
+        ClrobustError: no format matches; the message lists the closest ones.
+    """
+    keys = list(state)
+    best: Optional[CheckpointFormat] = None
+    for fmt in FORMATS:
+        if _conditions_met(fmt, keys, top_keys) == fmt.n_conditions:
+            if best is None or fmt.n_conditions > best.n_conditions:
+                best = fmt
+    if best is not None:
+        return best
+    ranked = closest_formats(state, top_keys)
+    hint = ", ".join(f"{name} ({score:.0%})" for name, score in ranked[:3])
+    sample = ", ".join(keys[:4]) + (", ..." if len(keys) > 4 else "")
+    raise ClrobustError(f"unrecognised checkpoint layout (keys: {sample}); closest known formats: {hint}; "
+                        "pass --format NAME to force one, or add yours with "
+                        "clrobust.checkpoints.formats.register_format.")
+
+
+def closest_formats(state: Dict[str, torch.Tensor], top_keys: Sequence[str] = ()) -> List[Tuple[str, float]]:
+    """Every format with a similarity score in [0, 1]: conditions met and keys mapped onto encoder names."""
+    keys = list(state)
+    scores = []
+    for fmt in FORMATS:
+        cond = _conditions_met(fmt, keys, top_keys) / max(fmt.n_conditions, 1)
+        scores.append((fmt.name, 0.5 * cond + 0.5 * key_overlap(fmt, state)))
+    return sorted(scores, key=lambda s: -s[1])
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+def parse_normalize(spec: str) -> Norm:
+    """A normalisation preset name or six numbers ``m1,m2,m3,s1,s2,s3`` -> (mean, std) or None.
+
+    Raises:
+        ClrobustError: unknown name, wrong count or a non-positive std.
+    """
+    text = spec.strip().lower()
+    if text in NORMALIZATIONS:
+        return NORMALIZATIONS[text]
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 6:
+        raise ClrobustError(f"--normalize {spec!r} is neither a preset ({', '.join(NORMALIZATIONS)}) nor six "
+                            "numbers 'm1,m2,m3,s1,s2,s3'.")
+    if min(values[3:]) <= 0:
+        raise ClrobustError(f"--normalize {spec!r}: the three std values must be positive.")
+    return tuple(values[:3]), tuple(values[3:])
+
+
+def _resolve_normalize(user: Optional[str], mapped: Mapped, fmt: CheckpointFormat) -> Tuple[Norm, Dict[str, Any]]:
+    if user is not None:
+        norm, origin = parse_normalize(user), f"user (--normalize {user})"
+    elif "normalize.mean" in mapped.normalize and "normalize.std" in mapped.normalize:
+        mean = tuple(float(v) for v in mapped.normalize["normalize.mean"].flatten())
+        std = tuple(float(v) for v in mapped.normalize["normalize.std"].flatten())
+        if len(mean) != 3 or len(std) != 3:
+            raise ClrobustError(f"normalisation buffers hold {len(mean)}/{len(std)} values, not 3; "
+                                "pass --normalize explicitly.")
+        norm, origin = (mean, std), "checkpoint buffers (inside the model)"
+    else:
+        norm, origin = NORMALIZATIONS[fmt.normalize], f"format default ({fmt.normalize})"
+    info = {"mean": list(norm[0]) if norm else None, "std": list(norm[1]) if norm else None, "origin": origin}
+    return norm, info
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load_checkpoint(path: Union[str, Path], arch: Optional[str] = None, normalize: Optional[str] = None,
+                    strict: bool = True, trust: bool = False, adversarial_bn: bool = False,
+                    format: Optional[str] = None, stem: Optional[str] = None) -> Tuple[Network, LoadReport]:
+    """Load any supported checkpoint as a clrobust :class:`Network` in eval mode.
+
+    Args:
+        path: .pt/.pth/.ckpt/.tar/.t7 (or any name) or .safetensors file.
+        arch: ``resnet18``/``resnet34``/``resnet50``; inferred from shapes when None.
+        normalize: input normalisation override: a preset (``cifar10``, ``cifar10-kuangliu``,
+            ``imagenet``, ``half``, ``none``) or ``m1,m2,m3,s1,s2,s3``.
+        strict: refuse when encoder weights are missing or mis-shaped.
+        trust: allow full unpickling (only for files from a trusted source).
+        adversarial_bn: use the adversarial batch norm of a dual/triple-BN checkpoint.
+        format: force a format by name instead of detecting it.
+        stem: force ``cifar``, ``cifar-pad2`` or ``imagenet``.
+
+    Returns:
+        (network, report).
+
+    Raises:
+        ClrobustError: unreadable or unsafe file, unknown layout, missing weights.
+    """
+    from clrobust.checkpoints.native import is_native
+
+    if arch is not None and arch not in ARCHITECTURES:
+        raise ClrobustError(f"unknown --arch {arch!r}; choose one of {', '.join(sorted(ARCHITECTURES))}.")
+    if stem is not None and stem not in ("cifar", "cifar-pad2", "imagenet"):
+        raise ClrobustError(f"unknown --stem {stem!r}; choose cifar, cifar-pad2 or imagenet.")
+    if is_native(path):
+        return _load_native(Path(path), normalize, adversarial_bn)
+    obj = read_checkpoint_file(path, trust=trust)
+    raw, container, top = find_state_dict(obj)
+    state = unwrap(raw)
+    fmt = get_format(format) if format else detect_format(state, top)
+    mapped = map_state(fmt, state)
+    guess = infer_arch(fmt, mapped.encoder, arch, stem)
+    norm, norm_info = _resolve_normalize(normalize, mapped, fmt)
+    classifier = _classifier(mapped)
+    num_classes = int(classifier["classifier.weight"].shape[0]) if classifier else 10
+    config = ModelConfig(arch=guess.arch, width=guess.width, stem=guess.stem, num_classes=num_classes,
+                         proj_dim=None, mean=norm[0] if norm else None, std=norm[1] if norm else None,
+                         dual_bn=guess.dual_bn, extra={"source_format": fmt.name, "source": str(path)})
+    net = create_model(config)
+    missing = _load_encoder(net, mapped, fmt, strict, path)
+    if classifier and tuple(classifier["classifier.weight"].shape) == tuple(net.classifier.weight.shape):
+        net.classifier.load_state_dict(classifier)
+    elif mapped.classifier:
+        mapped.unexpected += [mapped.sources[k] for k in mapped.classifier]
+        classifier = {}
+    if adversarial_bn:
+        _route_adversarial(net, path)
+    net.eval()
+    notes = list(fmt.notes) + mapped.notes
+    if not classifier:
+        notes.append("no linear classifier in the file: the classifier is randomly initialised "
+                     "(train one before attacking end-to-end).")
+    report = LoadReport(
+        path=str(path), format=fmt.name, source=fmt.source, arch=guess.arch, width=guess.width, stem=guess.stem,
+        num_classes=num_classes, params=sum(p.numel() for p in net.parameters()),
+        encoder_params=sum(p.numel() for p in net.encoder.parameters()), container=container,
+        has_classifier=bool(classifier), dual_bn=guess.dual_bn, adversarial_bn=adversarial_bn,
+        normalize=norm_info, dropped=mapped.dropped, missing=missing, unexpected=mapped.unexpected, notes=notes)
+    return net, report
+
+
+def _classifier(mapped: Mapped) -> Dict[str, torch.Tensor]:
+    c = mapped.classifier
+    if "classifier.weight" in c and c["classifier.weight"].dim() == 2 and set(c) <= {"classifier.weight",
+                                                                                     "classifier.bias"}:
+        return {k[len("classifier."):]: v for k, v in c.items()}
+    return {}
+
+
+def _load_encoder(net: Network, mapped: Mapped, fmt: CheckpointFormat, strict: bool,
+                  path: Union[str, Path]) -> List[str]:
+    """Copy the mapped encoder tensors into ``net.encoder``; returns the missing keys."""
+    expected = net.encoder.state_dict()
+    new_state = dict(expected)
+    mismatched = []
+    for k, v in mapped.encoder.items():
+        if k not in expected:
+            mapped.unexpected.append(mapped.sources[k])
+            continue
+        want = expected[k].shape
+        if v.shape != want and fmt.split_bn and k.endswith(("running_mean", "running_var")) \
+                and v.dim() == 1 and want.numel() and v.numel() % want.numel() == 0:
+            v = v.view(-1, want.numel()).mean(0)  # lightly SplitBatchNorm: C x splits statistics
+        if v.shape != want:
+            mismatched.append(f"{mapped.sources[k]} {tuple(v.shape)} vs {tuple(want)}")
+            continue
+        new_state[k] = v.to(expected[k].dtype)
+    missing = [k for k in expected if k not in mapped.encoder and not k.endswith("num_batches_tracked")]
+    missing += [m.split(" ")[0] for m in mismatched]
+    if strict and mismatched:
+        raise ClrobustError(f"{str(path)!r}: {len(mismatched)} tensor(s) do not fit {net.config.arch} width "
+                            f"{net.config.width} (first: {mismatched[0]}); pass the right --arch/--stem, "
+                            "or --allow-missing (strict=False) to skip them.")
+    if strict and missing:
+        raise ClrobustError(f"{str(path)!r}: {len(missing)} encoder weight(s) missing after mapping as "
+                            f"{fmt.name!r} (first: {missing[0]}); the file is incomplete or another format "
+                            "applies (--format), or pass --allow-missing (strict=False) to load anyway.")
+    net.encoder.load_state_dict(new_state)
+    return missing
+
+
+def _route_adversarial(net: Network, path: Union[str, Path]) -> None:
+    duals = [m for m in net.modules() if isinstance(m, DualBatchNorm2d)]
+    if not duals:
+        raise ClrobustError(f"{str(path)!r} has no adversarial batch-norm; drop --adversarial-bn.")
+    for m in duals:
+        m.route_adversarial = True
+
+
+def _load_native(path: Path, normalize: Optional[str], adversarial_bn: bool) -> Tuple[Network, LoadReport]:
+    from clrobust.checkpoints.native import load_network
+
+    net, _meta = load_network(path, adversarial_bn=adversarial_bn)
+    if normalize is not None:
+        norm = parse_normalize(normalize)
+        net.normalize.enabled = norm is not None
+        if norm is not None:
+            net.normalize.mean.copy_(torch.tensor(norm[0]).view(1, -1, 1, 1))
+            net.normalize.std.copy_(torch.tensor(norm[1]).view(1, -1, 1, 1))
+    c = net.config
+    origin = f"user (--normalize {normalize})" if normalize is not None else "clrobust checkpoint config"
+    enabled = net.normalize.enabled
+    info = {"mean": net.normalize.mean.flatten().tolist() if enabled else None,
+            "std": net.normalize.std.flatten().tolist() if enabled else None, "origin": origin}
+    report = LoadReport(
+        path=str(path), format="clrobust", source="clrobust native (safetensors + json)", arch=c.arch,
+        width=c.width, stem=c.stem, num_classes=c.num_classes, params=sum(p.numel() for p in net.parameters()),
+        encoder_params=sum(p.numel() for p in net.encoder.parameters()), container=None, has_classifier=True,
+        dual_bn=c.dual_bn, adversarial_bn=adversarial_bn, normalize=info)
+    return net, report
+
+
+__all__ = [
+    "ACL_NAMES", "FORMATS", "IN_MODEL_NORMALIZE", "KUANGLIU", "NORMALIZATIONS", "TORCHVISION",
+    "CheckpointFormat", "LoadReport", "closest_formats", "detect_format", "format_names", "get_format",
+    "load_checkpoint", "parse_normalize", "register_format", "unregister_format",
+]
