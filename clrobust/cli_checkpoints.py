@@ -1,0 +1,149 @@
+"""``clrobust inspect`` and ``clrobust convert``: audit and convert third-party checkpoints."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import click
+
+from clrobust.errors import ClrobustError
+
+
+def load_options(f):
+    """Options shared by inspect and convert."""
+    f = click.option("--trust-checkpoint", "trust", is_flag=True,
+                     help="Allow full unpickling (can run code hidden in the file): only for trusted sources.")(f)
+    f = click.option("--allow-missing", is_flag=True,
+                     help="Load even when encoder weights are missing or mis-shaped (they stay random).")(f)
+    f = click.option("--normalize", default=None,
+                     help="Input normalisation: cifar10, cifar10-kuangliu, imagenet, half, none, or "
+                          "'m1,m2,m3,s1,s2,s3' [from the checkpoint, else the format's default].")(f)
+    f = click.option("--format", "fmt", default=None,
+                     help="Force a checkpoint format by name instead of detecting it.")(f)
+    f = click.option("--stem", type=click.Choice(["cifar", "cifar-pad2", "imagenet"]), default=None,
+                     help="Stem [from the first conv's kernel and the format].")(f)
+    f = click.option("--arch", type=click.Choice(["resnet18", "resnet34", "resnet50"]), default=None,
+                     help="Architecture [inferred from tensor shapes].")(f)
+    return f
+
+
+def _load(checkpoint: str, arch, stem, fmt, normalize, allow_missing, trust, adversarial_bn=False):
+    from clrobust.checkpoints.formats import load_checkpoint
+
+    return load_checkpoint(checkpoint, arch=arch, normalize=normalize, strict=not allow_missing, trust=trust,
+                           adversarial_bn=adversarial_bn, format=fmt, stem=stem)
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@load_options
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+def inspect(checkpoint, arch, stem, fmt, normalize, allow_missing, trust, as_json):
+    """Show what a checkpoint is and how clrobust would load it.
+
+    Prints the detected format, architecture, parameter count, input
+    normalisation, the layers `--layers blocks` and `--layers all` record, and
+    the keys dropped (projection/prediction heads), missing or unexpected.
+    Files are read safely (no code runs) unless --trust-checkpoint is given.
+
+    \b
+    Examples:
+      clrobust inspect last.pth
+      clrobust inspect solo-learn.ckpt --json
+      clrobust inspect model.pt --arch resnet50 --normalize imagenet
+    """
+    from clrobust.checkpoints.formats import format_names
+    from clrobust.hooks import layer_names
+
+    net, report = _load(checkpoint, arch, stem, fmt, normalize, allow_missing, trust)
+    info = report.to_dict()
+    info["layers"] = {"blocks": layer_names(net, "blocks"), "all": layer_names(net, "all")}
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(_render(info))
+    if report.format not in format_names() and report.format != "clrobust":
+        click.echo(f"note: format {report.format!r} is not registered in this process.", err=True)
+
+
+def _render(info: Dict[str, Any]) -> str:
+    norm = info["normalize"]
+    norm_text = "none (inputs used as they are)" if norm["mean"] is None else \
+        f"mean {_nums(norm['mean'])}, std {_nums(norm['std'])}"
+    bn = "dual (clean + adversarial)" if info["dual_bn"] else "single"
+    if info["dual_bn"]:
+        bn += ", using " + ("adversarial" if info["adversarial_bn"] else "clean")
+    lines = [
+        f"checkpoint     {info['path']}",
+        f"format         {info['format']} ({info['source']})" + (
+            f", weights under '{info['container']}'" if info["container"] else ""),
+        f"architecture   {info['arch']}, width {info['width']}, stem {info['stem']}, batch norm {bn}",
+        f"parameters     {info['params']:,} ({info['encoder_params']:,} in the encoder)",
+        f"classifier     {str(info['num_classes']) + ' classes, from the file' if info['has_classifier'] else 'none'}",
+        f"normalisation  {norm_text} [{norm['origin']}]",
+        _listing("layers blocks", info["layers"]["blocks"]),
+        _listing("layers all", info["layers"]["all"]),
+        _listing("dropped", info["dropped"]),
+        _listing("missing", info["missing"]),
+        _listing("unexpected", info["unexpected"]),
+    ]
+    lines += [f"note           {n}" for n in info["notes"]]
+    return "\n".join(lines)
+
+
+def _nums(values: List[float]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+def _listing(title: str, names: List[str], limit: int = 400) -> str:
+    if not names:
+        return f"{title:<14} -"
+    text = ", ".join(names)
+    if len(text) > limit:
+        text = text[:limit].rsplit(", ", 1)[0] + ", ..."
+    body = textwrap.fill(text, width=96, initial_indent=" " * 15, subsequent_indent=" " * 15).lstrip()
+    return f"{title:<14} {len(names)}: {body}"
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@load_options
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def convert(checkpoint, out, arch, stem, fmt, normalize, allow_missing, trust, overwrite):
+    """Convert a third-party checkpoint to clrobust's format (OUT.safetensors + OUT.json).
+
+    The result loads without pickle and records the source file, its detected
+    format, the dropped heads and the input normalisation. Dual-BN checkpoints
+    keep both batch norms (choose with --adversarial-bn where models are used).
+
+    \b
+    Examples:
+      clrobust convert last.pth runs/supcon-r18
+      clrobust convert epoch_100.ckpt runs/advcl --arch resnet18 --normalize none
+      clrobust compare-layers runs/supcon-r18.safetensors simclr-at
+    """
+    from clrobust.checkpoints import save_network
+
+    target = _out_path(out)
+    if target.with_name(target.name + ".safetensors").exists() and not overwrite:
+        raise ClrobustError(f"{str(target) + '.safetensors'!r} exists; choose another OUT or pass --overwrite.")
+    net, report = _load(checkpoint, arch, stem, fmt, normalize, allow_missing, trust)
+    meta = {"source_format": report.format, "source": str(checkpoint), "load_report": report.to_dict()}
+    weights = save_network(target, net, meta)
+    click.echo(f"saved {weights}: {report.format} {report.arch} width {report.width} stem {report.stem}, "
+               f"{report.params:,} parameters, dropped {len(report.dropped)} head key(s)")
+
+
+def _out_path(out: str) -> Path:
+    p = Path(out)
+    for suffix in (".safetensors", ".json"):
+        if p.name.endswith(suffix):
+            p = p.with_name(p.name[: -len(suffix)])
+    return p
+
+
+COMMANDS = [inspect, convert]
