@@ -67,8 +67,15 @@ class AttackSpec:
     random_start: bool = True
     seed: int = 0
     n_classes: int = 10
+    norm: str = ""
 
     def __post_init__(self) -> None:
+        if not self.norm:
+            self.norm = "L2" if self.name in L2_ATTACKS else "Linf"
+        if self.norm not in ("Linf", "L2"):
+            raise ClrobustError(f"unknown norm {self.norm!r}; use Linf or L2.")
+        if self.norm == "L2" and self.name in ("fgsm", "pgd", "rep"):
+            raise ClrobustError(f"attack {self.name!r} is L-inf; for L2 use pgd-l2, apgd or autoattack.")
         if self.name not in ATTACKS:
             raise ClrobustError(f"unknown attack {self.name!r}; use one of: {', '.join(ATTACKS)}.")
         if self.steps < 1:
@@ -76,13 +83,8 @@ class AttackSpec:
         if self.alpha is None:
             self.alpha = self.eps if self.name == "fgsm" else 2.5 * self.eps / self.steps
 
-    @property
-    def norm(self) -> str:
-        return "L2" if self.name in L2_ATTACKS else "Linf"
-
     def to_dict(self) -> Dict[str, object]:
         d = asdict(self)
-        d["norm"] = self.norm
         d["eps_text"] = format_eps(self.eps)
         d["threat_model"] = "I (label-free, encoder)" if self.name == "rep" else "II (end-to-end)"
         return d

@@ -188,7 +188,12 @@ def compare_layers(models, data, data_root, split, layers, attack, eps, steps, a
         raise ClrobustError("--batch-size must be at least 4 (unbiased HSIC needs 4 samples per batch).")
     settings = CompareSettings(models=models, data=data, data_root=data_root, split=split, layers=layers,
                                attack=spec, n_samples=n_samples, batch_size=batch_size, seed=seed, device=device)
-    results = run(settings, Path(out), overwrite=overwrite, progress=progress)
+    from clrobust.distributed import Dist
+
+    dist = Dist.from_env(device)
+    results = run(settings, Path(out), overwrite=overwrite, progress=progress, dist=dist)
+    if dist is not None and not dist.is_main:
+        return
     click.echo(summary_table(results))
     t = results["timings_seconds"]
     click.echo(f"{results['n_samples']} images, attack {spec.to_dict()['eps_text']} {attack}-{steps}; "
@@ -239,7 +244,7 @@ def _register_optional_commands() -> None:
     """Commands that live in their own modules (kept out of this file to keep it thin)."""
     import importlib
 
-    for module in ("clrobust.cli_checkpoints", "clrobust.cli_analysis"):
+    for module in ("clrobust.cli_checkpoints", "clrobust.cli_analysis", "clrobust.cli_audit"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -86,7 +86,7 @@ def _render(info: Dict[str, Any]) -> str:
         f"normalisation  {norm_text} [{norm['origin']}]",
         _listing("layers blocks", info["layers"]["blocks"]),
         _listing("layers all", info["layers"]["all"]),
-        _listing("dropped", info["dropped"]),
+        _listing("dropped", _grouped(info["dropped"]), count=len(info["dropped"])),
         _listing("missing", info["missing"]),
         _listing("unexpected", info["unexpected"]),
     ]
@@ -98,14 +98,25 @@ def _nums(values: List[float]) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
-def _listing(title: str, names: List[str], limit: int = 400) -> str:
+def _grouped(keys: List[str], small: int = 4) -> List[str]:
+    """Keys grouped by their first name component (``momentum_backbone.* (60 keys)``) when a group is large."""
+    groups: Dict[str, List[str]] = {}
+    for k in keys:
+        groups.setdefault(k.split(".", 1)[0], []).append(k)
+    out: List[str] = []
+    for first, members in groups.items():
+        out += members if len(members) <= small else [f"{first}.* ({len(members)} keys)"]
+    return out
+
+
+def _listing(title: str, names: List[str], limit: int = 400, count: Optional[int] = None) -> str:
     if not names:
         return f"{title:<14} -"
     text = ", ".join(names)
     if len(text) > limit:
         text = text[:limit].rsplit(", ", 1)[0] + ", ..."
     body = textwrap.fill(text, width=96, initial_indent=" " * 15, subsequent_indent=" " * 15).lstrip()
-    return f"{title:<14} {len(names)}: {body}"
+    return f"{title:<14} {len(names) if count is None else count}: {body}"
 
 
 @click.command()
@@ -118,7 +129,8 @@ def convert(checkpoint, out, arch, stem, fmt, normalize, allow_missing, trust, o
 
     The result loads without pickle and records the source file, its detected
     format, the dropped heads and the input normalisation. Dual-BN checkpoints
-    keep both batch norms (choose with --adversarial-bn where models are used).
+    keep both batch norms: the clean one is used unless a loader asks for the
+    adversarial one (load_model(..., adversarial_bn=True)).
 
     \b
     Examples:

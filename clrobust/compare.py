@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from clrobust.attacks import AttackSpec, attack_batch
 from clrobust.cka import StreamingCKA, batch_bounds, ugram_stack
 from clrobust.data import load_dataset, to_float
+from clrobust.distributed import Dist, owns
 from clrobust.errors import ClrobustError
 from clrobust.hooks import LayerRecorder, layer_names
 from clrobust.loading import LoadedModel, load_model
@@ -85,28 +86,26 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist=None) -> 
             raise ClrobustError(f"model {lab!r} has {nc} classes but {settings.data} has {data.num_classes}; "
                                 "compare it on its own data set.")
     settings.attack.n_classes = data.num_classes
-    shard = data if dist is None else data.shard(dist.rank, dist.world)
     timings["load"] += time.perf_counter() - t
 
     entries = planned_entries(labels)
     accs = {e: StreamingCKA() for e in entries}
     correct = {lab: {"clean": 0, "adversarial": 0} for lab in labels}
     recorders = {lab: LayerRecorder(nets[lab], names[lab]) for lab in labels}
-    bounds = batch_bounds(len(shard), settings.batch_size)
-    # Batch index offset so attack seeds do not depend on the number of processes.
-    offset = 0 if dist is None else len(batch_bounds(len(data), settings.batch_size)) * dist.rank
+    # Global batching; each batch keeps its index (its attack seed) whatever the process count.
+    bounds = [(i, b) for i, b in enumerate(batch_bounds(len(data), settings.batch_size)) if owns(dist, i)]
     try:
         for r in recorders.values():
             r.__enter__()
         bar = tqdm(bounds, desc="compare-layers", disable=not progress, unit="batch")
-        for bi, (lo, hi) in enumerate(bar):
-            x = to_float(shard.images[lo:hi]).to(settings.device)
-            y = shard.labels[lo:hi].to(settings.device)
+        for bi, (lo, hi) in bar:
+            x = to_float(data.images[lo:hi]).to(settings.device)
+            y = data.labels[lo:hi].to(settings.device)
             grams: Dict[Tuple[str, str], torch.Tensor] = {}
             for lab in labels:
                 net = nets[lab]
                 t = time.perf_counter()
-                x_adv = attack_batch(settings.attack, net, x, y, batch_index=offset + bi)
+                x_adv = attack_batch(settings.attack, net, x, y, batch_index=bi)
                 timings["attack"] += time.perf_counter() - t
                 for inp, xi in (("clean", x), ("adversarial", x_adv)):
                     t = time.perf_counter()
@@ -215,11 +214,19 @@ def summary_table(results: Dict[str, Any]) -> str:
 
 
 def compare_layers(settings: CompareSettings, out: Path, overwrite: bool = False,
-                   progress: bool = True) -> Dict[str, Any]:
-    """Run the job and write its outputs (refusing to overwrite unless asked)."""
+                   progress: bool = True, dist: Optional[Dist] = None) -> Dict[str, Any]:
+    """Run the job and write its outputs (refusing to overwrite unless asked).
+
+    Under torchrun (``dist``), every process computes its batches and rank 0 writes.
+    """
     out = Path(out)
-    prepare_out_dir(out, RESULT_FILES, overwrite)  # fail before any work
-    results = run_compare(settings, progress=progress)
+    main = dist is None or dist.is_main
+    if main:
+        prepare_out_dir(out, RESULT_FILES, overwrite)  # fail before any work
+    results = run_compare(settings, progress=progress and main, dist=dist)
+    results["processes"] = 1 if dist is None else dist.world
+    if not main:
+        return results
     write_outputs(results, out)
     write_json(out / "settings.json", {"command": settings_dict(settings), "versions": results["versions"],
                                        "seed": settings.seed})

@@ -63,3 +63,22 @@ def save_disparity(path: Path, curves: Dict[str, Sequence[float]], layers: Dict[
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def probe_axes(ax, layers: Sequence[str], curves: Dict[str, Sequence[float]], title: str,
+               chance: Optional[float] = None) -> None:
+    """Linear-probe accuracy over depth, one line per curve (e.g. train, clean, adversarial)."""
+    x = np.arange(len(layers))
+    styles = {"train": ":", "clean": "-", "adversarial": "--"}
+    for name, values in curves.items():
+        ax.plot(x, np.asarray(values, dtype=float), marker="o", ms=3, ls=styles.get(name, "-"), label=name)
+    if chance is not None:
+        ax.axhline(chance, color="grey", lw=0.8, ls="-.", label="chance")
+    ax.set_xticks(x)
+    ax.set_xticklabels(list(layers), rotation=60, ha="right", fontsize=6)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("linear-probe accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import pytest
 import torch
@@ -319,8 +319,8 @@ def test_format_roundtrip(case: Case, tmp_path: Path, images: torch.Tensor) -> N
     assert (report.arch, report.stem, report.width, report.dual_bn) == (arch, stem, 4, dual)
     assert report.missing == []
     assert report.has_classifier == has_classifier
-    expected_norm = None if norm is None else [list(norm[0]), list(norm[1])]
-    got_norm = None if report.normalize["mean"] is None else [report.normalize["mean"], report.normalize["std"]]
+    expected_norm = None if norm is None else list(norm[0]) + list(norm[1])
+    got_norm = None if report.normalize["mean"] is None else report.normalize["mean"] + report.normalize["std"]
     if expected_norm is None:
         assert got_norm is None
     else:

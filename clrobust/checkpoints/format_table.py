@@ -152,7 +152,8 @@ FORMATS: List[CheckpointFormat] = [
         prefixes=("backbone.",), renames=TORCHVISION, heads=(r"^backbone\.fc\.",)),
     CheckpointFormat(
         "simclr-spijkervet", "SimCLR (Spijkervet)",
-        recognise=(r"^(model\.)?encoder\.conv1\.weight$", r"^(model\.)?projector\.0\.weight$"),
+        recognise=(r"^(model\.)?encoder\.conv1\.weight$", r"^(model\.)?projector\.0\.weight$",
+                   r"^(model\.)?encoder\.layer\d\.\d+\.downsample\.0\.weight$"),
         prefixes=("model.encoder.", "encoder."), renames=TORCHVISION,
         heads=(r"^(model\.)?projector\.", r"^(model\.)?encoder\.fc\.")),
     CheckpointFormat(

@@ -176,13 +176,13 @@ def load_checkpoint(path: Union[str, Path], arch: Optional[str] = None, normaliz
     guess = infer_arch(fmt, mapped.encoder, arch, stem)
     norm, norm_info = _resolve_normalize(normalize, mapped, fmt)
     classifier = _classifier(mapped)
-    num_classes = int(classifier["classifier.weight"].shape[0]) if classifier else 10
+    num_classes = int(classifier["weight"].shape[0]) if classifier else 10
     config = ModelConfig(arch=guess.arch, width=guess.width, stem=guess.stem, num_classes=num_classes,
                          proj_dim=None, mean=norm[0] if norm else None, std=norm[1] if norm else None,
                          dual_bn=guess.dual_bn, extra={"source_format": fmt.name, "source": str(path)})
     net = create_model(config)
     missing = _load_encoder(net, mapped, fmt, strict, path)
-    if classifier and tuple(classifier["classifier.weight"].shape) == tuple(net.classifier.weight.shape):
+    if classifier and tuple(classifier["weight"].shape) == tuple(net.classifier.weight.shape):
         net.classifier.load_state_dict(classifier)
     elif mapped.classifier:
         mapped.unexpected += [mapped.sources[k] for k in mapped.classifier]

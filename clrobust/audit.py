@@ -1,0 +1,262 @@
+"""Robust-accuracy reports for one or many models (``clrobust audit``).
+
+For each model, each norm and eps, each attack: which test points stay correctly
+classified. Robust accuracy of AutoAttack and of the "worst case" row is the
+per-point worst case over their attacks, as RobustBench reports it. Threat model
+II attacks encoder + linear head end to end; threat model I attacks the encoder
+alone without labels (``rep``), then classifies with the linear head / probe.
+
+Results are cached per (model, norm, eps, attack) in the output folder, so an
+interrupted audit resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from tqdm.auto import tqdm
+
+from clrobust.attacks import AttackSpec, attack_batch, format_eps
+from clrobust.data import ImageData, load_dataset, to_float
+from clrobust.distributed import Dist, owns
+from clrobust.errors import ClrobustError
+from clrobust.loading import LoadedModel, load_model
+from clrobust.provenance import prepare_out_dir, versions, write_json
+
+#: attack name -> (torchattacks-backed spec name, default steps)
+AUDIT_ATTACKS: Dict[str, Tuple[str, int]] = {
+    "fgsm": ("fgsm", 1), "pgd20": ("pgd", 20), "apgd-ce": ("apgd", 100), "autoattack": ("autoattack", 100),
+    "tm1-pgd20": ("rep", 20),
+}
+L2_NAMES = {"pgd20": "pgd-l2"}
+REPORT_FILES = ("report.json", "report.csv", "report.md", "robust_accuracy_vs_eps.png")
+
+
+@dataclass
+class AuditSettings:
+    models: Sequence[str]
+    data: str = "cifar10-mini"
+    data_root: Optional[str] = None
+    split: str = "test"
+    eps: Sequence[float] = (2 / 255, 4 / 255, 8 / 255)
+    l2_eps: Sequence[float] = ()
+    attacks: Sequence[str] = ("fgsm", "pgd20", "apgd-ce", "autoattack", "tm1-pgd20")
+    n_samples: Optional[int] = 200
+    batch_size: int = 100
+    seed: int = 0
+    device: str = "cpu"
+    probe_train: Optional[int] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.attacks if a not in AUDIT_ATTACKS]
+        if unknown:
+            raise ClrobustError(f"unknown attack {unknown[0]!r}; use: {', '.join(AUDIT_ATTACKS)}.")
+        if not self.eps and not self.l2_eps:
+            raise ClrobustError("give at least one eps (--eps or --l2-eps).")
+
+    def key(self) -> str:
+        d = asdict(self)
+        d.pop("models")
+        d.pop("device")
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _spec(attack: str, norm: str, eps: float, seed: int, n_classes: int) -> AttackSpec:
+    name, steps = AUDIT_ATTACKS[attack]
+    if norm == "L2":
+        if attack in ("fgsm", "tm1-pgd20"):
+            raise ClrobustError(f"{attack} is L-inf only here.")
+        name = {"pgd": "pgd-l2"}.get(name, name)
+    return AttackSpec(name, eps, steps, seed=seed, n_classes=n_classes, norm=norm)
+
+
+def _units(settings: AuditSettings) -> List[Tuple[str, float, str]]:
+    units = [("Linf", e, a) for e in settings.eps for a in settings.attacks]
+    units += [("L2", e, a) for e in settings.l2_eps for a in settings.attacks if a not in ("fgsm", "tm1-pgd20")]
+    return units
+
+
+def ensure_classifier(lm: LoadedModel, settings: AuditSettings, train: ImageData, progress: bool) -> Dict[str, Any]:
+    """Fit a linear probe on frozen train features when the model has no classifier of its own."""
+    if lm.metadata.get("has_classifier", True):
+        return {"classifier": "own linear head"}
+    from clrobust.train.trainer import fit_linear
+
+    net = lm.network
+    feats = []
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        for x, _ in tqdm(train.batches(256), desc=f"{lm.label}: probe features", disable=not progress, leave=False):
+            feats.append(net.features(x.to(settings.device)).cpu())
+        f = torch.cat(feats)
+        head = net.classifier.cpu()
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+        fit_linear(head, f, train.labels)
+        net.classifier.to(settings.device)
+    acc = float((head(f).argmax(1) == train.labels).float().mean())
+    return {"classifier": f"linear probe fitted on {len(train)} frozen train features", "probe_train_accuracy": acc}
+
+
+def _correct(net, spec: Optional[AttackSpec], data: ImageData, bs: int, device: str, dist: Optional[Dist],
+             desc: str, progress: bool) -> torch.Tensor:
+    """Per-point correctness (int64 0/1) under ``spec`` (None = clean), all-reduced across processes."""
+    n = len(data)
+    out = torch.zeros(n, dtype=torch.int64)
+    idx = [(i, lo) for i, lo in enumerate(range(0, n, bs)) if owns(dist, i)]
+    for i, lo in tqdm(idx, desc=desc, disable=not progress, leave=False):
+        x = to_float(data.images[lo:lo + bs]).to(device)
+        y = data.labels[lo:lo + bs].to(device)
+        if spec is not None:
+            x_adv = attack_batch(spec, net, x, y, batch_index=i)
+            linf = (x_adv - x).abs().flatten(1).max(1).values
+            l2 = (x_adv - x).flatten(1).norm(dim=1)
+            bound = l2 if spec.norm == "L2" else linf
+            if (bound > spec.eps + 1e-5).any() or x_adv.min() < 0 or x_adv.max() > 1:
+                raise RuntimeError(f"{spec.name} left the {spec.norm} ball of radius {spec.eps}")
+            x = x_adv
+        with torch.no_grad():
+            out[lo:lo + len(y)] = (net(x).argmax(1) == y).long().cpu()
+    if dist is not None:
+        dist.all_reduce([out])
+    return out
+
+
+def run_audit(settings: AuditSettings, out: Path, overwrite: bool = False, progress: bool = True,
+              dist: Optional[Dist] = None) -> Dict[str, Any]:
+    """Audit every model; write report.json/.csv/.md and the robust-accuracy plot (rank 0)."""
+    out = Path(out)
+    main = dist is None or dist.is_main
+    cache_path = out / "audit-cache.json"
+    cache: Dict[str, Any] = {}
+    if cache_path.exists():
+        cache = json.loads(cache_path.read_text())
+        if cache.get("settings_key") != settings.key():
+            if not overwrite:
+                raise ClrobustError(f"--out {str(out)!r} holds an audit with other settings; "
+                                    "choose another folder or pass --overwrite.")
+            cache = {}
+    elif main:
+        prepare_out_dir(out, REPORT_FILES, overwrite)
+    cache.setdefault("settings_key", settings.key())
+    cache.setdefault("results", {})
+    data = load_dataset(settings.data, settings.split, settings.data_root).subset(settings.n_samples)
+    train = None
+    rows: List[Dict[str, Any]] = []
+    models_info: Dict[str, Any] = {}
+    for name in settings.models:
+        lm = load_model(name, settings.device)
+        net = lm.network
+        if net.config.num_classes != data.num_classes:
+            raise ClrobustError(f"model {lm.label!r} has {net.config.num_classes} classes, "
+                                f"{settings.data} has {data.num_classes}.")
+        if not lm.metadata.get("has_classifier", True) and train is None:
+            train = load_dataset(settings.data, "train", settings.data_root).subset(settings.probe_train)
+        info = ensure_classifier(lm, settings, train, progress and main) if train is not None or \
+            lm.metadata.get("has_classifier", True) else {}
+        models_info[lm.label] = {"source": str(lm.path), **info}
+        mres = cache["results"].setdefault(lm.label, {})
+        if "clean" not in mres:
+            mres["clean"] = _correct(net, None, data, settings.batch_size, settings.device, dist,
+                                     f"{lm.label}: clean", progress and main).tolist()
+        clean = torch.tensor(mres["clean"])
+        worst: Dict[Tuple[str, float], torch.Tensor] = {}
+        for norm, eps, attack in _units(settings):
+            key = f"{attack}|{norm}|{eps:.10g}"
+            if key not in mres:
+                spec = _spec(attack, norm, eps, settings.seed, data.num_classes)
+                mres[key] = _correct(net, spec, data, settings.batch_size, settings.device, dist,
+                                     f"{lm.label}: {attack} {norm} {format_eps(eps)}", progress and main).tolist()
+                if main:
+                    write_json(cache_path, cache)
+            corr = torch.tensor(mres[key]) & clean
+            if attack != "tm1-pgd20":
+                worst[(norm, eps)] = corr if (norm, eps) not in worst else worst[(norm, eps)] & corr
+            rows.append(_row(lm.label, attack, norm, eps, clean, corr))
+        for (norm, eps), corr in worst.items():
+            rows.append(_row(lm.label, "worst-case (II)", norm, eps, clean, corr))
+    report = {"models": models_info, "rows": rows, "n_samples": len(data),
+              "data": {"name": settings.data, "split": settings.split},
+              "attacks": {a: {"spec": AUDIT_ATTACKS[a][0], "steps": AUDIT_ATTACKS[a][1]} for a in settings.attacks},
+              "autoattack": "standard: APGD-CE 100 steps, APGD-T 100 steps, FAB-T 100 steps, Square 5000 "
+                            "queries, 1 restart each, through torchattacks; robust = per-point worst case",
+              "seed": settings.seed, "settings": {**asdict(settings), "eps": list(settings.eps),
+                                                  "l2_eps": list(settings.l2_eps)},
+              "versions": versions()}
+    if main:
+        write_report(report, out)
+    return report
+
+
+def _row(model: str, attack: str, norm: str, eps: float, clean: torch.Tensor, corr: torch.Tensor) -> Dict[str, Any]:
+    n = len(clean)
+    return {"model": model, "attack": attack, "norm": norm, "eps": eps, "eps_text": format_eps(eps) if norm == "Linf"
+            else f"{eps:g}", "threat_model": "I" if attack.startswith("tm1") else "II",
+            "clean_accuracy": float(clean.sum()) / n, "robust_accuracy": float(corr.sum()) / n, "n": n}
+
+
+def write_report(report: Dict[str, Any], out: Path) -> None:
+    write_json(out / "report.json", report)
+    rows = report["rows"]
+    with open(out / "report.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (out / "report.md").write_text(markdown_table(report) + "\n")
+    _plot(report, out / "robust_accuracy_vs_eps.png")
+
+
+def markdown_table(report: Dict[str, Any]) -> str:
+    """One row per model: clean accuracy, then robust accuracy per (attack, norm, eps)."""
+    rows = report["rows"]
+    cols: List[Tuple[str, str, str]] = []
+    for r in rows:
+        c = (r["attack"], r["norm"], r["eps_text"])
+        if c not in cols:
+            cols.append(c)
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    head = ["model", "clean"] + [f"{a} {n} {e}" for a, n, e in cols]
+    lines = [f"Robust accuracy on {report['n_samples']} {report['data']['name']} {report['data']['split']} images "
+             f"(seed {report['seed']}). {report['autoattack']}.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in models:
+        mr = {(r["attack"], r["norm"], r["eps_text"]): r for r in rows if r["model"] == m}
+        clean = next(iter(mr.values()))["clean_accuracy"]
+        lines.append("| " + " | ".join([m, f"{clean:.1%}"] + [f"{mr[c]['robust_accuracy']:.1%}" if c in mr else "-"
+                                                            for c in cols]) + " |")
+    return "\n".join(lines)
+
+
+def _plot(report: Dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if r["norm"] == "Linf"]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for m in dict.fromkeys(r["model"] for r in rows):
+        for attack, style in (("worst-case (II)", "-"), ("tm1-pgd20", ":")):
+            pts = sorted((r["eps"], r["robust_accuracy"]) for r in rows if r["model"] == m and r["attack"] == attack)
+            if pts:
+                ax.plot([0] + [p[0] * 255 for p in pts],
+                        [next(r["clean_accuracy"] for r in rows if r["model"] == m)] + [p[1] for p in pts],
+                        style, marker="o", ms=3, label=f"{m} ({'worst case, II' if style == '-' else 'threat model I'})")
+    ax.set_xlabel("eps (x/255, L-inf)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    ax.set_title(f"Robust accuracy vs eps ({report['n_samples']} {report['data']['name']} images)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

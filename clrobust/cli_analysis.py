@@ -1,0 +1,148 @@
+"""``clrobust probe-layers`` and ``clrobust figures``: per-layer linear probes and the paper's figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from clrobust.cli import data_options, progress_option, seed_option
+from clrobust.errors import ClrobustError
+
+ATTACK_CHOICES = ["pgd", "fgsm", "pgd-l2", "apgd", "autoattack", "rep", "none"]
+
+
+def attack_options(f):
+    f = click.option("--alpha", default=None, type=float, help="Attack step size [2.5 eps / steps].")(f)
+    f = click.option("--steps", default=10, show_default=True, type=int, help="Attack iterations.")(f)
+    f = click.option("--eps", default="8/255", show_default=True, help="Attack radius: 8/255 or 0.0314 (L2: 0.5).")(f)
+    f = click.option("--attack", type=click.Choice(ATTACK_CHOICES), default="pgd", show_default=True,
+                     help="Attack crafted end to end against each model (threat model II), or 'rep' "
+                          "(label-free, threat model I).")(f)
+    return f
+
+
+def _spec(attack: str, eps: str, steps: int, alpha, seed: int):
+    from clrobust.attacks import AttackSpec, parse_eps
+
+    norm = "L2" if attack == "pgd-l2" else "Linf"
+    return AttackSpec(attack, parse_eps(eps, norm), steps, alpha, seed=seed)
+
+
+@click.command("probe-layers")
+@click.argument("model")
+@data_options
+@click.option("--layers", default="blocks", show_default=True,
+              help="blocks, all, or comma-separated glob patterns such as 'layer3.*,avgpool'.")
+@attack_options
+@click.option("--n-train", default=2000, show_default=True, type=int,
+              help="Train images the probes are fitted on (the first N of the train split).")
+@click.option("--n-samples", default=512, show_default=True, type=int,
+              help="Test images the probes are evaluated on, clean and adversarial (the first N).")
+@click.option("--batch-size", default=128, show_default=True, type=int)
+@seed_option
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--cache/--no-cache", default=True, show_default=True,
+              help="Keep the layer features in OUT/features/*.npz so a re-run reuses them.")
+@click.option("--out", default="probe-layers-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace results already in --out.")
+@progress_option
+def probe_layers(model, data, data_root, layers, attack, eps, steps, alpha, n_train, n_samples, batch_size, seed,
+                 device, cache, out, overwrite, progress):
+    """A linear probe at every layer of MODEL: train, clean test and adversarial test accuracy.
+
+    MODEL is a zoo name or a checkpoint path. Every layer is recorded once per batch;
+    conv maps are average pooled to 2x2 and flattened; each probe is a seeded
+    multinomial logistic regression on standardised features.
+
+    \b
+    Writes to --out:
+      probes.json    per-layer accuracies, feature sizes, attack, seed, versions
+      probes.csv     one row per layer
+      probes.png     accuracy over depth (train, clean, adversarial)
+      settings.json  the settings of this run
+      features/      cached features (with --cache)
+
+    \b
+    Examples:
+      clrobust probe-layers simclr-at
+      clrobust probe-layers runs/my.safetensors --layers 'layer4.*,avgpool' --eps 4/255 --steps 20
+    """
+    from clrobust.probes import run_probe_layers
+
+    spec = _spec(attack, eps, steps, alpha, seed)
+    res = run_probe_layers(model, Path(out), data=data, data_root=data_root, layers=layers, attack=spec,
+                           n_train=n_train, n_samples=n_samples, batch_size=batch_size, seed=seed, device=device,
+                           cache=cache, overwrite=overwrite, progress=progress)
+    click.echo(f"{'layer':<14}{'dim':>6}{'train':>8}{'clean':>8}{'adv':>8}")
+    for i, name in enumerate(res["layers"]):
+        click.echo(f"{name:<14}{res['feature_dims'][i]:>6}{res['train_accuracy'][i]:>8.1%}"
+                   f"{res['clean_accuracy'][i]:>8.1%}{res['adversarial_accuracy'][i]:>8.1%}")
+    source = "computed" if res["features"] == "computed" else f"from the {res['features']} cache"
+    click.echo(f"{res['n_train']} train / {res['n_test']} test images, {res['attack']['eps_text']} {attack}; "
+               f"features {source}. Results in {out}/")
+
+
+@click.command("figures")
+@click.argument("family", type=click.Choice(["st-clean-vs-adv", "at-probes", "eps-sweep", "cross-model", "all"]))
+@data_options
+@click.option("--layers", default="blocks", show_default=True, help="blocks, all, or glob patterns.")
+@attack_options
+@click.option("--n-samples", default=512, show_default=True, type=int, help="Test images (the first N).")
+@click.option("--n-train", default=1000, show_default=True, type=int,
+              help="Train images for the at-probes linear probes.")
+@click.option("--batch-size", default=128, show_default=True, type=int)
+@click.option("--models", default=None,
+              help="Replace models: NAME=PATH items (comma-separated) swap a default zoo model everywhere; "
+                   "a plain comma-separated list gives one family's models in order.")
+@seed_option
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", default="figures-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace figures already in --out.")
+@click.option("--check", is_flag=True, help="Print whether the paper's findings hold in these numbers.")
+@progress_option
+def figures(family, data, data_root, layers, attack, eps, steps, alpha, n_samples, n_train, batch_size, models,
+            seed, device, out, overwrite, check, progress):
+    """Draw the paper's figures (PNG, PDF and the numbers as JSON) into --out.
+
+    \b
+    FAMILY:
+      st-clean-vs-adv  simclr-st, supcon-st, supervised-st: CKA clean vs clean, clean vs adversarial
+      at-probes        simclr-at, simclr-fat: the same heatmaps, with a linear probe per layer beneath
+      eps-sweep        simclr-at-eps2, simclr-at, simclr-at-eps16 (+ simclr-st): disparity over depth
+      cross-model      simclr vs supervised CKA on adversarial inputs, ST pair next to AT pair
+      all              the four (one pass over the models)
+
+    \b
+    Examples:
+      clrobust figures all --check --out docs/gallery
+      clrobust figures eps-sweep --eps 4/255 --steps 20
+      clrobust figures cross-model --models a.safetensors,b.safetensors,c.safetensors,d.safetensors
+      clrobust figures all --models simclr-st=runs/my-st.safetensors
+    """
+    from clrobust.figures import FAMILIES, FigureSettings, make_figures, parse_models
+
+    fams = list(FAMILIES) if family == "all" else [family]
+    subs, positional = parse_models(models, fams)
+    if batch_size < 4:
+        raise ClrobustError("--batch-size must be at least 4 (unbiased HSIC needs 4 samples per batch).")
+    settings = FigureSettings(data=data, data_root=data_root, layers=layers,
+                              attack=_spec(attack, eps, steps, alpha, seed), n_samples=n_samples, n_train=n_train,
+                              batch_size=batch_size, seed=seed, device=device, models=subs, positional=positional)
+    res = make_figures(fams, settings, Path(out), overwrite=overwrite, progress=progress, check=check)
+    for f, d in res["figures"].items():
+        s = d["summary"]
+        parts = [f"{k}: late disparity {s['late_disparity'][k]:.3f}, cross-layer CKA "
+                 f"{s['cross_layer_cka_clean'][k]:.3f}, robust acc {s['robust_accuracy'][k]:.1%}"
+                 for k in d["models"]]
+        click.echo(f"{f}: " + "; ".join(parts))
+        if "cross_model_cka" in s:
+            cm = s["cross_model_cka"]
+            click.echo(f"{f}: mean cross-model CKA ST {cm['ST']['mean']:.3f}, AT {cm['AT']['mean']:.3f}")
+    if check:
+        for finding in res["findings"]:
+            click.echo(finding.line())
+    click.echo(f"{len(res['files'])} files in {out}/")
+
+
+COMMANDS = [probe_layers, figures]

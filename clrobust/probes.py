@@ -1,0 +1,359 @@
+"""Per-layer linear probes: how linearly decodable the labels are at every layer, clean and adversarial.
+
+For one model and a layer set, every layer is recorded in one forward pass per
+batch on the train split (clean) and on the test split, clean and adversarial
+(inputs crafted end to end against the model with :func:`clrobust.attacks.attack_batch`,
+the same batches and seeds as ``compare-layers``). Convolutional maps are average
+pooled to 2x2 and flattened. Features are computed once per setting and cached in
+memory and, optionally, as ``.npz`` on disk. A seeded multinomial logistic
+regression (standardised features, full-batch L-BFGS, float64) is fitted per layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from clrobust.attacks import AttackSpec, attack_batch
+from clrobust.data import ImageData, to_float
+from clrobust.errors import ClrobustError
+from clrobust.hooks import LayerRecorder, layer_names
+
+#: Spatial size conv maps are average pooled to before flattening.
+POOL_SIZE = 2
+POOLING = f"adaptive average pool of conv maps to {POOL_SIZE}x{POOL_SIZE}, then flatten"
+#: Feature sets kept in memory (least recently used dropped first).
+MEMORY_CACHE_SIZE = 4
+_MEMORY: "OrderedDict[str, LayerFeatures]" = OrderedDict()
+
+
+@dataclass
+class LayerFeatures:
+    """Pooled, flattened features of every layer: train (clean), test clean and test adversarial."""
+
+    layers: List[str]
+    train: Dict[str, np.ndarray]
+    test_clean: Dict[str, np.ndarray]
+    test_adversarial: Dict[str, np.ndarray]
+    train_labels: np.ndarray
+    test_labels: np.ndarray
+    model_accuracy: Dict[str, float] = field(default_factory=dict)
+    cache_file: Optional[str] = None
+    from_cache: str = "computed"
+
+
+@dataclass
+class ProbeResult:
+    """Accuracy of a linear probe at every layer."""
+
+    layers: List[str]
+    train_accuracy: List[float]
+    clean_accuracy: List[float]
+    adversarial_accuracy: List[float]
+    feature_dims: List[int]
+    n_train: int
+    n_test: int
+    n_classes: int
+    attack: Dict[str, Any]
+    seed: int
+    model_accuracy: Dict[str, float]
+    pooling: str = POOLING
+    probe: str = ("multinomial logistic regression on standardised features, full-batch L-BFGS "
+                  "(float64), L2 weight decay 1e-4, seeded init")
+    features: str = "computed"
+    cache_file: Optional[str] = None
+    timings_seconds: Dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def pool_flatten(act: torch.Tensor, size: int = POOL_SIZE) -> torch.Tensor:
+    """(N, C, H, W) maps -> adaptive average pool to ``size`` x ``size`` -> (N, C*size*size); (N, D) unchanged."""
+    if act.dim() == 4:
+        act = F.adaptive_avg_pool2d(act, size)
+    return act.reshape(act.shape[0], -1)
+
+
+def _state_hash(net: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in net.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def feature_key(net: nn.Module, layers: Sequence[str], train: ImageData, test: ImageData,
+                attack: AttackSpec, batch_size: int) -> str:
+    """Cache key: the model's weights, the layers, the data (name, split, size), the attack, batching, pooling."""
+    desc = {"model": _state_hash(net), "layers": list(layers),
+            "train": [train.name, train.split, len(train)], "test": [test.name, test.split, len(test)],
+            "attack": attack.to_dict(), "batch_size": batch_size, "pool": POOL_SIZE, "v": 1}
+    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _record(rec: LayerRecorder, data: ImageData, batch_size: int, desc: str, progress: bool,
+            net: Optional[nn.Module] = None, attack: Optional[AttackSpec] = None,
+            device: str = "cpu") -> Tuple[Dict[str, np.ndarray], Dict[str, int]]:
+    chunks: Dict[str, List[torch.Tensor]] = {n: [] for n in rec.names}
+    correct = {"clean": 0, "adversarial": 0}
+    n_batches = -(-len(data) // batch_size)
+    for bi in tqdm(range(n_batches), desc=desc, disable=not progress, unit="batch", leave=False):
+        lo, hi = bi * batch_size, min(len(data), (bi + 1) * batch_size)
+        x = to_float(data.images[lo:hi]).to(device)
+        y = data.labels[lo:hi].to(device)
+        if attack is not None:
+            with torch.no_grad():
+                correct["clean"] += int((net(x).argmax(1) == y).sum())
+            x = attack_batch(attack, net, x, y, batch_index=bi)
+            with torch.no_grad():
+                correct["adversarial"] += int((net(x).argmax(1) == y).sum())
+        for name, act in rec.record(x).items():
+            chunks[name].append(pool_flatten(act).float().cpu())
+    return {n: torch.cat(c).numpy() for n, c in chunks.items()}, correct
+
+
+def extract_features(net: nn.Module, train: ImageData, test: ImageData, layers: Union[str, Sequence[str]],
+                     attack: AttackSpec, batch_size: int = 128, progress: bool = True,
+                     cache_dir: Optional[Path] = None, device: str = "cpu") -> LayerFeatures:
+    """Record every layer on train (clean) and test (clean and adversarial), once per setting.
+
+    Looks in the in-memory cache, then in ``cache_dir`` (``features-<key>.npz``), and
+    computes (and stores) only when both miss.
+    """
+    if batch_size < 1:
+        raise ClrobustError(f"--batch-size must be at least 1, got {batch_size}.")
+    net.eval()
+    names = layer_names(net, layers) if isinstance(layers, str) else layer_names(net, list(layers))
+    key = feature_key(net, names, train, test, attack, batch_size)
+    if key in _MEMORY:
+        _MEMORY.move_to_end(key)
+        feats = _MEMORY[key]
+        return replace(feats, from_cache="memory")
+    path = Path(cache_dir) / f"features-{key}.npz" if cache_dir is not None else None
+    if path is not None and path.exists():
+        feats = _load_npz(path, names)
+        feats.from_cache = "disk"
+    else:
+        with LayerRecorder(net, names) as rec:
+            tr, _ = _record(rec, train, batch_size, "probe features train", progress, device=device)
+            tc, _ = _record(rec, test, batch_size, "probe features test", progress, device=device)
+            ta, correct = _record(rec, test, batch_size, "probe features test adv", progress, net, attack,
+                                  device)
+        acc = {k: v / len(test) for k, v in correct.items()}
+        feats = LayerFeatures(names, tr, tc, ta, train.labels.numpy().copy(), test.labels.numpy().copy(), acc)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _save_npz(path, feats)
+    if path is not None:
+        feats.cache_file = str(path)
+    _MEMORY[key] = feats
+    while len(_MEMORY) > MEMORY_CACHE_SIZE:
+        _MEMORY.popitem(last=False)
+    return feats
+
+
+def clear_memory_cache() -> None:
+    """Forget every feature set held in memory."""
+    _MEMORY.clear()
+
+
+def _save_npz(path: Path, f: LayerFeatures) -> None:
+    arrays = {"train_labels": f.train_labels, "test_labels": f.test_labels}
+    for i, n in enumerate(f.layers):
+        arrays[f"train_{i}"] = f.train[n]
+        arrays[f"clean_{i}"] = f.test_clean[n]
+        arrays[f"adv_{i}"] = f.test_adversarial[n]
+    meta = {"layers": f.layers, "model_accuracy": f.model_accuracy, "pooling": POOLING}
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
+    tmp.replace(path)
+
+
+def _load_npz(path: Path, names: List[str]) -> LayerFeatures:
+    try:
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta["layers"] != names:
+                raise KeyError("layers")
+            n = len(names)
+            return LayerFeatures(names, {names[i]: z[f"train_{i}"] for i in range(n)},
+                                 {names[i]: z[f"clean_{i}"] for i in range(n)},
+                                 {names[i]: z[f"adv_{i}"] for i in range(n)},
+                                 z["train_labels"], z["test_labels"], meta["model_accuracy"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ClrobustError(f"feature cache {str(path)!r} is unreadable ({exc}); delete it to recompute.") from None
+
+
+def fit_probe(train_x: np.ndarray, train_y: np.ndarray, tests: Mapping[str, Tuple[np.ndarray, np.ndarray]],
+              n_classes: Optional[int] = None, seed: int = 0, weight_decay: float = 1e-4,
+              max_iter: int = 200) -> Dict[str, float]:
+    """Fit a multinomial logistic regression on standardised ``train_x``; accuracy on train and each test set.
+
+    Standardisation uses the train mean and std (constant features become 0). The fit
+    is full-batch L-BFGS in float64 from a seeded initialisation, so it is
+    deterministic given ``seed`` (and the objective is strictly convex).
+
+    Returns:
+        ``{"train": acc, <name>: acc for each entry of tests}``.
+    """
+    x = torch.as_tensor(np.asarray(train_x), dtype=torch.float64).reshape(len(train_x), -1)
+    y = torch.as_tensor(np.asarray(train_y), dtype=torch.long)
+    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise ClrobustError(f"probe needs as many labels as feature rows (got {x.shape[0]} and {y.shape[0]}).")
+    k = int(n_classes if n_classes is not None else int(y.max()) + 1)
+    mean = x.mean(0)
+    std = x.std(0, unbiased=False)
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))
+    xs = (x - mean) / std
+    gen = torch.Generator().manual_seed(seed)
+    w = (0.01 * torch.randn(x.shape[1], k, generator=gen, dtype=torch.float64)).requires_grad_(True)
+    b = torch.zeros(k, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-9, tolerance_change=1e-12)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(xs @ w + b, y) + weight_decay * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+
+    def acc(xt, yt) -> float:
+        xt = torch.as_tensor(np.asarray(xt), dtype=torch.float64).reshape(len(xt), -1)
+        yt = torch.as_tensor(np.asarray(yt), dtype=torch.long)
+        with torch.no_grad():
+            return float((((xt - mean) / std @ w + b).argmax(1) == yt).double().mean())
+
+    out = {"train": acc(train_x, train_y)}
+    for name, (xt, yt) in tests.items():
+        out[name] = acc(xt, yt)
+    return out
+
+
+def fit_layers(feats: LayerFeatures, n_classes: int, seed: int = 0, progress: bool = True) -> Dict[str, List[float]]:
+    """One probe per layer of ``feats``: lists of train, clean test and adversarial test accuracy."""
+    res: Dict[str, List[float]] = {"train": [], "clean": [], "adversarial": []}
+    for name in tqdm(feats.layers, desc="fit probes", disable=not progress, unit="layer", leave=False):
+        r = fit_probe(feats.train[name], feats.train_labels,
+                      {"clean": (feats.test_clean[name], feats.test_labels),
+                       "adversarial": (feats.test_adversarial[name], feats.test_labels)},
+                      n_classes=n_classes, seed=seed)
+        for k in res:
+            res[k].append(r[k])
+    return res
+
+
+def probe_layers(model: nn.Module, train_data: ImageData, test_data: ImageData,
+                 layers: Union[str, Sequence[str]] = "blocks", attack: Optional[AttackSpec] = None,
+                 batch_size: int = 128, seed: int = 0, progress: bool = True,
+                 cache_dir: Optional[Path] = None, device: str = "cpu") -> ProbeResult:
+    """Linear probe at every layer of ``model``: train, clean test and adversarial test accuracy.
+
+    Args:
+        model: a :class:`~clrobust.models.Network` (its classifier is what the attack targets).
+        train_data: images the probes are fitted on (clean).
+        test_data: images the probes are evaluated on, clean and adversarial.
+        layers: a layer set (``blocks``, ``all``) or glob patterns / names.
+        attack: the attack crafted against ``model`` [PGD-10 8/255].
+        batch_size: images per forward pass / attack batch.
+        seed: seeds the probe initialisation (the attack has its own ``attack.seed``).
+        progress: show tqdm bars.
+        cache_dir: folder for the ``.npz`` feature cache (None: memory only).
+        device: where the model runs.
+    """
+    attack = attack if attack is not None else AttackSpec()
+    if train_data.num_classes != test_data.num_classes:
+        raise ClrobustError("train and test data have different class counts; use splits of one data set.")
+    nc = getattr(getattr(model, "config", None), "num_classes", test_data.num_classes)
+    if nc != test_data.num_classes:
+        raise ClrobustError(f"model has {nc} classes but {test_data.name} has {test_data.num_classes}; "
+                            "probe it on its own data set.")
+    attack.n_classes = test_data.num_classes
+    t0 = time.perf_counter()
+    feats = extract_features(model, train_data, test_data, layers, attack, batch_size, progress, cache_dir, device)
+    t1 = time.perf_counter()
+    accs = fit_layers(feats, test_data.num_classes, seed, progress)
+    t2 = time.perf_counter()
+    return ProbeResult(
+        layers=list(feats.layers), train_accuracy=accs["train"], clean_accuracy=accs["clean"],
+        adversarial_accuracy=accs["adversarial"],
+        feature_dims=[int(feats.train[n].shape[1]) for n in feats.layers],
+        n_train=len(train_data), n_test=len(test_data), n_classes=test_data.num_classes,
+        attack=attack.to_dict(), seed=seed, model_accuracy=dict(feats.model_accuracy),
+        features=feats.from_cache, cache_file=feats.cache_file,
+        timings_seconds={"features": round(t1 - t0, 3), "fit": round(t2 - t1, 3)})
+
+
+PROBE_FILES = ("probes.json", "probes.csv", "probes.png", "settings.json")
+
+
+def write_probe_outputs(result: Dict[str, Any], out: Path, title: str) -> List[Path]:
+    """probes.json, probes.csv and probes.png (accuracy over depth) in ``out``."""
+    import csv
+
+    from clrobust import plots
+    from clrobust.provenance import write_json
+
+    out = Path(out)
+    write_json(out / "probes.json", result)
+    with open(out / "probes.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["layer_index", "layer", "feature_dim", "train_accuracy", "clean_accuracy",
+                    "adversarial_accuracy"])
+        for i, name in enumerate(result["layers"]):
+            w.writerow([i, name, result["feature_dims"][i], f"{result['train_accuracy'][i]:.6f}",
+                        f"{result['clean_accuracy'][i]:.6f}", f"{result['adversarial_accuracy'][i]:.6f}"])
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    plots.probe_axes(ax, result["layers"], {"train": result["train_accuracy"], "clean": result["clean_accuracy"],
+                                            "adversarial": result["adversarial_accuracy"]}, title,
+                     chance=1.0 / result["n_classes"])
+    fig.tight_layout()
+    fig.savefig(out / "probes.png", dpi=110)
+    plt.close(fig)
+    return [out / n for n in PROBE_FILES[:3]]
+
+
+def run_probe_layers(model: str, out: Path, data: str = "cifar10-mini", data_root: Optional[str] = None,
+                     layers: str = "blocks", attack: Optional[AttackSpec] = None, n_train: Optional[int] = 2000,
+                     n_samples: Optional[int] = 512, batch_size: int = 128, seed: int = 0, device: str = "cpu",
+                     cache: bool = True, overwrite: bool = False, progress: bool = True) -> Dict[str, Any]:
+    """The ``probe-layers`` job: load ``model`` (zoo name or path), probe every layer, write the outputs."""
+    from clrobust.data import load_dataset
+    from clrobust.loading import load_model
+    from clrobust.provenance import prepare_out_dir, versions, write_json
+
+    out = prepare_out_dir(Path(out), PROBE_FILES, overwrite)
+    attack = attack if attack is not None else AttackSpec(seed=seed)
+    lm = load_model(model, device)
+    train = load_dataset(data, "train", data_root).subset(n_train)
+    test = load_dataset(data, "test", data_root).subset(n_samples)
+    r = probe_layers(lm.network, train, test, layers, attack, batch_size, seed, progress,
+                     out / "features" if cache else None, device)
+    res = {"model": {"label": lm.label, "source": str(lm.path), "training": lm.metadata.get("training", {})},
+           "data": {"name": data, "train_split": "train", "test_split": "test"}, "layer_set": layers,
+           **r.to_dict(), "versions": versions()}
+    a = r.attack
+    atk = "no attack" if a["name"] == "none" else f"{a['name'].upper()} eps {a['eps_text']}"
+    write_probe_outputs(res, out, f"{lm.label}: linear probe per layer ({atk}; {r.n_train} train / "
+                                  f"{r.n_test} test images)\n{POOLING}")
+    write_json(out / "settings.json", {"command": {"model": model, "data": data, "data_root": data_root,
+                                                   "layers": layers, "attack": attack.to_dict(), "n_train": n_train,
+                                                   "n_samples": n_samples, "batch_size": batch_size, "seed": seed,
+                                                   "device": device, "cache": cache},
+                                       "seed": seed, "versions": res["versions"]})
+    return res
