@@ -26,7 +26,7 @@ from clrobust.attacks import AttackSpec, attack_batch, format_eps
 from clrobust.data import ImageData, load_dataset, to_float
 from clrobust.distributed import Dist, owns
 from clrobust.errors import ClrobustError
-from clrobust.loading import LoadedModel, load_model
+from clrobust.loading import ensure_classifier, load_model
 from clrobust.provenance import prepare_out_dir, versions, write_json
 
 #: attack name -> (torchattacks-backed spec name, default steps)
@@ -83,28 +83,6 @@ def _units(settings: AuditSettings) -> List[Tuple[str, float, str]]:
     return units
 
 
-def ensure_classifier(lm: LoadedModel, settings: AuditSettings, train: ImageData, progress: bool) -> Dict[str, Any]:
-    """Fit a linear probe on frozen train features when the model has no classifier of its own."""
-    if lm.metadata.get("has_classifier", True):
-        return {"classifier": "own linear head"}
-    from clrobust.train.trainer import fit_linear
-
-    net = lm.network
-    feats = []
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(settings.seed)
-        for x, _ in tqdm(train.batches(256), desc=f"{lm.label}: probe features", disable=not progress, leave=False):
-            feats.append(net.features(x.to(settings.device)).cpu())
-        f = torch.cat(feats)
-        head = net.classifier.cpu()
-        torch.nn.init.zeros_(head.weight)
-        torch.nn.init.zeros_(head.bias)
-        fit_linear(head, f, train.labels)
-        net.classifier.to(settings.device)
-    acc = float((head(f).argmax(1) == train.labels).float().mean())
-    return {"classifier": f"linear probe fitted on {len(train)} frozen train features", "probe_train_accuracy": acc}
-
-
 def _correct(net, spec: Optional[AttackSpec], data: ImageData, bs: int, device: str, dist: Optional[Dist],
              desc: str, progress: bool) -> torch.Tensor:
     """Per-point correctness (int64 0/1) under ``spec`` (None = clean), all-reduced across processes."""
@@ -159,8 +137,7 @@ def run_audit(settings: AuditSettings, out: Path, overwrite: bool = False, progr
                                 f"{settings.data} has {data.num_classes}.")
         if not lm.metadata.get("has_classifier", True) and train is None:
             train = load_dataset(settings.data, "train", settings.data_root).subset(settings.probe_train)
-        info = ensure_classifier(lm, settings, train, progress and main) if train is not None or \
-            lm.metadata.get("has_classifier", True) else {}
+        info = ensure_classifier(lm, train, settings.seed, progress and main)
         models_info[lm.label] = {"source": str(lm.path), **info}
         mres = cache["results"].setdefault(lm.label, {})
         if "clean" not in mres:

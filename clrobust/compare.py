@@ -24,7 +24,7 @@ from clrobust.data import load_dataset, to_float
 from clrobust.distributed import Dist, owns
 from clrobust.errors import ClrobustError
 from clrobust.hooks import LayerRecorder, layer_names
-from clrobust.loading import LoadedModel, load_model
+from clrobust.loading import LoadedModel, ensure_classifier, load_model
 from clrobust.provenance import prepare_out_dir, versions, write_json
 
 RESULT_FILES = ("results.json", "disparity.csv", "disparity.png", "settings.json")
@@ -86,6 +86,11 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist=None) -> 
             raise ClrobustError(f"model {lab!r} has {nc} classes but {settings.data} has {data.num_classes}; "
                                 "compare it on its own data set.")
     settings.attack.n_classes = data.num_classes
+    classifiers: Dict[str, Any] = {}
+    if any(not lm.metadata.get("has_classifier", True) for lm in loaded):
+        train = load_dataset(settings.data, "train", settings.data_root)
+        for lab, lm in zip(labels, loaded):
+            classifiers[lab] = ensure_classifier(lm, train, settings.seed, progress)
     timings["load"] += time.perf_counter() - t
 
     entries = planned_entries(labels)
@@ -144,7 +149,8 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist=None) -> 
     accuracy = {lab: {"clean": correct[lab]["clean"] / n, "adversarial": correct[lab]["adversarial"] / n}
                 for lab in labels}
     return {
-        "models": {lab: {"source": str(lm.path), "training": lm.metadata.get("training", {})}
+        "models": {lab: {"source": str(lm.path), "training": lm.metadata.get("training", {}),
+                         **classifiers.get(lab, {"classifier": "own linear head"})}
                    for lab, lm in zip(labels, loaded)},
         "layers": names,
         "cka": cka_list,

@@ -45,5 +45,39 @@ def load_model(name_or_path: str, device: str = "cpu", adversarial_bn: bool = Fa
 
         net, report = load_checkpoint(path, arch=arch, normalize=normalize, strict=strict, trust=trust,
                                       adversarial_bn=adversarial_bn)
-        meta = {"source_format": report.format, "load_report": report.to_dict()}
+        meta = {"source_format": report.format, "load_report": report.to_dict(),
+                "has_classifier": report.has_classifier}
     return LoadedModel(label, path, net.to(torch.device(device)).eval(), meta)
+
+
+def ensure_classifier(lm: LoadedModel, train, seed: int = 0, progress: bool = True) -> Dict[str, Any]:
+    """Give a head-less encoder a linear probe fitted on frozen features of ``train``.
+
+    Models with a classifier of their own are left alone. The probe is fitted
+    deterministically (seeded, L-BFGS on the full feature matrix) so that every
+    process of a multi-process run fits the same one.
+    """
+    if lm.metadata.get("has_classifier", True):
+        return {"classifier": "own linear head"}
+    from tqdm.auto import tqdm
+
+    from clrobust.train.trainer import fit_linear
+
+    net = lm.network
+    device = next(net.parameters()).device
+    feats = []
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for x, _ in tqdm(train.batches(256), desc=f"{lm.label}: probe features", disable=not progress,
+                         leave=False):
+            feats.append(net.features(x.to(device)).cpu())
+        f = torch.cat(feats)
+        head = net.classifier.cpu()
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+        fit_linear(head, f, train.labels)
+        net.classifier.to(device)
+        acc = float((head(f).argmax(1) == train.labels).float().mean())
+    lm.metadata["has_classifier"] = True
+    return {"classifier": f"linear probe fitted on {len(train)} frozen train features",
+            "probe_train_accuracy": acc}

@@ -44,8 +44,10 @@ def resolve(name_or_path: str) -> Tuple[str, Path]:
         if not p.exists() and not p.with_name(p.name + ".safetensors").exists():
             raise ClrobustError(f"checkpoint {name_or_path!r} not found.")
         label = p.name
-        for suffix in (".safetensors", ".json"):
-            label = label[: -len(suffix)] if label.endswith(suffix) else label
+        for suffix in (".safetensors", ".json", ".pth.tar", ".pt", ".pth", ".ckpt", ".tar", ".t7"):
+            if label.endswith(suffix) and len(label) > len(suffix):
+                label = label[: -len(suffix)]
+                break
         return label, p
     zoo = zoo_dir()
     candidate = zoo / f"{name_or_path}.safetensors"
