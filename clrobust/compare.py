@@ -115,8 +115,7 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist=None) -> 
                 for inp, xi in (("clean", x), ("adversarial", x_adv)):
                     t = time.perf_counter()
                     acts = recorders[lab].record(xi)
-                    with torch.no_grad():
-                        pred = net(xi).argmax(1)
+                    pred = recorders[lab].output.argmax(1)
                     correct[lab][inp] += int((pred == y).sum())
                     timings["forward"] += time.perf_counter() - t
                     t = time.perf_counter()

@@ -110,6 +110,7 @@ class LayerRecorder:
         self._handles: List[torch.utils.hooks.RemovableHandle] = []
         self._out: Dict[str, torch.Tensor] = {}
         self._calls: Dict[str, int] = {}
+        self.output: Optional[torch.Tensor] = None
 
     def __enter__(self) -> "LayerRecorder":
         for name, mod in zip(self.names, self._modules):
@@ -134,12 +135,21 @@ class LayerRecorder:
         return hook
 
     def record(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """One forward pass (no grad, eval mode); returns every layer's output, in layer order."""
+        """One forward pass (no grad, eval mode); returns every layer's output, in layer order.
+
+        The model's own output of that pass (logits for a clrobust Network) is kept
+        in ``self.output``, so callers need no second pass for predictions.
+        """
         if not self._handles:
             raise RuntimeError("LayerRecorder.record() outside its `with` block")
         self._out, self._calls = {}, {}
-        with torch.no_grad():
-            self.model(x)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                self.output = self.model(x)
+        finally:
+            self.model.train(was_training)
         twice = [n for n, c in self._calls.items() if c > 1]
         if twice:
             raise ClrobustError(f"module {twice[0]!r} runs {self._calls[twice[0]]} times per forward pass, "
