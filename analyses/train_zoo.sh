@@ -29,7 +29,7 @@ run simclr-at        --scheme simclr --scenario at --eps 8/255 --attack-steps 5 
 run supervised-st    --scheme supervised --scenario st --epochs 25 --batch-size 128
 run supervised-at    --scheme supervised --scenario at --eps 8/255 --attack-steps 5 --epochs 10 --batch-size 128
 run supcon-st        --scheme supcon --scenario st --epochs 20
-run supcon-at        --scheme supcon --scenario at --eps 8/255 --attack-steps 5 --epochs 10
+run supcon-at        --scheme supcon --scenario at --eps 8/255 --attack-steps 5 --epochs 15 --batch-size 128
 # partial and full adversarial fine-tuning of the adversarially pre-trained SimCLR encoder
 run simclr-pat       --scheme simclr --scenario pat --init "$ZOO/simclr-at.safetensors" --eps 8/255 --attack-steps 5 --classifier-epochs 3
 run simclr-fat       --scheme simclr --scenario fat --init "$ZOO/simclr-at.safetensors" --eps 8/255 --attack-steps 5 --classifier-epochs 3
