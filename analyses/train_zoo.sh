@@ -2,7 +2,7 @@
 # Retrain the embedded zoo from scratch on cifar10-mini, exactly as shipped.
 #
 #   bash analyses/train_zoo.sh            # all models missing from checkpoints/
-#   ZOO=/tmp/zoo bash analyses/train_zoo.sh   # somewhere else
+#   ZOO=$HOME/my-zoo bash analyses/train_zoo.sh   # somewhere else
 #
 # Each model is a ResNet-18 of base width 8 (0.18 M parameters, ~0.7 MB).
 # On 2 CPU cores the whole zoo takes about 75 minutes (the adversarial SimCLR

@@ -138,7 +138,7 @@ def run_audit(settings: AuditSettings, out: Path, overwrite: bool = False, progr
         if not lm.metadata.get("has_classifier", True) and train is None:
             train = load_dataset(settings.data, "train", settings.data_root).subset(settings.probe_train)
         info = ensure_classifier(lm, train, settings.seed, progress and main)
-        models_info[lm.label] = {"source": str(lm.path), **info}
+        models_info[lm.label] = {"source": lm.source, **info}
         mres = cache["results"].setdefault(lm.label, {})
         if "clean" not in mres:
             mres["clean"] = _correct(net, None, data, settings.batch_size, settings.device, dist,

@@ -148,7 +148,7 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist=None) -> 
     accuracy = {lab: {"clean": correct[lab]["clean"] / n, "adversarial": correct[lab]["adversarial"] / n}
                 for lab in labels}
     return {
-        "models": {lab: {"source": str(lm.path), "training": lm.metadata.get("training", {}),
+        "models": {lab: {"source": lm.source, "training": lm.metadata.get("training", {}),
                          **classifiers.get(lab, {"classifier": "own linear head"})}
                    for lab, lm in zip(labels, loaded)},
         "layers": names,

@@ -20,6 +20,17 @@ class LoadedModel:
     network: Network
     metadata: Dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def source(self) -> str:
+        """``zoo:NAME`` for embedded models, else the checkpoint path (for result files)."""
+        from clrobust.zoo import zoo_dir
+
+        try:
+            self.path.resolve().relative_to(zoo_dir().resolve())
+            return f"zoo:{self.path.stem}"
+        except ValueError:
+            return str(self.path)
+
 
 def load_model(name_or_path: str, device: str = "cpu", adversarial_bn: bool = False, *,
                arch: Optional[str] = None, normalize: Optional[str] = None, strict: bool = True,

@@ -344,7 +344,7 @@ def run_probe_layers(model: str, out: Path, data: str = "cifar10-mini", data_roo
     test = load_dataset(data, "test", data_root).subset(n_samples)
     r = probe_layers(lm.network, train, test, layers, attack, batch_size, seed, progress,
                      out / "features" if cache else None, device)
-    res = {"model": {"label": lm.label, "source": str(lm.path), "training": lm.metadata.get("training", {})},
+    res = {"model": {"label": lm.label, "source": lm.source, "training": lm.metadata.get("training", {})},
            "data": {"name": data, "train_split": "train", "test_split": "test"}, "layer_set": layers,
            **r.to_dict(), "versions": versions()}
     a = r.attack
