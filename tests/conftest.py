@@ -34,3 +34,12 @@ def tiny_checkpoints(tmp_path_factory):
         net = tiny_network(seed)
         paths.append(save_network(d / f"tiny{seed}", net, {"training": {"scheme": "test"}}))
     return paths
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread avoids oversubscription when the machine is busy."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -11,13 +11,7 @@ from clrobust.data import load_dataset
 from clrobust.probes import clear_memory_cache, fit_probe, pool_flatten, probe_layers
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids oversubscription when the machine is busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _blobs(n, k=4, d=12, seed=0, spread=0.3):
