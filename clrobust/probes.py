@@ -117,10 +117,10 @@ def _record(rec: LayerRecorder, data: ImageData, batch_size: int, desc: str, pro
             with torch.no_grad():
                 correct["clean"] += int((net(x).argmax(1) == y).sum())
             x = attack_batch(attack, net, x, y, batch_index=bi)
-            with torch.no_grad():
-                correct["adversarial"] += int((net(x).argmax(1) == y).sum())
         for name, act in rec.record(x).items():
             chunks[name].append(pool_flatten(act).float().cpu())
+        if attack is not None:  # the recording pass also gave the predictions
+            correct["adversarial"] += int((rec.output.argmax(1) == y).sum())
     return {n: torch.cat(c).numpy() for n, c in chunks.items()}, correct
 
 
