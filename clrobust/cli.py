@@ -79,6 +79,9 @@ def cli() -> None:
 @click.option("--attack-steps", default=None, type=int, help="PGD steps in training [5; CLAE 1 = FGSM].")
 @click.option("--attack-alpha", default=None, type=float, help="Step size [max(2.5 eps/steps, 0.01); CLAE eps].")
 @click.option("--clae-weight", default=1.0, show_default=True, type=float, help="CLAE: weight of the adversarial loss.")
+@click.option("--augment", type=click.Choice(["simclr", "crop-flip"]), default=None,
+              help="Pre-training views: simclr (resized crop, flip, colour jitter, grayscale) or "
+                   "crop-flip (padded crop and flip) [simclr for simclr/supcon, crop-flip for supervised].")
 @click.option("--classifier-epochs", default=10, show_default=True, type=int,
               help="Epochs of adversarial classifier training (pat) or fine-tuning (fat).")
 @click.option("--init", default=None, help="Start from this zoo model or checkpoint's encoder (skips pre-training).")
@@ -92,7 +95,7 @@ def cli() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint at OUT.")
 @progress_option
 def train(scheme, scenario, adv_method, arch, width, epochs, batch_size, lr, temperature, eps, attack_steps,
-          attack_alpha, clae_weight, classifier_epochs, init, data, data_root, n_train, eval_samples, seed,
+          attack_alpha, clae_weight, augment, classifier_epochs, init, data, data_root, n_train, eval_samples, seed,
           out, resume, overwrite, progress):
     """Train an encoder under one scheme and scenario, then its linear classifier.
 
@@ -113,7 +116,7 @@ def train(scheme, scenario, adv_method, arch, width, epochs, batch_size, lr, tem
     cfg = TrainConfig(scheme=scheme, scenario=scenario, adv_method=adv_method, arch=arch, width=width,
                       epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature, eps=eps,
                       attack_steps=attack_steps, attack_alpha=attack_alpha, clae_weight=clae_weight,
-                      classifier_epochs=classifier_epochs, init=init, data=data, data_root=data_root,
+                      augment=augment, classifier_epochs=classifier_epochs, init=init, data=data, data_root=data_root,
                       n_train=n_train, eval_samples=eval_samples, seed=seed)
     out_path = Path(out)
     for suffix in (".safetensors", ".json"):

@@ -43,6 +43,19 @@ def test_nonsense_combinations_are_refused():
         TrainConfig(scheme="supervised", scenario="at", adv_method="clae")
     with pytest.raises(ClrobustError, match="clae"):
         TrainConfig(scheme="simclr", scenario="st", adv_method="clae")
+    with pytest.raises(ClrobustError, match="--augment"):
+        TrainConfig(scheme="supcon", augment="jitter")
+
+
+def test_augment_defaults_and_choice_are_used_and_recorded(tmp_path):
+    assert TrainConfig(scheme="supcon").augment == "simclr"
+    assert TrainConfig(scheme="supervised").augment == "crop-flip"
+    cfg = dict(scheme="supcon", scenario="st", seed=5, **TINY)
+    Trainer(TrainConfig(**cfg), tmp_path / "a", progress=False).run()
+    Trainer(TrainConfig(**cfg, augment="crop-flip"), tmp_path / "b", progress=False).run()
+    assert _curve(tmp_path / "a.history.csv") != _curve(tmp_path / "b.history.csv")
+    _, saved = load_network(tmp_path / "b.safetensors")
+    assert saved["training"]["augment"] == "crop-flip"
 
 
 def _curve(path):

@@ -39,6 +39,7 @@ from clrobust.train.losses import nt_xent, supcon
 SCHEMES = ("simclr", "supcon", "supervised")
 SCENARIOS = ("st", "at", "pat", "fat")
 ADV_METHODS = ("pgd", "clae")
+AUGMENTS = ("simclr", "crop-flip")
 CONTRASTIVE = ("simclr", "supcon")
 
 
@@ -64,6 +65,7 @@ class TrainConfig:
     attack_steps: int = 5
     attack_alpha: Optional[float] = None
     clae_weight: float = 1.0
+    augment: Optional[str] = None
     classifier_epochs: int = 10
     classifier_lr: Optional[float] = None
     init: Optional[str] = None
@@ -90,6 +92,10 @@ class TrainConfig:
             if self.scenario == "st":
                 raise ClrobustError("--adv-method clae is adversarial pre-training: use it with "
                                     "--scenario at, pat or fat.")
+        if self.augment is None:
+            self.augment = "simclr" if self.scheme in CONTRASTIVE else "crop-flip"
+        if self.augment not in AUGMENTS:
+            raise ClrobustError(f"unknown --augment {self.augment!r}; use simclr or crop-flip.")
         if self.attack_steps < 1:
             raise ClrobustError("--attack-steps must be at least 1.")
         if self.temperature is None:
@@ -213,7 +219,7 @@ class Trainer:
             sched.load_state_dict(resume_state["scheduler"])
             torch.set_rng_state(resume_state["rng"])
             start = resume_state["epoch"] + 1
-        augment = simclr_augment() if (phase == "pretrain" and cfg.scheme in CONTRASTIVE) else crop_flip_augment()
+        augment = simclr_augment() if (phase == "pretrain" and cfg.augment == "simclr") else crop_flip_augment()
         data = self.train_data
         bs = min(cfg.batch_size, len(data))
         bar = tqdm(range(start, epochs), desc=phase, disable=not self.progress, initial=start, total=epochs)
