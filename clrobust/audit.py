@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -27,7 +28,7 @@ from clrobust.data import ImageData, load_dataset, to_float
 from clrobust.distributed import Dist, owns
 from clrobust.errors import ClrobustError
 from clrobust.loading import ensure_classifier, load_model
-from clrobust.provenance import prepare_out_dir, versions, write_json
+from clrobust.provenance import prepare_out_dir, versions, weights_hash, write_json
 
 #: attack name -> (torchattacks-backed spec name, default steps)
 AUDIT_ATTACKS: Dict[str, Tuple[str, int]] = {
@@ -139,7 +140,14 @@ def run_audit(settings: AuditSettings, out: Path, overwrite: bool = False, progr
             train = load_dataset(settings.data, "train", settings.data_root).subset(settings.probe_train)
         info = ensure_classifier(lm, train, settings.seed, progress and main)
         models_info[lm.label] = {"source": lm.source, **info}
+        weights = weights_hash(net)
         mres = cache["results"].setdefault(lm.label, {})
+        if mres.get("weights", weights) != weights:
+            if main:
+                print(f"{lm.label}: weights differ from the cached run's; recomputing its results",
+                      file=sys.stderr)
+            mres.clear()
+        mres["weights"] = weights
         if "clean" not in mres:
             mres["clean"] = _correct(net, None, data, settings.batch_size, settings.device, dist,
                                      f"{lm.label}: clean", progress and main).tolist()

@@ -29,6 +29,7 @@ from clrobust.attacks import AttackSpec, attack_batch
 from clrobust.data import ImageData, to_float
 from clrobust.errors import ClrobustError
 from clrobust.hooks import LayerRecorder, layer_names
+from clrobust.provenance import weights_hash
 
 #: Spatial size conv maps are average pooled to before flattening.
 POOL_SIZE = 2
@@ -86,18 +87,10 @@ def pool_flatten(act: torch.Tensor, size: int = POOL_SIZE) -> torch.Tensor:
     return act.reshape(act.shape[0], -1)
 
 
-def _state_hash(net: nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in net.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def feature_key(net: nn.Module, layers: Sequence[str], train: ImageData, test: ImageData,
                 attack: AttackSpec, batch_size: int) -> str:
     """Cache key: the model's weights, the layers, the data (name, split, size), the attack, batching, pooling."""
-    desc = {"model": _state_hash(net), "layers": list(layers),
+    desc = {"model": weights_hash(net), "layers": list(layers),
             "train": [train.name, train.split, len(train)], "test": [test.name, test.split, len(test)],
             "attack": attack.to_dict(), "batch_size": batch_size, "pool": POOL_SIZE, "v": 1}
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]

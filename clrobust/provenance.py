@@ -11,6 +11,17 @@ from typing import Any, Dict, Iterable
 from clrobust.errors import ClrobustError
 
 
+def weights_hash(net: "torch.nn.Module") -> str:
+    """sha256 of a network's state dict (names and values): which weights produced a cached result."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in net.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def versions() -> Dict[str, str]:
     """Versions of Python, clrobust and the libraries that shape the numbers."""
     import numpy

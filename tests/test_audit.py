@@ -70,6 +70,28 @@ def test_audit_report_worst_case_and_resume(tmp_path, tiny_checkpoints):
     assert code == 2 and "--overwrite" in text and "Traceback" not in text and len(text.strip().splitlines()) == 1
 
 
+def test_resume_recomputes_a_model_whose_weights_changed(tmp_path, tiny_checkpoints):
+    import shutil
+
+    a, b = tiny_checkpoints
+    model = tmp_path / "m.safetensors"
+    shutil.copy(a, model)
+    shutil.copy(a.with_suffix(".json"), model.with_suffix(".json"))
+    out, args = tmp_path / "audit", ["--n-samples", "16", "--batch-size", "8", "--eps", "8/255",
+                                     "--attacks", "fgsm", "--no-progress"]
+    assert run(["audit", str(model), *args, "--out", str(out)])[0] == 0
+    before = json.loads((out / "audit-cache.json").read_text())["results"]["m"]
+    shutil.copy(b, model)  # same name, other weights: the cached results no longer apply
+    code, text = run(["audit", str(model), *args, "--out", str(out)])
+    assert code == 0 and "weights differ" in text, text
+    after = json.loads((out / "audit-cache.json").read_text())["results"]["m"]
+    assert after["weights"] != before["weights"]
+    ref = tmp_path / "ref"  # independent fresh audit of the new weights
+    assert run(["audit", str(b), *args, "--out", str(ref)])[0] == 0
+    fresh = json.loads((ref / "audit-cache.json").read_text())["results"]["tiny1"]
+    assert after == fresh
+
+
 def test_audit_bad_eps_and_attack_are_one_line_errors(tmp_path, tiny_checkpoints):
     a = str(tiny_checkpoints[0])
     for args, needle in ((["--eps", "8"], "eps"), (["--attacks", "cw"], "unknown attack")):
