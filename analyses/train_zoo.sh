@@ -28,8 +28,10 @@ run simclr-at        --scheme simclr --scenario at --eps 8/255 --attack-steps 5 
 # the other schemes, standard and adversarial
 run supervised-st    --scheme supervised --scenario st --epochs 25 --batch-size 128
 run supervised-at    --scheme supervised --scenario at --eps 8/255 --attack-steps 5 --epochs 10 --batch-size 128
-run supcon-st        --scheme supcon --scenario st --epochs 20
-run supcon-at        --scheme supcon --scenario at --eps 8/255 --attack-steps 5 --epochs 15 --batch-size 128
+# SupCon takes its positives from the labels, so it pre-trains on crop-and-flip views: on
+# 4,660 images with SimCLR's colour views its loss barely leaves chance and AT gains no robustness
+run supcon-st        --scheme supcon --scenario st --epochs 20 --batch-size 128 --lr 3e-3 --augment crop-flip
+run supcon-at        --scheme supcon --scenario at --eps 8/255 --attack-steps 5 --epochs 15 --batch-size 128 --lr 3e-3 --augment crop-flip
 # partial and full adversarial fine-tuning of the adversarially pre-trained SimCLR encoder
 run simclr-pat       --scheme simclr --scenario pat --init "$ZOO/simclr-at.safetensors" --eps 8/255 --attack-steps 5 --classifier-epochs 3
 run simclr-fat       --scheme simclr --scenario fat --init "$ZOO/simclr-at.safetensors" --eps 8/255 --attack-steps 5 --classifier-epochs 3
