@@ -69,8 +69,10 @@ def cli() -> None:
 @click.option("--adv-method", type=click.Choice(["pgd", "clae"]), default="pgd", show_default=True,
               help="Adversarial examples for contrastive pre-training: pgd (maximise the loss between "
                    "a view and its perturbed copy) or clae (batch-wise, dual batch-norm).")
-@click.option("--arch", default="resnet18", show_default=True, help="resnet18, resnet34 or resnet50.")
-@click.option("--width", default=16, show_default=True, type=int, help="Base width (64 = standard ResNet).")
+@click.option("--arch", default="resnet18", show_default=True,
+              help="resnet18, resnet34, resnet50, preact-resnet18 or wrn-DEPTH-WIDEN (e.g. wrn-16-4).")
+@click.option("--width", default=16, show_default=True, type=int,
+              help="Base (stem) width (64 = standard ResNet, 16 = standard WRN).")
 @click.option("--epochs", default=20, show_default=True, type=int, help="Pre-training epochs.")
 @click.option("--batch-size", default=256, show_default=True, type=int)
 @click.option("--lr", default=None, type=float, help="Pre-training learning rate [Adam 1e-3 contrastive, SGD 0.05 supervised].")

@@ -25,8 +25,9 @@ def load_options(f):
                      help="Force a checkpoint format by name instead of detecting it.")(f)
     f = click.option("--stem", type=click.Choice(["cifar", "cifar-pad2", "imagenet"]), default=None,
                      help="Stem [from the first conv's kernel and the format].")(f)
-    f = click.option("--arch", type=click.Choice(["resnet18", "resnet34", "resnet50"]), default=None,
-                     help="Architecture [inferred from tensor shapes].")(f)
+    f = click.option("--arch", default=None,
+                     help="Architecture: resnet18, resnet34, resnet50, preact-resnet18, preact-resnet18-v1 or "
+                          "wrn-DEPTH-WIDEN (e.g. wrn-28-10) [inferred from tensor shapes].")(f)
     return f
 
 

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from clrobust.errors import ClrobustError
-from clrobust.models.resnet import BasicBlock, Bottleneck, GlobalPool, Stem
+from clrobust.models import LAYER_TYPES
 
 LAYER_SETS = ("blocks", "all")
-_ALL_TYPES = (nn.Conv2d, nn.modules.batchnorm._BatchNorm, nn.ReLU, BasicBlock, Bottleneck, Stem, GlobalPool)
+_ALL_TYPES = (nn.Conv2d, nn.modules.batchnorm._BatchNorm, nn.ReLU) + LAYER_TYPES
 
 
 def _encoder(model: nn.Module) -> nn.Module:
@@ -40,7 +40,8 @@ def layer_names(model: nn.Module, layers: Union[str, Sequence[str]] = "blocks") 
     if isinstance(layers, str):
         if layers == "blocks":
             if not hasattr(enc, "block_names"):
-                raise ClrobustError("layer set 'blocks' needs a clrobust ResNet encoder; give glob patterns.")
+                raise ClrobustError("layer set 'blocks' needs a clrobust encoder (ResNet, PreActResNet, WRN); "
+                                    "give glob patterns.")
             return list(enc.block_names())
         if layers == "all":
             return execution_order(model, candidates)

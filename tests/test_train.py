@@ -36,6 +36,19 @@ def test_every_combination_trains_and_reloads(tmp_path, scheme, scenario, method
     assert not (tmp_path / "m.state.pt").exists()
 
 
+@pytest.mark.parametrize("arch", ["wrn-10-1", "preact-resnet18"])
+def test_preactivation_architectures_train_and_reload(tmp_path, arch, one_thread):
+    cfg = TrainConfig(scheme="simclr", scenario="at", arch=arch, seed=1, **TINY)
+    trainer = Trainer(cfg, tmp_path / "m", progress=False)
+    trainer.run()
+    net, saved = load_network(tmp_path / "m.safetensors")
+    assert net.config.arch == arch and saved["training"]["arch"] == arch
+    x = torch.rand(2, 3, 32, 32)
+    trainer.net.eval()
+    with torch.no_grad():
+        assert torch.allclose(net(x), trainer.net(x), atol=1e-6)
+
+
 def test_nonsense_combinations_are_refused():
     with pytest.raises(ClrobustError, match="does not apply to 'supervised'"):
         TrainConfig(scheme="supervised", scenario="pat")

@@ -14,8 +14,8 @@ a source means adding an entry, not a branch::
 Key patterns are regular expressions matched against the state dict's keys after
 the wrappers common to every key are removed (a leading ``module.`` on all keys,
 ``_orig_mod.`` anywhere). The canonical names are clrobust's: ``stem.conv``,
-``stem.bn``, ``layerK.J.conv1/bn1/.../shortcut.0/shortcut.1``, ``classifier``
-and ``normalize.mean/std``.
+``stem.bn``, ``layerK.J.conv1/bn1/.../shortcut.0/shortcut.1``, the final ``bn`` of
+pre-activation nets, ``classifier`` and ``normalize.mean/std``.
 """
 
 from __future__ import annotations
@@ -42,6 +42,13 @@ TORCHVISION: Tuple[Rename, ...] = (
 ACL_NAMES: Tuple[Rename, ...] = (
     (r"\.downsample\.conv\.", ".shortcut.0."), (r"\.downsample\.bn\.", ".shortcut.1."),
 ) + TORCHVISION
+#: RobustBench / TRADES WideResNet: ``blockK.layer.J``, ``convShortcut``, final ``bn1``, ``fc``.
+WRN_NAMES: Tuple[Rename, ...] = (
+    (r"^conv1\.", "stem.conv."), (r"^block(\d+)\.layer\.", r"layer\1."), (r"\.convShortcut\.", ".shortcut.0."),
+    (r"^bn1\.", "bn."), (r"^fc\.", "classifier."),
+)
+#: kuangliu / locuslab PreActResNet: ``conv1`` (no stem BN), ``layerK.J.shortcut.0``, final ``bn``, ``linear``.
+PREACT_NAMES: Tuple[Rename, ...] = ((r"^conv1\.", "stem.conv."), (r"^linear\.", "classifier."))
 #: Normalisation buffers stored inside models, applied after every format's renames.
 IN_MODEL_NORMALIZE: Tuple[Rename, ...] = (
     (r"^mu$", "normalize.mean"), (r"^sigma$", "normalize.std"),
@@ -67,6 +74,7 @@ class CheckpointFormat:
         name: short identifier (``--format NAME``).
         source: the project, for reports.
         recognise: regexes; each must match at least one (unwrapped) key.
+        reject: regexes that no (unwrapped) key may match; each counts as a condition.
         top_keys: top-level keys the file must also have (e.g. SupContrast's ``opt``).
         prefixes: encoder prefixes to strip (longest match wins).
         renames: (regex, replacement) applied in order to every stripped key.
@@ -83,6 +91,7 @@ class CheckpointFormat:
     name: str
     source: str
     recognise: Tuple[str, ...]
+    reject: Tuple[str, ...] = ()
     top_keys: Tuple[str, ...] = ()
     prefixes: Tuple[str, ...] = ()
     renames: Tuple[Rename, ...] = ()
@@ -102,7 +111,7 @@ class CheckpointFormat:
 
     @property
     def n_conditions(self) -> int:
-        return len(self.recognise) + len(self.top_keys)
+        return len(self.recognise) + len(self.reject) + len(self.top_keys)
 
 
 _MULTI_BN: Tuple[BNBranch, ...] = ((r"\.bn_list\.(?P<branch>\d+)\.", ".", None),)
@@ -193,10 +202,34 @@ FORMATS: List[CheckpointFormat] = [
         recognise=(r"^conv1\.weight$",), top_keys=("model", "optimizer_state", "rng_state"),
         renames=KUANGLIU, notes=("RoCL keeps its projector and linear head in separate files.",)),
     CheckpointFormat(
+        "robustbench-wrn", "RobustBench / TRADES WideResNet",
+        recognise=(r"^(model\.)?conv1\.weight$", r"^(model\.)?block\d\.layer\.\d+\.conv1\.weight$",
+                   r"^(model\.)?bn1\.weight$"),
+        prefixes=("model.",), renames=WRN_NAMES, heads=(r"^(model\.)?sub_block1\.",),
+        notes=("sub_block1 (built by some entries, unused in forward) is dropped.",
+               "raw RobustBench downloads hold no mu/sigma: entries whose class normalises need --normalize "
+               "(cifar10: Rice2020Overfitting, Chen2020Efficient, Augustin2020Adversarial_34_10; "
+               "half: Hendrycks2019Using).",
+               "Pang2020Boosting's head takes cosines (normalised features and weights): its encoder loads "
+               "exactly, its logits do not.",
+               "DMWideResNet entries (init_conv, Swish; Gowal2020/2021, Rebuffi2021, Pang2022 ...) are another "
+               "layout and do not load.")),
+    CheckpointFormat(
+        "robustbench-preact", "RobustBench / locuslab PreActResNet-18",
+        recognise=(r"^(model\.)?conv1\.weight$", r"^(model\.)?layer\d\.\d+\.shortcut\.0\.weight$"),
+        reject=(r"^(model\.)?bn1\.",), prefixes=("model.",), renames=PREACT_NAMES,
+        notes=("the file does not say where the shortcut branches: with a final bn it loads as preact-resnet18 "
+               "(shortcut from the pre-activated input; Rice2020Overfitting L2), without as preact-resnet18-v1 "
+               "(shortcut from the raw input, no final BN; Wong2020Fast, Andriushchenko2020Understanding); "
+               "--arch overrides.",
+               "raw RobustBench downloads hold no mu/sigma: Wong2020Fast and Rice2020Overfitting L2 need "
+               "--normalize cifar10.")),
+    CheckpointFormat(
         "robustbench", "RobustBench (ResNet entries)",
         recognise=(r"^(model\.)?conv1\.weight$", r"^(mu|sigma|normalize\.mean)$"), prefixes=("model.",),
         renames=TORCHVISION + KUANGLIU,
-        notes=("Only ResNet-18/34/50 entries load; WRN and PreAct-ResNet are not clrobust architectures.",)),
+        notes=("ResNet-18/34/50 entries; WideResNet and PreActResNet-18 entries load as robustbench-wrn / "
+               "robustbench-preact.",)),
     CheckpointFormat(
         "kuangliu", "any kuangliu/pytorch-cifar style ResNet (generic)",
         recognise=(r"^conv1\.weight$", r"^layer\d\.\d+\.shortcut\.0\.weight$"), prefixes=("model.",),

@@ -17,12 +17,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from clrobust.checkpoints.format_table import (
-    ACL_NAMES, FORMATS, IN_MODEL_NORMALIZE, KUANGLIU, NORMALIZATIONS, TORCHVISION, CheckpointFormat,
-    format_names, get_format, register_format, unregister_format)
+    ACL_NAMES, FORMATS, IN_MODEL_NORMALIZE, KUANGLIU, NORMALIZATIONS, PREACT_NAMES, TORCHVISION, WRN_NAMES,
+    CheckpointFormat, format_names, get_format, register_format, unregister_format)
 from clrobust.checkpoints.mapping import Mapped, find_state_dict, infer_arch, key_overlap, map_state, unwrap
 from clrobust.checkpoints.reading import read_checkpoint_file
 from clrobust.errors import ClrobustError
-from clrobust.models import ARCHITECTURES, DualBatchNorm2d, ModelConfig, Network, create_model
+from clrobust.models import DualBatchNorm2d, ModelConfig, Network, architecture, create_model
 
 Norm = Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]
 
@@ -57,8 +57,10 @@ class LoadReport:
 # ----------------------------------------------------------------------------- detection
 
 def _conditions_met(fmt: CheckpointFormat, keys: Sequence[str], top: Sequence[str]) -> int:
-    met = sum(any(re.search(p, k) for k in keys) for p in fmt.recognise)
-    return met + sum(t in top for t in fmt.top_keys)
+    met = sum(any(re.search(p, k) for k in keys) for p in fmt.recognise) + sum(t in top for t in fmt.top_keys)
+    if met:  # an absent key counts only beside a present one: no credit for unrelated files
+        met += sum(not any(re.search(p, k) for k in keys) for p in fmt.reject)
+    return met
 
 
 def detect_format(state: Dict[str, torch.Tensor], top_keys: Sequence[str] = ()) -> CheckpointFormat:
@@ -145,7 +147,8 @@ def load_checkpoint(path: Union[str, Path], arch: Optional[str] = None, normaliz
 
     Args:
         path: .pt/.pth/.ckpt/.tar/.t7 (or any name) or .safetensors file.
-        arch: ``resnet18``/``resnet34``/``resnet50``; inferred from shapes when None.
+        arch: ``resnet18``/``34``/``50``, ``preact-resnet18(-v1)`` or ``wrn-D-K``; inferred from shapes
+            when None.
         normalize: input normalisation override: a preset (``cifar10``, ``cifar10-kuangliu``,
             ``imagenet``, ``half``, ``none``) or ``m1,m2,m3,s1,s2,s3``.
         strict: refuse when encoder weights are missing or mis-shaped.
@@ -162,8 +165,8 @@ def load_checkpoint(path: Union[str, Path], arch: Optional[str] = None, normaliz
     """
     from clrobust.checkpoints.native import is_native
 
-    if arch is not None and arch not in ARCHITECTURES:
-        raise ClrobustError(f"unknown --arch {arch!r}; choose one of {', '.join(sorted(ARCHITECTURES))}.")
+    if arch is not None:
+        architecture(arch)  # a ClrobustError naming the known architectures
     if stem is not None and stem not in ("cifar", "cifar-pad2", "imagenet"):
         raise ClrobustError(f"unknown --stem {stem!r}; choose cifar, cifar-pad2 or imagenet.")
     if is_native(path):
@@ -207,7 +210,9 @@ def _classifier(mapped: Mapped) -> Dict[str, torch.Tensor]:
     c = mapped.classifier
     if "classifier.weight" in c and c["classifier.weight"].dim() == 2 and set(c) <= {"classifier.weight",
                                                                                      "classifier.bias"}:
-        return {k[len("classifier."):]: v for k, v in c.items()}
+        out = {k[len("classifier."):]: v for k, v in c.items()}
+        out.setdefault("bias", out["weight"].new_zeros(out["weight"].shape[0]))  # bias-free heads
+        return out
     return {}
 
 
@@ -275,7 +280,7 @@ def _load_native(path: Path, normalize: Optional[str], adversarial_bn: bool) -> 
 
 
 __all__ = [
-    "ACL_NAMES", "FORMATS", "IN_MODEL_NORMALIZE", "KUANGLIU", "NORMALIZATIONS", "TORCHVISION",
-    "CheckpointFormat", "LoadReport", "closest_formats", "detect_format", "format_names", "get_format",
+    "ACL_NAMES", "FORMATS", "IN_MODEL_NORMALIZE", "KUANGLIU", "NORMALIZATIONS", "PREACT_NAMES", "TORCHVISION",
+    "WRN_NAMES", "CheckpointFormat", "LoadReport", "closest_formats", "detect_format", "format_names", "get_format",
     "load_checkpoint", "parse_normalize", "register_format", "unregister_format",
 ]

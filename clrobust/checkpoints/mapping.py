@@ -21,7 +21,7 @@ from clrobust.errors import ClrobustError
 #: Top-level keys that may hold the state dict, tried in order (then the dict itself).
 CONTAINER_KEYS = ("state_dict", "model", "net", "encoder", "backbone", "online_backbone", "model_state_dict")
 
-_ENCODER_KEY = re.compile(r"^(stem|layer\d+\.\d+)\.")
+_ENCODER_KEY = re.compile(r"^(stem|layer\d+\.\d+|bn)\.")
 #: (blocks per stage, bottleneck) -> clrobust architecture.
 _DEPTHS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34",
            ((3, 4, 6, 3), True): "resnet50"}
@@ -162,7 +162,10 @@ class ArchGuess:
 
 def infer_arch(fmt: CheckpointFormat, encoder: Dict[str, torch.Tensor], arch: Optional[str] = None,
                stem: Optional[str] = None) -> ArchGuess:
-    """Read depth, width, stem and dual BN off the mapped encoder tensors (``arch``/``stem`` override).
+    """Read family, depth, width, stem and dual BN off the mapped encoder tensors (``arch``/``stem`` override).
+
+    A stem without batch norm means a pre-activation net: three stages make a WideResNet
+    ``wrn-D-K``, four stages of two blocks a PreActResNet-18 (``-v1`` without the final ``bn``).
 
     Raises:
         ClrobustError: no stem conv, or a depth clrobust does not build.
@@ -183,15 +186,45 @@ def infer_arch(fmt: CheckpointFormat, encoder: Dict[str, torch.Tensor], arch: Op
                                 "and 7x7 (ImageNet) stems only.")
     dual = any(".adv." in k for k in encoder)
     if arch is None:
-        counts = []
-        for stage in range(1, 5):
-            blocks = {int(m.group(1)) for k in encoder for m in [re.match(rf"^layer{stage}\.(\d+)\.", k)] if m}
-            counts.append(len(blocks))
-        bottleneck = any(re.match(r"^layer\d\.\d+\.conv3\.", k) for k in encoder)
-        key = (tuple(counts), bottleneck)
-        if key not in _DEPTHS:
-            name = _KNOWN_DEPTHS.get(key, f"{'bottleneck' if bottleneck else 'basic'} blocks {counts}")
-            raise ClrobustError(f"encoder has {name} (blocks per stage {counts}); clrobust builds "
-                                "resnet18, resnet34 and resnet50 only (pass --arch if the guess is wrong).")
-        arch = _DEPTHS[key]
+        counts = _blocks_per_stage(encoder)
+        if "stem.bn.weight" in encoder:
+            arch = _resnet_arch(encoder, counts)
+        else:
+            arch = _preact_arch(encoder, counts, width)
     return ArchGuess(arch, width, stem, dual)
+
+
+def _blocks_per_stage(encoder: Dict[str, torch.Tensor]) -> List[int]:
+    counts = []
+    for stage in range(1, 10):
+        blocks = {int(m.group(1)) for k in encoder for m in [re.match(rf"^layer{stage}\.(\d+)\.", k)] if m}
+        if not blocks:
+            break
+        counts.append(len(blocks))
+    return counts
+
+
+def _resnet_arch(encoder: Dict[str, torch.Tensor], counts: List[int]) -> str:
+    counts = counts + [0] * (4 - len(counts))
+    bottleneck = any(re.match(r"^layer\d\.\d+\.conv3\.", k) for k in encoder)
+    key = (tuple(counts), bottleneck)
+    if key not in _DEPTHS:
+        name = _KNOWN_DEPTHS.get(key, f"{'bottleneck' if bottleneck else 'basic'} blocks {counts}")
+        raise ClrobustError(f"encoder has {name} (blocks per stage {counts}); clrobust builds "
+                            "resnet18, resnet34 and resnet50 only (pass --arch if the guess is wrong).")
+    return _DEPTHS[key]
+
+
+def _preact_arch(encoder: Dict[str, torch.Tensor], counts: List[int], width: int) -> str:
+    """``wrn-D-K`` or ``preact-resnet18(-v1)`` from a pre-activation encoder (stem without BN)."""
+    outs = [encoder.get(f"layer{i + 1}.0.conv1.weight") for i in range(len(counts))]
+    planes = [int(w.shape[0]) if w is not None else 0 for w in outs]
+    if len(counts) == 3 and len(set(counts)) == 1 and planes[0] % width == 0:
+        widen = planes[0] // width
+        if widen and planes == [width * widen, 2 * width * widen, 4 * width * widen]:
+            return f"wrn-{6 * counts[0] + 4}-{widen}"
+    if counts == [2, 2, 2, 2]:
+        return "preact-resnet18" if "bn.weight" in encoder else "preact-resnet18-v1"
+    raise ClrobustError(f"pre-activation encoder with blocks per stage {counts} and stage widths {planes} "
+                        f"(stem {width}) is neither a WideResNet wrn-D-K nor a PreActResNet-18; "
+                        "pass --arch if the guess is wrong.")

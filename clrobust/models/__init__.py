@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+from torch import nn
 
-from clrobust.errors import ClrobustError
 from clrobust.models.network import ModelConfig, Network, Normalize, ProjectionHead
 from clrobust.models.norm import DualBatchNorm2d, adversarial_bn, has_dual_bn
-from clrobust.models.resnet import ResNet, resnet18, resnet34, resnet50
+from clrobust.models.preact_resnet import PreActBlock, PreActResNet, PreActStem
+from clrobust.models.registry import ARCHITECTURES, architecture, default_width, known_architectures
+from clrobust.models.resnet import BasicBlock, Bottleneck, GlobalPool, ResNet, Stem, resnet18, resnet34, resnet50
 
-ARCHITECTURES: Dict[str, Callable[..., ResNet]] = {
-    "resnet18": resnet18,
-    "resnet34": resnet34,
-    "resnet50": resnet50,
-}
+#: Module types of the ``all`` layer set (besides convs, batch norms and ReLUs).
+LAYER_TYPES = (BasicBlock, Bottleneck, Stem, PreActBlock, PreActStem, GlobalPool)
 
 
-def build_encoder(config: ModelConfig) -> ResNet:
-    try:
-        factory = ARCHITECTURES[config.arch]
-    except KeyError:
-        raise ClrobustError(f"unknown architecture {config.arch!r}; known: "
-                            f"{', '.join(sorted(ARCHITECTURES))}.") from None
-    return factory(config.width, stem=config.stem, dual_bn=config.dual_bn)
+def build_encoder(config: ModelConfig) -> nn.Module:
+    """The encoder of ``config.arch`` at ``config.width``.
+
+    Raises:
+        ClrobustError: unknown architecture, or a stem it does not have.
+    """
+    return architecture(config.arch)(config.width, stem=config.stem, dual_bn=config.dual_bn)
 
 
 def create_model(config: ModelConfig) -> Network:
@@ -31,6 +29,7 @@ def create_model(config: ModelConfig) -> Network:
 
 
 __all__ = [
-    "ARCHITECTURES", "DualBatchNorm2d", "ModelConfig", "Network", "Normalize", "ProjectionHead",
-    "ResNet", "adversarial_bn", "build_encoder", "create_model", "has_dual_bn",
+    "ARCHITECTURES", "DualBatchNorm2d", "LAYER_TYPES", "ModelConfig", "Network", "Normalize", "PreActResNet",
+    "ProjectionHead", "ResNet", "adversarial_bn", "architecture", "build_encoder", "create_model",
+    "default_width", "has_dual_bn", "known_architectures", "resnet18", "resnet34", "resnet50",
 ]

@@ -8,6 +8,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from clrobust.models.registry import default_width
+
 
 class Normalize(nn.Module):
     """(x - mean) / std with buffers, so models take inputs in [0, 1] as attacks expect."""
@@ -40,7 +42,7 @@ class ModelConfig:
     """Everything needed to rebuild a network's modules (saved beside its weights)."""
 
     arch: str = "resnet18"
-    width: int = 64
+    width: Optional[int] = None  # base (stem) width; None: the architecture's reference width
     stem: str = "cifar"
     num_classes: int = 10
     proj_dim: Optional[int] = 128
@@ -49,6 +51,10 @@ class ModelConfig:
     std: Optional[Tuple[float, ...]] = None
     dual_bn: bool = False
     extra: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.width is None:
+            self.width = default_width(self.arch)
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
