@@ -100,13 +100,24 @@ def _nums(values: List[float]) -> str:
 
 
 def _grouped(keys: List[str], small: int = 4) -> List[str]:
-    """Keys grouped by their first name component (``momentum_backbone.* (60 keys)``) when a group is large."""
+    """Keys grouped by their first name component when a group is large, shown with the longest
+    component prefix its keys share (``momentum_backbone.* (60 keys)``, ``model.sub_block1.* (25 keys)``)."""
     groups: Dict[str, List[str]] = {}
     for k in keys:
         groups.setdefault(k.split(".", 1)[0], []).append(k)
     out: List[str] = []
-    for first, members in groups.items():
-        out += members if len(members) <= small else [f"{first}.* ({len(members)} keys)"]
+    for members in groups.values():
+        if len(members) <= small:
+            out += members
+            continue
+        parts = [m.split(".")[:-1] for m in members]
+        common = parts[0]
+        for p in parts[1:]:
+            n = 0
+            while n < min(len(common), len(p)) and common[n] == p[n]:
+                n += 1
+            common = common[:n]
+        out.append(f"{'.'.join(common)}.* ({len(members)} keys)")
     return out
 
 

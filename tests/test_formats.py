@@ -524,3 +524,12 @@ def test_convert_keeps_both_batch_norms(tmp_path: Path, images: torch.Tensor) ->
     adv = load_model(str(tmp_path / "clae.safetensors"), adversarial_bn=True)
     torch.testing.assert_close(adv.network.features(images).detach(), features(enc, images, HALF, adv=True),
                                atol=1e-5, rtol=1e-5)
+
+
+def test_inspect_groups_dropped_keys_under_their_shared_prefix():
+    from clrobust.cli_checkpoints import _grouped
+
+    keys = [f"model.sub_block1.layer.{i}.bn1.weight" for i in range(5)] + ["fc.weight", "fc.bias"]
+    assert _grouped(keys) == ["model.sub_block1.layer.* (5 keys)", "fc.weight", "fc.bias"]
+    heads = [f"projector.{i}.weight" for i in range(3)] + ["projector.bn.running_mean", "projector.bn.bias"]
+    assert _grouped(heads) == ["projector.* (5 keys)"]
