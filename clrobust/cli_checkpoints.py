@@ -19,15 +19,17 @@ def load_options(f):
     f = click.option("--allow-missing", is_flag=True,
                      help="Load even when encoder weights are missing or mis-shaped (they stay random).")(f)
     f = click.option("--normalize", default=None,
-                     help="Input normalisation: cifar10, cifar10-kuangliu, imagenet, half, none, or "
+                     help="Input normalisation: cifar10, cifar10-kuangliu, cifar10-dm, cifar100, imagenet, half, "
+                          "none, or "
                           "'m1,m2,m3,s1,s2,s3' [from the checkpoint, else the format's default].")(f)
     f = click.option("--format", "fmt", default=None,
                      help="Force a checkpoint format by name instead of detecting it.")(f)
     f = click.option("--stem", type=click.Choice(["cifar", "cifar-pad2", "imagenet"]), default=None,
                      help="Stem [from the first conv's kernel and the format].")(f)
     f = click.option("--arch", default=None,
-                     help="Architecture: resnet18, resnet34, resnet50, preact-resnet18, preact-resnet18-v1 or "
-                          "wrn-DEPTH-WIDEN (e.g. wrn-28-10) [inferred from tensor shapes].")(f)
+                     help="Architecture: resnet18, resnet34, resnet50, preact-resnet18, preact-resnet18-v1, "
+                          "wrn-DEPTH-WIDEN (e.g. wrn-28-10), dm-wrn-DEPTH-WIDEN[-relu] or "
+                          "dm-preact-resnet18/34[-relu] [inferred from tensor shapes].")(f)
     return f
 
 

@@ -4,7 +4,7 @@ Layer names are those of ``network.encoder.named_modules()`` (e.g. ``stem``,
 ``layer3.1``, ``layer3.1.bn2``, ``avgpool``). Layer sets:
 
 * ``blocks`` (default): the stem, every residual block, the pooled feature;
-* ``all``: every conv, batch-norm, ReLU and block output, and the pooled feature;
+* ``all``: every conv, batch-norm, activation (ReLU, SiLU) and block output, and the pooled feature;
 * glob patterns, comma-separated: ``layer4.*``, ``stem,layer*.?``.
 """
 
@@ -20,7 +20,7 @@ from clrobust.errors import ClrobustError
 from clrobust.models import LAYER_TYPES
 
 LAYER_SETS = ("blocks", "all")
-_ALL_TYPES = (nn.Conv2d, nn.modules.batchnorm._BatchNorm, nn.ReLU) + LAYER_TYPES
+_ALL_TYPES = (nn.Conv2d, nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.SiLU) + LAYER_TYPES
 
 
 def _encoder(model: nn.Module) -> nn.Module:

@@ -49,6 +49,24 @@ WRN_NAMES: Tuple[Rename, ...] = (
 )
 #: kuangliu / locuslab PreActResNet: ``conv1`` (no stem BN), ``layerK.J.shortcut.0``, final ``bn``, ``linear``.
 PREACT_NAMES: Tuple[Rename, ...] = ((r"^conv1\.", "stem.conv."), (r"^linear\.", "classifier."))
+#: Names shared by DeepMind's layouts: ``batchnorm_0/1``, ``shortcut`` (a bare conv), final
+#: ``batchnorm``, ``logits`` and the ``mean``/``std`` buffers.
+_DM_BLOCK: Tuple[Rename, ...] = (
+    (r"\.batchnorm_0\.", ".bn1."), (r"\.batchnorm_1\.", ".bn2."), (r"\.shortcut\.", ".shortcut.0."),
+    (r"^batchnorm\.", "bn."), (r"^logits\.", "classifier."), (r"^mean$", "normalize.mean"),
+    (r"^std$", "normalize.std"),
+)
+#: DeepMind's WideResNet (``DMWideResNet``): ``init_conv``, ``layer.K.block.J.{conv_0,conv_1}``.
+DM_WRN_NAMES: Tuple[Rename, ...] = (
+    (r"^init_conv\.", "stem.conv."), (r"^layer\.0\.block\.", "layer1."), (r"^layer\.1\.block\.", "layer2."),
+    (r"^layer\.2\.block\.", "layer3."), (r"\.conv_0\.", ".conv1."), (r"\.conv_1\.", ".conv2."),
+) + _DM_BLOCK
+#: DeepMind's PreActResNet (``DMPreActResNet``): ``conv_2d``, ``layer_K.J.{batchnorm_0,conv_2d_1,...}``.
+DM_PREACT_NAMES: Tuple[Rename, ...] = (
+    (r"^conv_2d\.", "stem.conv."), (r"^layer_0\.", "layer1."), (r"^layer_1\.", "layer2."),
+    (r"^layer_2\.", "layer3."), (r"^layer_3\.", "layer4."), (r"\.conv_2d_1\.", ".conv1."),
+    (r"\.conv_2d_2\.", ".conv2."),
+) + _DM_BLOCK
 #: Normalisation buffers stored inside models, applied after every format's renames.
 IN_MODEL_NORMALIZE: Tuple[Rename, ...] = (
     (r"^mu$", "normalize.mean"), (r"^sigma$", "normalize.std"),
@@ -61,6 +79,8 @@ NORMALIZATIONS: Dict[str, Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]]
     "none": None,
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar10-kuangliu": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar10-dm": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
@@ -82,6 +102,8 @@ class CheckpointFormat:
         normalize: default input normalisation (a :data:`NORMALIZATIONS` name) when the
             checkpoint holds no normalisation buffers.
         small_stem: the stem a 3x3 first conv means (``cifar`` or ``cifar-pad2``).
+        arch_prefix: prefix of the pre-activation architecture read off the shapes, for layouts
+            whose shapes match another family's (``dm-``: ``wrn-28-10`` becomes ``dm-wrn-28-10``).
         bn_branches: patterns of extra batch-norm copies (dual/triple BN), branch 0 = clean.
         adversarial_branch: the branch loaded as the adversarial BN.
         split_bn: running statistics may hold ``C x splits`` values (averaged on load).
@@ -98,6 +120,7 @@ class CheckpointFormat:
     heads: Tuple[str, ...] = ()
     normalize: str = "none"
     small_stem: str = "cifar"
+    arch_prefix: str = ""
     bn_branches: Tuple[BNBranch, ...] = ()
     adversarial_branch: int = 1
     split_bn: bool = False
@@ -212,8 +235,24 @@ FORMATS: List[CheckpointFormat] = [
                "half: Hendrycks2019Using).",
                "Pang2020Boosting's head takes cosines (normalised features and weights): its encoder loads "
                "exactly, its logits do not.",
-               "DMWideResNet entries (init_conv, Swish; Gowal2020/2021, Rebuffi2021, Pang2022 ...) are another "
-               "layout and do not load.")),
+               "DMWideResNet entries (init_conv, Swish; Gowal2020/2021, Rebuffi2021, Pang2022 ...) load as "
+               "robustbench-dm-wrn.")),
+    CheckpointFormat(
+        "robustbench-dm-wrn", "RobustBench / DeepMind WideResNet (DMWideResNet)",
+        recognise=(r"^(model\.)?init_conv\.weight$", r"^(model\.)?layer\.\d\.block\.\d+\.conv_0\.weight$"),
+        prefixes=("model.",), renames=DM_WRN_NAMES, normalize="cifar10-dm", arch_prefix="dm-",
+        notes=("Swish (SiLU) activations, stride-2 convs padded bottom/right only; ReLU-trained entries need "
+               "--arch dm-wrn-D-K-relu (the file cannot tell).",
+               "without mean/std buffers the input is normalised with DeepMind's CIFAR-10 constants; "
+               "CIFAR-100 entries need --normalize cifar100.")),
+    CheckpointFormat(
+        "robustbench-dm-preact", "RobustBench / DeepMind PreActResNet (DMPreActResNet)",
+        recognise=(r"^(model\.)?conv_2d\.weight$", r"^(model\.)?layer_\d\.\d+\.conv_2d_1\.weight$"),
+        prefixes=("model.",), renames=DM_PREACT_NAMES, normalize="cifar10-dm", arch_prefix="dm-",
+        notes=("Swish (SiLU) activations, 3x3 shortcuts from the raw input, stride-2 convs padded "
+               "bottom/right only; ReLU-trained entries need --arch dm-preact-resnet18-relu (the file cannot tell).",
+               "without mean/std buffers the input is normalised with DeepMind's CIFAR-10 constants; "
+               "CIFAR-100 entries need --normalize cifar100.")),
     CheckpointFormat(
         "robustbench-preact", "RobustBench / locuslab PreActResNet-18",
         recognise=(r"^(model\.)?conv1\.weight$", r"^(model\.)?layer\d\.\d+\.shortcut\.0\.weight$"),
@@ -229,7 +268,7 @@ FORMATS: List[CheckpointFormat] = [
         recognise=(r"^(model\.)?conv1\.weight$", r"^(mu|sigma|normalize\.mean)$"), prefixes=("model.",),
         renames=TORCHVISION + KUANGLIU,
         notes=("ResNet-18/34/50 entries; WideResNet and PreActResNet-18 entries load as robustbench-wrn / "
-               "robustbench-preact.",)),
+               "robustbench-preact, DeepMind-style ones as robustbench-dm-wrn / robustbench-dm-preact.",)),
     CheckpointFormat(
         "kuangliu", "any kuangliu/pytorch-cifar style ResNet (generic)",
         recognise=(r"^conv1\.weight$", r"^layer\d\.\d+\.shortcut\.0\.weight$"), prefixes=("model.",),

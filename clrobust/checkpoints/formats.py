@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from clrobust.checkpoints.format_table import (
-    ACL_NAMES, FORMATS, IN_MODEL_NORMALIZE, KUANGLIU, NORMALIZATIONS, PREACT_NAMES, TORCHVISION, WRN_NAMES,
-    CheckpointFormat, format_names, get_format, register_format, unregister_format)
+    ACL_NAMES, DM_PREACT_NAMES, DM_WRN_NAMES, FORMATS, IN_MODEL_NORMALIZE, KUANGLIU, NORMALIZATIONS, PREACT_NAMES,
+    TORCHVISION, WRN_NAMES, CheckpointFormat, format_names, get_format, register_format, unregister_format)
 from clrobust.checkpoints.mapping import Mapped, find_state_dict, infer_arch, key_overlap, map_state, unwrap
 from clrobust.checkpoints.reading import read_checkpoint_file
 from clrobust.errors import ClrobustError
@@ -147,10 +147,10 @@ def load_checkpoint(path: Union[str, Path], arch: Optional[str] = None, normaliz
 
     Args:
         path: .pt/.pth/.ckpt/.tar/.t7 (or any name) or .safetensors file.
-        arch: ``resnet18``/``34``/``50``, ``preact-resnet18(-v1)`` or ``wrn-D-K``; inferred from shapes
-            when None.
+        arch: ``resnet18``/``34``/``50``, ``preact-resnet18(-v1)``, ``wrn-D-K``, ``dm-wrn-D-K[-relu]`` or
+            ``dm-preact-resnet18/34[-relu]``; inferred from shapes when None.
         normalize: input normalisation override: a preset (``cifar10``, ``cifar10-kuangliu``,
-            ``imagenet``, ``half``, ``none``) or ``m1,m2,m3,s1,s2,s3``.
+            ``cifar10-dm``, ``cifar100``, ``imagenet``, ``half``, ``none``) or ``m1,m2,m3,s1,s2,s3``.
         strict: refuse when encoder weights are missing or mis-shaped.
         trust: allow full unpickling (only for files from a trusted source).
         adversarial_bn: use the adversarial batch norm of a dual/triple-BN checkpoint.
@@ -280,7 +280,7 @@ def _load_native(path: Path, normalize: Optional[str], adversarial_bn: bool) -> 
 
 
 __all__ = [
-    "ACL_NAMES", "FORMATS", "IN_MODEL_NORMALIZE", "KUANGLIU", "NORMALIZATIONS", "PREACT_NAMES", "TORCHVISION",
+    "ACL_NAMES", "DM_PREACT_NAMES", "DM_WRN_NAMES", "FORMATS", "IN_MODEL_NORMALIZE", "KUANGLIU", "NORMALIZATIONS", "PREACT_NAMES", "TORCHVISION",
     "WRN_NAMES", "CheckpointFormat", "LoadReport", "closest_formats", "detect_format", "format_names", "get_format",
     "load_checkpoint", "parse_normalize", "register_format", "unregister_format",
 ]

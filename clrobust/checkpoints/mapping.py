@@ -17,6 +17,7 @@ from torch import nn
 
 from clrobust.checkpoints.format_table import IN_MODEL_NORMALIZE, CheckpointFormat
 from clrobust.errors import ClrobustError
+from clrobust.models.registry import architecture
 
 #: Top-level keys that may hold the state dict, tried in order (then the dict itself).
 CONTAINER_KEYS = ("state_dict", "model", "net", "encoder", "backbone", "online_backbone", "model_state_dict")
@@ -165,7 +166,9 @@ def infer_arch(fmt: CheckpointFormat, encoder: Dict[str, torch.Tensor], arch: Op
     """Read family, depth, width, stem and dual BN off the mapped encoder tensors (``arch``/``stem`` override).
 
     A stem without batch norm means a pre-activation net: three stages make a WideResNet
-    ``wrn-D-K``, four stages of two blocks a PreActResNet-18 (``-v1`` without the final ``bn``).
+    ``wrn-D-K``, four stages of two blocks a PreActResNet-18 (``-v1`` without the final ``bn``),
+    of 3-4-6-3 blocks a PreActResNet-34; the format's ``arch_prefix`` then names the family
+    (``dm-`` for DeepMind's layout of the same shapes).
 
     Raises:
         ClrobustError: no stem conv, or a depth clrobust does not build.
@@ -190,7 +193,12 @@ def infer_arch(fmt: CheckpointFormat, encoder: Dict[str, torch.Tensor], arch: Op
         if "stem.bn.weight" in encoder:
             arch = _resnet_arch(encoder, counts)
         else:
-            arch = _preact_arch(encoder, counts, width)
+            arch = fmt.arch_prefix + _preact_arch(encoder, counts, width)
+            try:
+                architecture(arch)
+            except ClrobustError:
+                raise ClrobustError(f"the encoder's shapes read as {arch}, which clrobust does not build in "
+                                    f"the {fmt.name} layout; pass --arch if the guess is wrong.") from None
     return ArchGuess(arch, width, stem, dual)
 
 
@@ -216,7 +224,7 @@ def _resnet_arch(encoder: Dict[str, torch.Tensor], counts: List[int]) -> str:
 
 
 def _preact_arch(encoder: Dict[str, torch.Tensor], counts: List[int], width: int) -> str:
-    """``wrn-D-K`` or ``preact-resnet18(-v1)`` from a pre-activation encoder (stem without BN)."""
+    """``wrn-D-K``, ``preact-resnet18(-v1)`` or ``preact-resnet34`` from a pre-activation encoder (stem without BN)."""
     outs = [encoder.get(f"layer{i + 1}.0.conv1.weight") for i in range(len(counts))]
     planes = [int(w.shape[0]) if w is not None else 0 for w in outs]
     if len(counts) == 3 and len(set(counts)) == 1 and planes[0] % width == 0:
@@ -225,6 +233,8 @@ def _preact_arch(encoder: Dict[str, torch.Tensor], counts: List[int], width: int
             return f"wrn-{6 * counts[0] + 4}-{widen}"
     if counts == [2, 2, 2, 2]:
         return "preact-resnet18" if "bn.weight" in encoder else "preact-resnet18-v1"
+    if counts == [3, 4, 6, 3] and "bn.weight" in encoder:
+        return "preact-resnet34"
     raise ClrobustError(f"pre-activation encoder with blocks per stage {counts} and stage widths {planes} "
-                        f"(stem {width}) is neither a WideResNet wrn-D-K nor a PreActResNet-18; "
+                        f"(stem {width}) is neither a WideResNet wrn-D-K nor a PreActResNet-18/34; "
                         "pass --arch if the guess is wrong.")

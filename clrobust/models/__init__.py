@@ -10,7 +10,7 @@ from clrobust.models.preact_resnet import PreActBlock, PreActResNet, PreActStem
 from clrobust.models.registry import ARCHITECTURES, architecture, default_width, known_architectures
 from clrobust.models.resnet import BasicBlock, Bottleneck, GlobalPool, ResNet, Stem, resnet18, resnet34, resnet50
 
-#: Module types of the ``all`` layer set (besides convs, batch norms and ReLUs).
+#: Module types of the ``all`` layer set (besides convs, batch norms and activations).
 LAYER_TYPES = (BasicBlock, Bottleneck, Stem, PreActBlock, PreActStem, GlobalPool)
 
 

@@ -31,7 +31,15 @@ def parse_wrn(name: str) -> Optional[Tuple[int, int]]:
     if m is None:
         raise ClrobustError(f"unknown architecture {name!r}; WideResNets are named wrn-DEPTH-WIDEN "
                             "(e.g. wrn-28-10, wrn-34-10, wrn-70-16).")
-    depth, widen = int(m.group(1)), int(m.group(2))
+    return check_wrn(name, int(m.group(1)), int(m.group(2)))
+
+
+def check_wrn(name: str, depth: int, widen: int) -> Tuple[int, int]:
+    """(depth, widen) unchanged when a WideResNet can have them.
+
+    Raises:
+        ClrobustError: a depth that is not 6n + 4, or a widen factor below 1 (``name`` in the message).
+    """
     if depth < 10 or (depth - 4) % 6:
         raise ClrobustError(f"{name}: WideResNet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34, 40, 70 ...).")
     if widen < 1:
