@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import pytest
 import torch
@@ -21,17 +21,10 @@ from clrobust.checkpoints.formats import load_checkpoint
 from clrobust.errors import ClrobustError
 from clrobust.hooks import layer_names, record
 from clrobust.models import ModelConfig, adversarial_bn, create_model, has_dual_bn
+from tests.thirdparty_nets import SD, bn_eval, close, logits, rand_bn, rand_conv
 
-SD = Dict[str, torch.Tensor]
+pytestmark = pytest.mark.usefixtures("one_thread")
 ODD = ((0.3, 0.4, 0.5), (0.21, 0.22, 0.23))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -41,38 +34,26 @@ def images() -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- RobustBench-named state dicts
 
-def _conv(sd: SD, name: str, out: int, inp: int, k: int, g: torch.Generator) -> None:
-    sd[f"{name}.weight"] = torch.randn(out, inp, k, k, generator=g) * (2.0 / (k * k * inp)) ** 0.5
-
-
-def _bn(sd: SD, name: str, c: int, g: torch.Generator) -> None:
-    sd[f"{name}.weight"] = 0.5 + torch.rand(c, generator=g)
-    sd[f"{name}.bias"] = 0.2 * torch.randn(c, generator=g)
-    sd[f"{name}.running_mean"] = 0.3 * torch.randn(c, generator=g)
-    sd[f"{name}.running_var"] = 0.5 + 1.5 * torch.rand(c, generator=g)
-    sd[f"{name}.num_batches_tracked"] = torch.tensor(7)
-
-
 def rb_wrn_state(depth: int, widen: int, seed: int = 0, sub_block1: bool = False) -> SD:
     """RobustBench ``WideResNet(depth, widen_factor=widen)`` keys and shapes, random values."""
     g = torch.Generator().manual_seed(seed)
     n = (depth - 4) // 6
     ch = [16, 16 * widen, 32 * widen, 64 * widen]
     sd: SD = {}
-    _conv(sd, "conv1", ch[0], 3, 3, g)
+    rand_conv(sd, "conv1", ch[0], 3, 3, g)
     groups = [("block1", ch[0], ch[1]), ("block2", ch[1], ch[2]), ("block3", ch[2], ch[3])]
     if sub_block1:
         groups.append(("sub_block1", ch[0], ch[1]))
     for name, cin, cout in groups:
         for j in range(n):
             p, i = f"{name}.layer.{j}", cin if j == 0 else cout
-            _bn(sd, f"{p}.bn1", i, g)
-            _conv(sd, f"{p}.conv1", cout, i, 3, g)
-            _bn(sd, f"{p}.bn2", cout, g)
-            _conv(sd, f"{p}.conv2", cout, cout, 3, g)
+            rand_bn(sd, f"{p}.bn1", i, g)
+            rand_conv(sd, f"{p}.conv1", cout, i, 3, g)
+            rand_bn(sd, f"{p}.bn2", cout, g)
+            rand_conv(sd, f"{p}.conv2", cout, cout, 3, g)
             if i != cout:
-                _conv(sd, f"{p}.convShortcut", cout, i, 1, g)
-    _bn(sd, "bn1", ch[3], g)
+                rand_conv(sd, f"{p}.convShortcut", cout, i, 1, g)
+    rand_bn(sd, "bn1", ch[3], g)
     sd["fc.weight"] = 0.1 * torch.randn(10, ch[3], generator=g)
     sd["fc.bias"] = 0.1 * torch.randn(10, generator=g)
     return sd
@@ -82,21 +63,21 @@ def rb_preact_state(width: int, final_bn: bool, seed: int = 0) -> SD:
     """RobustBench ``PreActResNet(block, [2, 2, 2, 2])`` keys (base width ``width``), random values."""
     g = torch.Generator().manual_seed(seed)
     sd: SD = {}
-    _conv(sd, "conv1", width, 3, 3, g)
+    rand_conv(sd, "conv1", width, 3, 3, g)
     cin = width
     for s in range(4):
         planes = width * 2 ** s
         for j in range(2):
             p, stride = f"layer{s + 1}.{j}", 2 if (s > 0 and j == 0) else 1
-            _bn(sd, f"{p}.bn1", cin, g)
-            _conv(sd, f"{p}.conv1", planes, cin, 3, g)
-            _bn(sd, f"{p}.bn2", planes, g)
-            _conv(sd, f"{p}.conv2", planes, planes, 3, g)
+            rand_bn(sd, f"{p}.bn1", cin, g)
+            rand_conv(sd, f"{p}.conv1", planes, cin, 3, g)
+            rand_bn(sd, f"{p}.bn2", planes, g)
+            rand_conv(sd, f"{p}.conv2", planes, planes, 3, g)
             if stride != 1 or cin != planes:
-                _conv(sd, f"{p}.shortcut.0", planes, cin, 1, g)
+                rand_conv(sd, f"{p}.shortcut.0", planes, cin, 1, g)
             cin = planes
     if final_bn:
-        _bn(sd, "bn", cin, g)
+        rand_bn(sd, "bn", cin, g)
     sd["linear.weight"] = 0.1 * torch.randn(10, cin, generator=g)
     sd["linear.bias"] = 0.1 * torch.randn(10, generator=g)
     return sd
@@ -112,11 +93,6 @@ def with_norm(sd: SD, norm=ODD, prefix: str = "") -> SD:
 
 # ----------------------------------------------------------------------------- reference forwards
 
-def _bn_f(sd: SD, name: str, x: torch.Tensor) -> torch.Tensor:
-    return F.batch_norm(x, sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"],
-                        sd[f"{name}.bias"], training=False, eps=1e-5)
-
-
 def reference_wrn(sd: SD, x: torch.Tensor, norm=None) -> torch.Tensor:
     """RobustBench's WideResNet forward: BasicBlock with equalInOut / convShortcut."""
     if norm is not None:
@@ -129,17 +105,17 @@ def reference_wrn(sd: SD, x: torch.Tensor, norm=None) -> torch.Tensor:
             stride = 2 if (b > 1 and j == 0) else 1
             equal_in_out = f"{p}.convShortcut.weight" not in sd
             if equal_in_out:
-                h = F.relu(_bn_f(sd, f"{p}.bn1", out))
+                h = F.relu(bn_eval(sd, f"{p}.bn1", out))
                 residual = out
             else:  # the input itself is replaced by its activation, which also feeds the shortcut
-                out = F.relu(_bn_f(sd, f"{p}.bn1", out))
+                out = F.relu(bn_eval(sd, f"{p}.bn1", out))
                 h = out
                 residual = F.conv2d(out, sd[f"{p}.convShortcut.weight"], stride=stride)
             h = F.conv2d(h, sd[f"{p}.conv1.weight"], stride=stride, padding=1)
-            h = F.conv2d(F.relu(_bn_f(sd, f"{p}.bn2", h)), sd[f"{p}.conv2.weight"], padding=1)
+            h = F.conv2d(F.relu(bn_eval(sd, f"{p}.bn2", h)), sd[f"{p}.conv2.weight"], padding=1)
             out = residual + h
             j += 1
-    out = F.relu(_bn_f(sd, "bn1", out))
+    out = F.relu(bn_eval(sd, "bn1", out))
     out = F.avg_pool2d(out, 8).flatten(1)
     return F.linear(out, sd["fc.weight"], sd["fc.bias"])
 
@@ -153,16 +129,16 @@ def reference_preact(sd: SD, x: torch.Tensor, raw_shortcut: bool, norm=None) -> 
         for j in range(2):
             p = f"layer{s}.{j}"
             stride = 2 if (s > 1 and j == 0) else 1
-            pre = F.relu(_bn_f(sd, f"{p}.bn1", out))
+            pre = F.relu(bn_eval(sd, f"{p}.bn1", out))
             if f"{p}.shortcut.0.weight" in sd:
                 shortcut = F.conv2d(out if raw_shortcut else pre, sd[f"{p}.shortcut.0.weight"], stride=stride)
             else:
                 shortcut = out
             h = F.conv2d(pre, sd[f"{p}.conv1.weight"], stride=stride, padding=1)
-            h = F.conv2d(F.relu(_bn_f(sd, f"{p}.bn2", h)), sd[f"{p}.conv2.weight"], padding=1)
+            h = F.conv2d(F.relu(bn_eval(sd, f"{p}.bn2", h)), sd[f"{p}.conv2.weight"], padding=1)
             out = h + shortcut
     if "bn.weight" in sd:
-        out = F.relu(_bn_f(sd, "bn", out))
+        out = F.relu(bn_eval(sd, "bn", out))
     out = F.avg_pool2d(out, 4).flatten(1)
     return F.linear(out, sd["linear.weight"], sd["linear.bias"])
 
@@ -196,15 +172,6 @@ def tiny_net(arch: str, width: Optional[int] = None, seed: int = 0):
                 m.running_mean.normal_(0, 0.3)
                 m.running_var.uniform_(0.5, 2.0)
     return net.eval()
-
-
-def logits(net, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return net(x)
-
-
-def close(a: torch.Tensor, b: torch.Tensor) -> None:
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- tests

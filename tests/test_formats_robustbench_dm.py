@@ -10,7 +10,7 @@ shortcuts from the raw block input. Controls show that symmetric padding or ReLU
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, Sequence
+from typing import Callable, Sequence
 
 import pytest
 import torch
@@ -19,18 +19,11 @@ import torch.nn.functional as F
 from clrobust.checkpoints.formats import load_checkpoint
 from clrobust.errors import ClrobustError
 from clrobust.hooks import layer_names, record
+from tests.thirdparty_nets import SD, bn_eval, close, logits, rand_bn, rand_conv
 
-SD = Dict[str, torch.Tensor]
+pytestmark = pytest.mark.usefixtures("one_thread")
 ODD = ((0.3, 0.4, 0.5), (0.21, 0.22, 0.23))
 DM_CIFAR10 = ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -40,20 +33,8 @@ def images() -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- DeepMind-named state dicts
 
-def _conv(sd: SD, name: str, out: int, inp: int, k: int, g: torch.Generator) -> None:
-    sd[f"{name}.weight"] = torch.randn(out, inp, k, k, generator=g) * (2.0 / (k * k * inp)) ** 0.5
-
-
-def _bn(sd: SD, name: str, c: int, g: torch.Generator) -> None:
-    sd[f"{name}.weight"] = 0.5 + torch.rand(c, generator=g)
-    sd[f"{name}.bias"] = 0.2 * torch.randn(c, generator=g)
-    sd[f"{name}.running_mean"] = 0.3 * torch.randn(c, generator=g)
-    sd[f"{name}.running_var"] = 0.5 + 1.5 * torch.rand(c, generator=g)
-    sd[f"{name}.num_batches_tracked"] = torch.tensor(3)
-
-
 def _head(sd: SD, c: int, g: torch.Generator) -> None:
-    _bn(sd, "batchnorm", c, g)
+    rand_bn(sd, "batchnorm", c, g)
     sd["logits.weight"] = 0.1 * torch.randn(10, c, generator=g)
     sd["logits.bias"] = 0.1 * torch.randn(10, generator=g)
 
@@ -64,16 +45,16 @@ def dm_wrn_state(depth: int, widen: int, seed: int = 0) -> SD:
     n = (depth - 4) // 6
     ch = [16, 16 * widen, 32 * widen, 64 * widen]
     sd: SD = {}
-    _conv(sd, "init_conv", ch[0], 3, 3, g)
+    rand_conv(sd, "init_conv", ch[0], 3, 3, g)
     for k in range(3):
         for j in range(n):
             p, cin, cout = f"layer.{k}.block.{j}", ch[k] if j == 0 else ch[k + 1], ch[k + 1]
-            _bn(sd, f"{p}.batchnorm_0", cin, g)
-            _conv(sd, f"{p}.conv_0", cout, cin, 3, g)
-            _bn(sd, f"{p}.batchnorm_1", cout, g)
-            _conv(sd, f"{p}.conv_1", cout, cout, 3, g)
+            rand_bn(sd, f"{p}.batchnorm_0", cin, g)
+            rand_conv(sd, f"{p}.conv_0", cout, cin, 3, g)
+            rand_bn(sd, f"{p}.batchnorm_1", cout, g)
+            rand_conv(sd, f"{p}.conv_1", cout, cout, 3, g)
             if cin != cout:
-                _conv(sd, f"{p}.shortcut", cout, cin, 1, g)
+                rand_conv(sd, f"{p}.shortcut", cout, cin, 1, g)
     _head(sd, ch[3], g)
     return sd
 
@@ -82,18 +63,18 @@ def dm_preact_state(blocks: Sequence[int], width: int, seed: int = 0) -> SD:
     """``DMPreActResNet`` keys and shapes (its base width 64 scaled to ``width``), random values."""
     g = torch.Generator().manual_seed(seed)
     sd: SD = {}
-    _conv(sd, "conv_2d", width, 3, 3, g)
+    rand_conv(sd, "conv_2d", width, 3, 3, g)
     cin = width
     for s, n in enumerate(blocks):
         planes = width * 2 ** s
         for j in range(n):
             p, stride = f"layer_{s}.{j}", 2 if (s > 0 and j == 0) else 1
-            _bn(sd, f"{p}.batchnorm_0", cin, g)
-            _conv(sd, f"{p}.conv_2d_1", planes, cin, 3, g)
-            _bn(sd, f"{p}.batchnorm_1", planes, g)
-            _conv(sd, f"{p}.conv_2d_2", planes, planes, 3, g)
+            rand_bn(sd, f"{p}.batchnorm_0", cin, g)
+            rand_conv(sd, f"{p}.conv_2d_1", planes, cin, 3, g)
+            rand_bn(sd, f"{p}.batchnorm_1", planes, g)
+            rand_conv(sd, f"{p}.conv_2d_2", planes, planes, 3, g)
             if stride != 1 or cin != planes:
-                _conv(sd, f"{p}.shortcut", planes, cin, 3, g)
+                rand_conv(sd, f"{p}.shortcut", planes, cin, 3, g)
             cin = planes
     _head(sd, cin, g)
     return sd
@@ -117,11 +98,6 @@ def swish(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(x)
 
 
-def _bn_f(sd: SD, name: str, x: torch.Tensor) -> torch.Tensor:
-    return F.batch_norm(x, sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"],
-                        sd[f"{name}.bias"], training=False, eps=1e-5)
-
-
 def _pad(x: torch.Tensor, stride: int, asymmetric: bool) -> torch.Tensor:
     return F.pad(x, (0, 1, 0, 1) if stride == 2 and asymmetric else (1, 1, 1, 1))
 
@@ -131,7 +107,7 @@ def _normalize(x: torch.Tensor, norm) -> torch.Tensor:
 
 
 def _logits(sd: SD, out: torch.Tensor, act: Act) -> torch.Tensor:
-    out = act(_bn_f(sd, "batchnorm", out))
+    out = act(bn_eval(sd, "batchnorm", out))
     out = F.avg_pool2d(out, out.shape[-1]).flatten(1)
     return F.linear(out, sd["logits.weight"], sd["logits.bias"])
 
@@ -143,13 +119,13 @@ def reference_dm_wrn(sd: SD, x: torch.Tensor, norm, act: Act = swish, asymmetric
         j = 0
         while f"layer.{k}.block.{j}.conv_0.weight" in sd:
             p, stride = f"layer.{k}.block.{j}", 2 if (k > 0 and j == 0) else 1
-            pre = act(_bn_f(sd, f"{p}.batchnorm_0", out))
+            pre = act(bn_eval(sd, f"{p}.batchnorm_0", out))
             if f"{p}.shortcut.weight" in sd:
                 skip = F.conv2d(pre, sd[f"{p}.shortcut.weight"], stride=stride)
             else:
                 skip = out
             h = F.conv2d(_pad(pre, stride, asymmetric), sd[f"{p}.conv_0.weight"], stride=stride)
-            h = F.conv2d(act(_bn_f(sd, f"{p}.batchnorm_1", h)), sd[f"{p}.conv_1.weight"], padding=1)
+            h = F.conv2d(act(bn_eval(sd, f"{p}.batchnorm_1", h)), sd[f"{p}.conv_1.weight"], padding=1)
             out = skip + h
             j += 1
     return _logits(sd, out, act)
@@ -163,26 +139,17 @@ def reference_dm_preact(sd: SD, x: torch.Tensor, norm, act: Act = swish, asymmet
         j = 0
         while f"layer_{s}.{j}.conv_2d_1.weight" in sd:
             p, stride = f"layer_{s}.{j}", 2 if (s > 0 and j == 0) else 1
-            pre = act(_bn_f(sd, f"{p}.batchnorm_0", out))
+            pre = act(bn_eval(sd, f"{p}.batchnorm_0", out))
             if f"{p}.shortcut.weight" in sd:
                 skip = F.conv2d(_pad(out, stride, asymmetric), sd[f"{p}.shortcut.weight"], stride=stride)
             else:
                 skip = out
             h = F.conv2d(_pad(pre, stride, asymmetric), sd[f"{p}.conv_2d_1.weight"], stride=stride)
-            h = F.conv2d(act(_bn_f(sd, f"{p}.batchnorm_1", h)), sd[f"{p}.conv_2d_2.weight"], padding=1)
+            h = F.conv2d(act(bn_eval(sd, f"{p}.batchnorm_1", h)), sd[f"{p}.conv_2d_2.weight"], padding=1)
             out = skip + h
             j += 1
         s += 1
     return _logits(sd, out, act)
-
-
-def logits(net, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return net(x)
-
-
-def close(a: torch.Tensor, b: torch.Tensor) -> None:
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def differs(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -21,7 +21,7 @@ from torch import nn
 
 from clrobust.errors import ClrobustError
 from clrobust.models.preact_resnet import Activation, PreActResNet, require_cifar_stem
-from clrobust.models.wide_resnet import WRN_STEM_WIDTH, check_wrn
+from clrobust.models.wide_resnet import WRN_STEM_WIDTH, check_wrn, wide_resnet
 
 DM_WRN_NAME = re.compile(r"^dm-wrn-(\d+)-(\d+)(-relu)?$")
 #: Blocks per stage of DeepMind's PreActResNet depths.
@@ -37,9 +37,7 @@ def dm_wide_resnet(depth: int, widen: int, width: int = WRN_STEM_WIDTH, stem: st
                    dual_bn: bool = False, relu: bool = False) -> PreActResNet:
     """DeepMind's WRN-``depth``-``widen`` (``DMWideResNet``); ``width`` is the stem's channel count (16)."""
     require_cifar_stem(f"dm-wrn-{depth}-{widen}", stem)
-    n = (depth - 4) // 6
-    return PreActResNet([n] * 3, [width * widen, 2 * width * widen, 4 * width * widen], width, dual_bn=dual_bn,
-                        act=_activation(relu), same_pad=True)
+    return wide_resnet(depth, widen, width, stem, dual_bn, act=_activation(relu), same_pad=True)
 
 
 def dm_preact_resnet(num_blocks: Sequence[int], width: int = DM_PREACT_WIDTH, stem: str = "cifar",

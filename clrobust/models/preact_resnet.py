@@ -8,7 +8,7 @@ the activation modules are named ``relu1``/``relu2``/``relu`` whatever their typ
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,7 @@ from torch import nn
 
 from clrobust.errors import ClrobustError
 from clrobust.models.norm import make_bn
-from clrobust.models.resnet import GlobalPool
+from clrobust.models.resnet import GlobalPool, StagedEncoder
 
 Activation = Callable[[], nn.Module]
 
@@ -100,7 +100,7 @@ class PreActStem(nn.Module):
         return self.conv(x)
 
 
-class PreActResNet(nn.Module):
+class PreActResNet(StagedEncoder):
     """A pre-activation ResNet encoder mapping images to pooled features of size ``feature_dim``.
 
     Args:
@@ -136,25 +136,13 @@ class PreActResNet(nn.Module):
         self.relu = act() if final_bn else None
         self.avgpool = GlobalPool()
         self.feature_dim = in_planes
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.init_convs()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for i in range(self.num_stages):
-            x = getattr(self, f"layer{i + 1}")(x)
+        x = self.run_stages(self.stem(x))
         if self.bn is not None:
             x = self.relu(self.bn(x))
         return self.avgpool(x)
-
-    def block_names(self) -> List[str]:
-        """Names of the modules in the ``blocks`` layer set, input to output."""
-        names = ["stem"]
-        for i in range(self.num_stages):
-            stage = getattr(self, f"layer{i + 1}")
-            names += [f"layer{i + 1}.{j}" for j in range(len(stage))]
-        return names + ["avgpool"]
 
 
 def require_cifar_stem(arch: str, stem: str) -> None:

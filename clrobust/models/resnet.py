@@ -6,7 +6,7 @@ hook on any named module sees exactly one call per forward pass.
 
 from __future__ import annotations
 
-from typing import List, Optional, Type, Union
+from typing import Iterator, List, Optional, Type, Union
 
 import torch
 from torch import nn
@@ -85,7 +85,39 @@ class GlobalPool(nn.Module):
         return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
 
-class ResNet(nn.Module):
+class StagedEncoder(nn.Module):
+    """What every clrobust CNN encoder shares: ``stem``, stages ``layer1..layerS``, ``avgpool``.
+
+    Subclasses set ``num_stages`` and build those modules; this class runs the stages,
+    names the ``blocks`` layer set and initialises the convs.
+    """
+
+    num_stages: int
+
+    def stages(self) -> Iterator[nn.Sequential]:
+        for i in range(self.num_stages):
+            yield getattr(self, f"layer{i + 1}")
+
+    def run_stages(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages():
+            x = stage(x)
+        return x
+
+    def block_names(self) -> List[str]:
+        """Names of the modules in the ``blocks`` layer set, input to output."""
+        names = ["stem"]
+        for i, stage in enumerate(self.stages()):
+            names += [f"layer{i + 1}.{j}" for j in range(len(stage))]
+        return names + ["avgpool"]
+
+    def init_convs(self) -> None:
+        """He-normal (fan-out) initialisation of every conv."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+class ResNet(StagedEncoder):
     """A ResNet encoder mapping images to pooled features of size ``feature_dim``."""
 
     def __init__(self, block: Type[Union[BasicBlock, Bottleneck]], num_blocks: List[int],
@@ -113,23 +145,10 @@ class ResNet(nn.Module):
         self.num_stages = len(num_blocks)
         self.avgpool = GlobalPool()
         self.feature_dim = in_planes
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.init_convs()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for i in range(self.num_stages):
-            x = getattr(self, f"layer{i + 1}")(x)
-        return self.avgpool(x)
-
-    def block_names(self) -> List[str]:
-        """Names of the modules in the ``blocks`` layer set, input to output."""
-        names = ["stem"]
-        for i in range(self.num_stages):
-            stage = getattr(self, f"layer{i + 1}")
-            names += [f"layer{i + 1}.{j}" for j in range(len(stage))]
-        return names + ["avgpool"]
+        return self.avgpool(self.run_stages(self.stem(x)))
 
 
 def resnet18(width: int = 64, **kw) -> ResNet:

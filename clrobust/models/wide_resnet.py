@@ -48,8 +48,12 @@ def check_wrn(name: str, depth: int, widen: int) -> Tuple[int, int]:
 
 
 def wide_resnet(depth: int, widen: int, width: int = WRN_STEM_WIDTH, stem: str = "cifar",
-                dual_bn: bool = False) -> PreActResNet:
-    """A WRN-``depth``-``widen`` encoder; ``width`` is the stem's channel count (16 in the reference)."""
+                dual_bn: bool = False, **block_options) -> PreActResNet:
+    """A WRN-``depth``-``widen`` encoder; ``width`` is the stem's channel count (16 in the reference).
+
+    ``block_options`` (``act``, ``same_pad``) go to :class:`PreActResNet` (DeepMind's variant).
+    """
     require_cifar_stem(f"wrn-{depth}-{widen}", stem)
     n = (depth - 4) // 6
-    return PreActResNet([n] * 3, [width * widen, 2 * width * widen, 4 * width * widen], width, dual_bn=dual_bn)
+    return PreActResNet([n] * 3, [width * widen, 2 * width * widen, 4 * width * widen], width, dual_bn=dual_bn,
+                        **block_options)
