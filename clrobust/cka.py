@@ -153,6 +153,20 @@ class StreamingCKA:
         return (self.xy / torch.sqrt(self.xx[:, None] * self.yy[None, :])).numpy()
 
 
+def disparity(cka_clean_adversarial: ArrayLike) -> np.ndarray:
+    """Clean-vs-adversarial disparity per layer: ``1 - CKA(clean_l, adversarial_l)``.
+
+    Args:
+        cka_clean_adversarial: the square CKA matrix of a model's clean recording
+            (rows) against its adversarial recording (columns), same layers in order.
+    """
+    m = np.asarray(cka_clean_adversarial, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ClrobustError(f"disparity needs the square clean-vs-adversarial CKA matrix of one model, "
+                            f"got shape {m.shape}.")
+    return 1.0 - np.diag(m)
+
+
 def batch_bounds(n: int, batch_size: int, minimum: int = 4) -> List[tuple]:
     """Batch (start, stop) pairs covering n samples; a last batch smaller than ``minimum``
     is folded into the previous one (unbiased HSIC needs 4 samples)."""

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from clrobust.attacks import AttackSpec, attack_batch
 from clrobust.cka import StreamingCKA, batch_bounds, ugram_stack
+from clrobust.cka import disparity as cka_disparity
 from clrobust.data import load_dataset, to_float
 from clrobust.distributed import Dist, owns
 from clrobust.errors import ClrobustError
@@ -143,7 +144,7 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist=None) -> 
                          "matrix": mat.tolist()})
     timings["cka"] += time.perf_counter() - t
     n = len(data)
-    disparity = {lab: (1.0 - np.diag(matrices[((lab, "clean"), (lab, "adversarial"))])).tolist()
+    disparity = {lab: cka_disparity(matrices[((lab, "clean"), (lab, "adversarial"))]).tolist()
                  for lab in labels}
     accuracy = {lab: {"clean": correct[lab]["clean"] / n, "adversarial": correct[lab]["adversarial"] / n}
                 for lab in labels}
