@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from tests.conftest import tiny_network
@@ -27,11 +29,12 @@ def torchrun(args):
     return p.returncode, p.stdout + p.stderr
 
 
-AUDIT = ["--n-samples", "16", "--batch-size", "8", "--eps", "4/255,8/255", "--no-progress"]
+AUDIT = ["--n-samples", "16", "--batch-size", "8", "--eps", "1/255,8/255", "--no-progress"]
 
 
-def test_audit_report_worst_case_and_resume(tmp_path, tiny_checkpoints):
-    a, b = map(str, tiny_checkpoints)
+@pytest.mark.slow
+def test_audit_report_worst_case_and_resume(tmp_path, tiny_checkpoints, trained_checkpoint):
+    a, b = str(tiny_checkpoints[0]), str(trained_checkpoint)
     out = tmp_path / "audit"
     code, text = run(["audit", a, b, *AUDIT, "--attacks", "fgsm,pgd20,autoattack,tm1-pgd20", "--out", str(out)])
     assert code == 0, text
@@ -41,13 +44,13 @@ def test_audit_report_worst_case_and_resume(tmp_path, tiny_checkpoints):
     rep = json.loads((out / "report.json").read_text())
     assert rep["n_samples"] == 16 and rep["seed"] == 0 and "torch" in rep["versions"]
     rows = rep["rows"]
-    assert {r["model"] for r in rows} == {"tiny0", "tiny1"}
+    assert {r["model"] for r in rows} == {"tiny0", "trained"}
     for r in rows:
         assert 0 <= r["robust_accuracy"] <= r["clean_accuracy"] <= 1
     cache = json.loads((out / "audit-cache.json").read_text())["results"]
-    for m in ("tiny0", "tiny1"):
+    for m in ("tiny0", "trained"):
         clean = np.array(cache[m]["clean"])
-        for eps in ("4/255", "8/255"):
+        for eps in ("1/255", "8/255"):
             by = {r["attack"]: r for r in rows if r["model"] == m and r["eps_text"] == eps}
             assert set(by) == {"fgsm", "pgd20", "autoattack", "tm1-pgd20", "worst-case (II)"}
             # Worst case is the per-point AND of the threat-model-II attacks (independent recount).
@@ -57,6 +60,10 @@ def test_audit_report_worst_case_and_resume(tmp_path, tiny_checkpoints):
             assert abs(by["worst-case (II)"]["robust_accuracy"] - expect) < 1e-12
             assert by["worst-case (II)"]["robust_accuracy"] <= min(by[k]["robust_accuracy"]
                                                                    for k in ("fgsm", "pgd20", "autoattack"))
+    # The trained model keeps some points at 1/255: the worst case is a non-trivial number.
+    worst = next(r for r in rows if r["model"] == "trained" and r["attack"] == "worst-case (II)"
+                 and r["eps_text"] == "1/255")
+    assert 0 < worst["robust_accuracy"] < worst["clean_accuracy"]
 
     # Re-running resumes from the cache (no attack recomputed) and gives the same report.
     cache_before = (out / "audit-cache.json").read_text()
@@ -70,6 +77,7 @@ def test_audit_report_worst_case_and_resume(tmp_path, tiny_checkpoints):
     assert code == 2 and "--overwrite" in text and "Traceback" not in text and len(text.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_resume_recomputes_a_model_whose_weights_changed(tmp_path, tiny_checkpoints):
     import shutil
 
@@ -92,6 +100,7 @@ def test_resume_recomputes_a_model_whose_weights_changed(tmp_path, tiny_checkpoi
     assert after == fresh
 
 
+@pytest.mark.slow
 def test_audit_bad_eps_and_attack_are_one_line_errors(tmp_path, tiny_checkpoints):
     a = str(tiny_checkpoints[0])
     for args, needle in ((["--eps", "8"], "eps"), (["--attacks", "cw"], "unknown attack")):
@@ -99,6 +108,7 @@ def test_audit_bad_eps_and_attack_are_one_line_errors(tmp_path, tiny_checkpoints
         assert code == 2 and needle in text and "Traceback" not in text, text
 
 
+@pytest.mark.slow
 def test_headless_checkpoint_gets_a_linear_probe(tmp_path):
     """A SupContrast-layout checkpoint has no classifier: audit fits a probe on train features."""
     net = tiny_network(3)
@@ -118,6 +128,7 @@ def test_headless_checkpoint_gets_a_linear_probe(tmp_path):
     assert all(r["robust_accuracy"] <= r["clean_accuracy"] for r in rep["rows"])
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(tmp_path, tiny_checkpoints):
     """gloo, 2 processes: compare-layers and audit give the single-process numbers."""
     a, b = map(str, tiny_checkpoints)
@@ -140,3 +151,80 @@ def test_two_processes_equal_one(tmp_path, tiny_checkpoints):
     assert code == 0, text
     rows1, rows2 = (json.loads((tmp_path / d / "report.json").read_text())["rows"] for d in ("a1", "a2"))
     assert rows1 == rows2
+
+
+# ----------------------------------------------------------------------------- independent recount, in process
+
+def test_audit_counts_recomputed_from_attack_batch(tmp_path, trained_checkpoint, one_thread):
+    """Every row of an audit of a trained model equals a per-point recount made here with attack_batch."""
+    from clrobust.attacks import AttackSpec, attack_batch
+    from clrobust.audit import AuditSettings, run_audit
+    from clrobust.data import load_dataset, to_float
+    from clrobust.loading import load_model
+
+    eps = (1 / 255, 2 / 255)
+    settings = AuditSettings(models=[str(trained_checkpoint)], eps=eps, n_samples=40, batch_size=16,
+                             attacks=("fgsm", "pgd20", "apgd-ce", "tm1-pgd20"), seed=3)
+    out = tmp_path / "audit"
+    report = run_audit(settings, out, progress=False)
+
+    net = load_model(str(trained_checkpoint)).network
+    data = load_dataset("cifar10-mini", "test").subset(40)
+    specs = {"fgsm": ("fgsm", 1), "pgd20": ("pgd", 20), "apgd-ce": ("apgd", 100), "tm1-pgd20": ("rep", 20)}
+
+    def correct(spec=None):
+        hits = []
+        for i, lo in enumerate(range(0, 40, 16)):  # audit's batches: 16, 16, 8 (no folding)
+            x, y = to_float(data.images[lo:lo + 16]), data.labels[lo:lo + 16]
+            if spec is not None:
+                x = attack_batch(spec, net, x, y, batch_index=i)
+            with torch.no_grad():
+                hits.append(net(x).argmax(1) == y)
+        return torch.cat(hits)
+
+    clean = correct()
+    rows = {(r["attack"], r["eps"]): r for r in report["rows"]}
+    assert len(rows) == len(report["rows"]) == 2 * (4 + 1)
+    for e in eps:
+        per = {a: correct(AttackSpec(name, e, steps, seed=3, n_classes=10)) & clean
+               for a, (name, steps) in specs.items()}
+        for a, hits in per.items():
+            r = rows[(a, e)]
+            assert r["robust_accuracy"] == hits.sum().item() / 40, (a, e)
+            assert r["clean_accuracy"] == clean.sum().item() / 40 and r["n"] == 40
+            assert r["threat_model"] == ("I" if a == "tm1-pgd20" else "II")
+        worst = per["fgsm"] & per["pgd20"] & per["apgd-ce"]  # threat model II only
+        assert rows[("worst-case (II)", e)]["robust_accuracy"] == worst.sum().item() / 40
+    # The numbers are not trivial: a trained model, robust accuracy strictly between 0 and clean.
+    w = rows[("worst-case (II)", 2 / 255)]["robust_accuracy"]
+    assert clean.float().mean() > 0.2 and 0 < w < clean.float().mean()
+
+    # The files say the same as the returned report.
+    assert json.loads((out / "report.json").read_text())["rows"] == json.loads(json.dumps(report["rows"]))
+    with open(out / "report.csv", newline="") as fh:
+        csv_rows = list(csv.DictReader(fh))
+    assert len(csv_rows) == len(report["rows"])
+    for got, want in zip(csv_rows, report["rows"]):
+        assert got["model"] == want["model"] and got["attack"] == want["attack"] and got["norm"] == want["norm"]
+        assert float(got["robust_accuracy"]) == want["robust_accuracy"]
+        assert float(got["clean_accuracy"]) == want["clean_accuracy"] and float(got["eps"]) == want["eps"]
+    md = (out / "report.md").read_text().splitlines()
+    table = [ln for ln in md if ln.startswith("|")]
+    head = [c.strip() for c in table[0].strip("|").split("|")]
+    assert head[:2] == ["model", "clean"] and len(head) == 2 + len(report["rows"])
+    body = [[c.strip() for c in ln.strip("|").split("|")] for ln in table[2:]]
+    assert len(body) == 1 and body[0][0] == "trained" and body[0][1] == f"{clean.float().mean().item():.1%}"
+    for col, cell in zip(head[2:], body[0][2:]):
+        attack, norm, eps_text = col.rsplit(" ", 2)
+        row = next(r for r in report["rows"] if (r["attack"], r["norm"], r["eps_text"]) == (attack, norm, eps_text))
+        assert cell == f"{row['robust_accuracy']:.1%}"
+    _assert_picture(out / "robust_accuracy_vs_eps.png")
+
+
+def _assert_picture(path, min_side=200):
+    """A real figure: a sensible size and more than a blank canvas."""
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(str(path))
+    assert img.ndim == 3 and min(img.shape[:2]) >= min_side, img.shape
+    assert len(np.unique(img.reshape(-1, img.shape[-1]), axis=0)) > 20

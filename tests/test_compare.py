@@ -1,22 +1,22 @@
 """compare-layers end to end on tiny checkpoints, and its one-line errors (exit 2)."""
 
+import csv
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-
+import torch
 
 
 def run(args):
     """Invoke the real entry point (with its error handling); returns (exit code, output)."""
-    import subprocess
-    import sys
-
-
     p = subprocess.run([sys.executable, "-m", "clrobust", *args], capture_output=True, text=True)
     return p.returncode, p.stdout + p.stderr
 
 
+@pytest.mark.slow
 def test_compare_layers_outputs(tmp_path, tiny_checkpoints):
     a, b = map(str, tiny_checkpoints)
     out = tmp_path / "out"
@@ -41,9 +41,24 @@ def test_compare_layers_outputs(tmp_path, tiny_checkpoints):
                and e["cols"] == {"model": "tiny0", "input": "adversarial"})
     np.testing.assert_allclose(res["disparity"]["tiny0"], 1 - np.diag(ent["matrix"]), atol=1e-12)
     assert max(res["disparity"]["tiny0"]) > 0  # adversarial inputs really differ
-    for name in ("disparity.csv", "disparity.png", "settings.json", "cka_tiny0-clean_vs_tiny1-clean.png",
-                 "cka_tiny0-clean_vs_tiny0-adv.png", "cka_tiny0-adv_vs_tiny1-adv.png"):
-        assert (out / name).exists(), name
+    # Every file says what results.json says.
+    with open(out / "disparity.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * 10
+    for r in rows:
+        i, lab = int(r["layer_index"]), r["model"]
+        assert r["layer"] == res["layers"][lab][i]
+        assert float(r["disparity"]) == pytest.approx(res["disparity"][lab][i], abs=1e-8)
+        assert float(r["cka_clean_adversarial"]) == pytest.approx(1 - res["disparity"][lab][i], abs=1e-8)
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["seed"] == 0 and settings["command"]["n_samples"] == 24
+    assert settings["command"]["attack"]["steps"] == 2 and settings["command"]["models"] == [a, b]
+    names = {f"cka_{r}_vs_{c}.png" for r, c in (("tiny0-clean", "tiny0-clean"), ("tiny0-clean", "tiny0-adv"),
+                                                ("tiny1-clean", "tiny1-clean"), ("tiny1-clean", "tiny1-adv"),
+                                                ("tiny0-clean", "tiny1-clean"), ("tiny0-adv", "tiny1-adv"))}
+    assert {p.name for p in out.glob("cka_*.png")} == names
+    for name in sorted(names) + ["disparity.png"]:
+        _assert_picture(out / name)
     acc = res["accuracy"]["tiny0"]
     assert 0 <= acc["adversarial"] <= acc["clean"] <= 1
 
@@ -57,6 +72,17 @@ def test_compare_layers_outputs(tmp_path, tiny_checkpoints):
     assert code == 0 and again["cka"] == res["cka"]
 
 
+@pytest.mark.slow
+def _assert_picture(path, min_side=200):
+    """A real figure: a sensible size and more than a blank canvas."""
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(str(path))
+    assert img.ndim == 3 and min(img.shape[:2]) >= min_side, (path.name, img.shape)
+    assert len(np.unique(img.reshape(-1, img.shape[-1]), axis=0)) > 20, path.name
+
+
+@pytest.mark.slow
 def test_bad_input_exits_2_with_one_line(tmp_path, tiny_checkpoints):
     a = str(tiny_checkpoints[0])
     corrupt = tmp_path / "corrupt.safetensors"
@@ -76,3 +102,90 @@ def test_bad_input_exits_2_with_one_line(tmp_path, tiny_checkpoints):
         assert message in text and "Traceback" not in text, (args, text)
         assert len(text.strip().splitlines()) == 1, text
     assert not (tmp_path / "o" / "results.json").exists()
+
+
+# ----------------------------------------------------------------------------- independent recount, in process
+
+BLOCKS = ["stem"] + [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)] + ["avgpool"]
+
+
+def _hsic_unbiased(k: np.ndarray, l: np.ndarray) -> float:
+    """Song et al. (2012), the formula as written, float64."""
+    n = k.shape[0]
+    kt, lt = k.copy(), l.copy()
+    np.fill_diagonal(kt, 0)
+    np.fill_diagonal(lt, 0)
+    one = np.ones(n)
+    return float((np.trace(kt @ lt) + (one @ kt @ one) * (one @ lt @ one) / ((n - 1) * (n - 2))
+                  - 2 / (n - 2) * one @ kt @ lt @ one) / (n * (n - 3)))
+
+
+def _minibatch_cka(xs, ys) -> float:
+    """Minibatch CKA: unbiased HSIC summed over the batches (Nguyen, Raghu & Kornblith 2021)."""
+    kl = kk = ll = 0.0
+    for x, y in zip(xs, ys):
+        k, l = x @ x.T, y @ y.T
+        kl, kk, ll = kl + _hsic_unbiased(k, l), kk + _hsic_unbiased(k, k), ll + _hsic_unbiased(l, l)
+    return kl / np.sqrt(kk * ll)
+
+
+def _record(net, x, names):
+    """Every named encoder module's output on ``x``, through hooks written here, as float64 (N, D) arrays."""
+    out = {}
+    mods = dict(net.encoder.named_modules())
+    handles = [mods[n].register_forward_hook(lambda m, i, o, n=n: out.__setitem__(n, o.detach().clone()))
+               for n in names]
+    try:
+        with torch.no_grad():
+            logits = net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: out[n].reshape(len(x), -1).double().numpy() for n in names}, logits
+
+
+def test_every_model_is_attacked_with_its_own_examples(tiny_checkpoints, trained_checkpoint, one_thread):
+    """Accuracy, disparity and CKA of compare-layers recomputed here from attack_batch and hooks of our own.
+
+    The untrained model comes first: examples crafted against it barely move the trained
+    model, so crafting every model's examples against the first one cannot pass.
+    """
+    from clrobust.attacks import AttackSpec, attack_batch
+    from clrobust.compare import CompareSettings, run_compare
+    from clrobust.data import load_dataset, to_float
+    from clrobust.loading import load_model
+
+    models = [str(tiny_checkpoints[0]), str(trained_checkpoint)]
+    spec = AttackSpec("pgd", 4 / 255, steps=3, seed=5)
+    settings = CompareSettings(models=models, attack=spec, n_samples=34, batch_size=16, seed=5)
+    res = run_compare(settings, progress=False)
+
+    data = load_dataset("cifar10-mini", "test").subset(34)
+    bounds = [(0, 16), (16, 34)]  # a tail of 2 images is folded into the batch before it
+    assert res["batches"] == 2 and res["n_samples"] == 34
+    recs = {}
+    for label, path in zip(("tiny0", "trained"), models):
+        net = load_model(path).network
+        correct = {"clean": 0, "adversarial": 0}
+        acts = {"clean": [], "adversarial": []}
+        for bi, (lo, hi) in enumerate(bounds):
+            x, y = to_float(data.images[lo:hi]), data.labels[lo:hi]
+            x_adv = attack_batch(AttackSpec("pgd", 4 / 255, steps=3, seed=5), net, x, y, batch_index=bi)
+            for inp, xi in (("clean", x), ("adversarial", x_adv)):
+                a, logits = _record(net, xi, BLOCKS)
+                acts[inp].append(a)
+                correct[inp] += int((logits.argmax(1) == y).sum())
+        assert res["accuracy"][label] == {k: v / 34 for k, v in correct.items()}, label
+        expect = [1 - _minibatch_cka([b[n] for b in acts["clean"]], [b[n] for b in acts["adversarial"]])
+                  for n in BLOCKS]
+        np.testing.assert_allclose(res["disparity"][label], expect, rtol=0, atol=1e-9)
+        recs[label] = acts
+    trained = res["accuracy"]["trained"]
+    assert trained["clean"] > 0.2 and 0 < trained["adversarial"] < trained["clean"]  # non-trivial counts
+    # One cross-model entry on adversarial inputs: each model's own adversarial activations.
+    ent = next(e for e in res["cka"] if e["rows"] == {"model": "tiny0", "input": "adversarial"}
+               and e["cols"] == {"model": "trained", "input": "adversarial"})
+    for i, j in ((0, 0), (4, 9), (9, 9)):
+        want = _minibatch_cka([b[BLOCKS[i]] for b in recs["tiny0"]["adversarial"]],
+                              [b[BLOCKS[j]] for b in recs["trained"]["adversarial"]])
+        assert ent["matrix"][i][j] == pytest.approx(want, abs=1e-9)
