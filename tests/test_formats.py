@@ -1,50 +1,74 @@
-"""Third-party checkpoint loading: every supported layout round-trips to the same features.
+"""Third-party checkpoint loading: every supported layout loads to the network it was saved from.
 
-Each case builds a checkpoint in a source's own layout (key naming, wrappers,
-top-level keys, heads) from a tiny clrobust encoder, saves it with torch.save,
-loads it back through auto-detection and compares encoder features.
+Each case builds a reference network written the way that project writes it
+(tests/reference_nets.py: kuangliu CIFAR ResNets, torchvision's own ResNet, lightly's
+Sequential backbones, ACL's ``bn_list`` and CLAE's ``*_adv`` dual-BN nets -- never clrobust's
+encoder), gives it random weights and batch-norm statistics, writes its state dict in the
+project's checkpoint layout (key naming, wrappers, top-level keys, heads), saves it with
+torch.save, loads it back through auto-detection and compares clrobust's pooled features
+(``net.features``) with the reference's pooled features on the same images.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import pytest
 import torch
+from torch import nn
 
 from clrobust.checkpoints import formats
 from clrobust.checkpoints.formats import CheckpointFormat, load_checkpoint
 from clrobust.errors import ClrobustError
-from clrobust.models import ModelConfig, adversarial_bn, build_encoder
+from tests.reference_nets import (
+    ChannelNormalize, CifarResNet, ClaeResNet, MultiBNResNet, Norm, TorchvisionResNet, cifar_stem, lightly_backbone,
+    lightly_cifar_backbone, randomized, robustbench_normalized, solo_learn_backbone)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+WIDTH = 4
 CIFAR = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 KUANGLIU_NORM = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 HALF = ((0.5,) * 3, (0.5,) * 3)
 ODD = ((0.3, 0.4, 0.5), (0.21, 0.22, 0.23))  # in-model buffers: values no preset has
+OPT = {"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1]}]}
 
 SD = Dict[str, torch.Tensor]
+#: (network input, BN branch) -> pooled features of the reference network.
+Forward = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 # ----------------------------------------------------------------------------- helpers
 
-def make_encoder(arch: str = "resnet18", stem: str = "cifar", dual: bool = False, seed: int = 0):
-    torch.manual_seed(seed)
-    enc = build_encoder(ModelConfig(arch=arch, width=4, stem=stem, dual_bn=dual))
-    for name, m in enc.named_modules():
-        if isinstance(m, torch.nn.BatchNorm2d):  # non-trivial statistics so BN mix-ups show
-            with torch.no_grad():
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.2)
-                m.running_mean.normal_(0, 0.3)
-                m.running_var.uniform_(0.5, 2.0)
-    return enc.eval()
+def normalise(x: torch.Tensor, norm: Optional[Norm]) -> torch.Tensor:
+    if norm is None:
+        return x
+    return (x - torch.tensor(norm[0]).view(1, 3, 1, 1)) / torch.tensor(norm[1]).view(1, 3, 1, 1)
 
 
-def rename(sd: SD, rules: Sequence[Tuple[str, str]], prefix: str = "") -> SD:
+@dataclass
+class Built:
+    """A checkpoint in a third-party layout and the reference network it was written from."""
+
+    ckpt: Dict[str, Any]
+    norm: Optional[Norm]  # the normalisation the loader must report and apply (None: none)
+    has_classifier: bool
+    forward: Forward  # the reference's pooled features of its *network input* (after ``outside``)
+    outside: Optional[Norm] = None  # normalisation the project applies to images before its network
+
+    def features(self, images: torch.Tensor, adv: bool = False) -> torch.Tensor:
+        """The reference's pooled features of images in [0, 1], as the project computes them."""
+        with torch.no_grad():
+            return self.forward(normalise(images, self.outside), int(adv))
+
+
+def rename(sd: SD, rules: Sequence[Tuple[str, str]] = (), prefix: str = "") -> SD:
+    """Reference naming -> a project's naming: regex ``rules`` in order, then ``prefix``."""
     out = {}
     for k, v in sd.items():
         for pat, rep in rules:
@@ -53,18 +77,15 @@ def rename(sd: SD, rules: Sequence[Tuple[str, str]], prefix: str = "") -> SD:
     return out
 
 
-def features(enc, x: torch.Tensor, norm=None, adv: bool = False) -> torch.Tensor:
-    if norm is not None:
-        x = (x - torch.tensor(norm[0]).view(1, 3, 1, 1)) / torch.tensor(norm[1]).view(1, 3, 1, 1)
-    with torch.no_grad(), adversarial_bn(enc, adv):
-        return enc(x)
-
-
-def head(prefix: str, dims=((16, 32), (8, 16)), idx=(0, 2)) -> SD:
-    out = {}
-    for i, (o, n) in zip(idx, dims):
+def head(prefix: str, n_in: int, dims: Sequence[int] = (16, 8), idx: Sequence[int] = (0, 2),
+         bias: bool = True) -> SD:
+    """An MLP projection head ``prefix{idx}.weight/bias`` (random; the loader drops it)."""
+    out, n = {}, n_in
+    for i, o in zip(idx, dims):
         out[f"{prefix}{i}.weight"] = torch.randn(o, n)
-        out[f"{prefix}{i}.bias"] = torch.randn(o)
+        if bias:
+            out[f"{prefix}{i}.bias"] = torch.randn(o)
+        n = o
     return out
 
 
@@ -72,195 +93,208 @@ def linear(prefix: str, n_in: int, n_out: int = 10) -> SD:
     return {f"{prefix}weight": torch.randn(n_out, n_in), f"{prefix}bias": torch.randn(n_out)}
 
 
-KUANG = [(r"^stem\.conv\.", "conv1."), (r"^stem\.bn\.", "bn1.")]
-TV = KUANG + [(r"\.shortcut\.", ".downsample.")]
-LIGHTLY = [(r"^stem\.conv\.", "0."), (r"^stem\.bn\.", "1."), (r"^layer1\.", "4."), (r"^layer2\.", "5."),
-           (r"^layer3\.", "6."), (r"^layer4\.", "7."), (r"\.shortcut\.", ".downsample.")]
-LIGHTLY_CIFAR = [(r"^stem\.conv\.", "0."), (r"^stem\.bn\.", "1."), (r"^layer1\.", "2."), (r"^layer2\.", "3."),
-                 (r"^layer3\.", "4."), (r"^layer4\.", "5.")]
-OPT = {"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1]}]}
+def kuangliu(arch: str = "resnet18", num_classes: Optional[int] = None, seed: int = 0) -> Tuple[CifarResNet, SD]:
+    return randomized(CifarResNet.named(arch, WIDTH, num_classes=num_classes), seed)
 
 
-def bn_names(enc) -> List[str]:
-    return [n for n, m in enc.named_modules() if isinstance(m, torch.nn.BatchNorm2d) and not n.endswith(".adv")]
+def torchvision_net(arch: str = "resnet18", seed: int = 0) -> Tuple[TorchvisionResNet, SD]:
+    return randomized(TorchvisionResNet(arch, WIDTH), seed)
 
 
-def acl_keys(enc, extra_branch: bool = False) -> SD:
-    """ACL/AdvCL naming: bn_list.K copies, downsample.conv / downsample.bn."""
-    bns = set(bn_names(enc))
-    out = {}
-    for k, v in enc.state_dict().items():
-        mod, _, leaf = k.rpartition(".")
-        if mod.endswith(".adv") and mod[:-4] in bns:
-            k = f"{mod[:-4]}.bn_list.1.{leaf}"
-        elif mod in bns:
-            k = f"{mod}.bn_list.0.{leaf}"
-            if extra_branch:
-                out[f"{mod}.bn_list.2.{leaf}"] = torch.rand_like(v.float()).to(v.dtype) + 0.5
-        out[k] = v.clone()
-    rules = [(r"^stem\.conv\.", "conv1."), (r"^stem\.bn\.", "bn1."), (r"\.shortcut\.0\.", ".downsample.conv."),
-             (r"\.shortcut\.1\.", ".downsample.bn.")]
-    return rename(out, rules)
+def single(net: nn.Module) -> Forward:
+    return lambda x, branch: net.features(x)
 
 
-def clae_keys(enc) -> SD:
-    """CLAE naming: bn1_adv copies, shortcut.0 conv, shortcut_bn / shortcut_bn_adv."""
-    out = {}
-    for k, v in enc.state_dict().items():
-        k = re.sub(r"\.adv\.(\w+)$", r"_adv.\1", k)
-        k = re.sub(r"\.shortcut\.1(_adv)?\.", r".shortcut_bn\1.", k)
-        k = re.sub(r"^stem\.conv\.", "conv1.", k)
-        k = re.sub(r"^stem\.bn", "bn1", k)
-        out[k] = v.clone()
-    return out
+# ----------------------------------------------------------------------------- layouts
+# Each builder writes one project's checkpoint from a reference network's state dict.
+
+def _supcontrast(arch: str = "resnet18", prefix: str = "encoder.") -> Built:
+    """SupConResNet: ``encoder`` (resnet_big, kuangliu names) + ``head`` MLP; argparse ``opt``."""
+    net, sd = kuangliu(arch)
+    model = {**rename(sd, prefix=prefix), **head("head.", net.feature_dim)}
+    ckpt = {"opt": argparse.Namespace(model=arch, lr=0.05), "model": model, "optimizer": OPT, "epoch": 100}
+    return Built(ckpt, KUANGLIU_NORM, False, single(net), KUANGLIU_NORM)
 
 
-# Each case: (name, expected format, arch, stem, dual, builder(enc) -> (checkpoint, norm, has classifier))
-Case = Tuple[str, str, str, str, bool, Callable]
+def _supcontrast_multigpu() -> Built:
+    return _supcontrast(prefix="encoder.module.")
 
 
-def _supcontrast(enc):
-    sd = rename(enc.state_dict(), KUANG, "encoder.")
-    return {"opt": argparse.Namespace(model="resnet18", lr=0.05), "model": {**sd, **head("head.")},
-            "optimizer": OPT, "epoch": 100}, KUANGLIU_NORM, False
+def _supce() -> Built:
+    """SupCEResNet under DataParallel: ``module.encoder`` + ``module.fc``."""
+    net, sd = kuangliu("resnet34")
+    model = {**rename(sd, prefix="module.encoder."), **linear("module.fc.", net.feature_dim)}
+    ckpt = {"opt": argparse.Namespace(), "model": model, "optimizer": OPT, "epoch": 1}
+    return Built(ckpt, KUANGLIU_NORM, True, single(net), KUANGLIU_NORM)
 
 
-def _supcontrast_multigpu(enc):
-    sd = rename(enc.state_dict(), KUANG, "encoder.module.")
-    return {"opt": argparse.Namespace(), "model": {**sd, **head("head.")}, "optimizer": OPT,
-            "epoch": 1}, KUANGLIU_NORM, False
+def _solo() -> Built:
+    """solo-learn Lightning checkpoint: ``backbone``, ``momentum_backbone`` (other weights), projector, probe."""
+    net, sd = randomized(solo_learn_backbone("resnet18", WIDTH))
+    _, momentum = randomized(solo_learn_backbone("resnet18", WIDTH), seed=1)
+    proj = {**head("projector.", net.feature_dim), "projector.1.running_mean": torch.zeros(16),
+            "projector.1.weight": torch.ones(16)}
+    state = {**rename(sd, prefix="backbone."), **rename(momentum, prefix="momentum_backbone."), **proj,
+             **linear("classifier.", net.feature_dim)}
+    ckpt = {"epoch": 3, "global_step": 30, "pytorch-lightning_version": "2.1.0", "state_dict": state}
+    return Built(ckpt, CIFAR, True, single(net), CIFAR)
 
 
-def _supce(enc):
-    sd = rename(enc.state_dict(), KUANG, "module.encoder.")
-    return {"opt": argparse.Namespace(), "model": {**sd, **linear("module.fc.", enc.feature_dim)},
-            "optimizer": OPT, "epoch": 1}, KUANGLIU_NORM, True
+def _deacl() -> Built:
+    """DeACL: solo-learn backbone built from ``resnet_add_normalize`` (``normalize.mean/std`` of shape (3,))."""
+    net, sd = randomized(solo_learn_backbone("resnet18", WIDTH, normalize=ChannelNormalize(*ODD)))
+    proj = {**head("projector.", net.feature_dim), "projector.1.running_mean": torch.zeros(16)}
+    state = {**rename(sd, prefix="backbone."), **proj, **linear("classifier.", net.feature_dim)}
+    return Built({"epoch": 1, "state_dict": state}, ODD, True, single(net))
 
 
-def _solo(enc):
-    sd = rename(enc.state_dict(), TV, "backbone.")
-    mom = rename(enc.state_dict(), TV, "momentum_backbone.")
-    proj = {**head("projector."), "projector.1.running_mean": torch.zeros(16), "projector.1.weight": torch.ones(16)}
-    return {"epoch": 3, "global_step": 30, "pytorch-lightning_version": "2.1.0",
-            "state_dict": {**sd, **mom, **proj, **linear("classifier.", enc.feature_dim)}}, CIFAR, True
+def _lightly() -> Built:
+    """lightly example: ``backbone`` = Sequential of torchvision children (SplitBatchNorm, saved in train mode)."""
+    backbone, sd = randomized(lightly_backbone("resnet18", WIDTH, num_splits=2))
+    n = 8 * WIDTH
+    state = {**rename(sd, prefix="backbone."), **head("projection_head.layers.", n),
+             **linear("online_classifier.classification_head.", n)}
+    return Built({"epoch": 2, "state_dict": state}, IMAGENET, True, lambda x, b: backbone(x).flatten(1), IMAGENET)
 
 
-def _deacl(enc):
-    sd = rename(enc.state_dict(), TV, "backbone.")
-    sd["backbone.normalize.mean"] = torch.tensor(ODD[0]).view(1, 3, 1, 1)
-    sd["backbone.normalize.std"] = torch.tensor(ODD[1]).view(1, 3, 1, 1)
-    proj = {**head("projector."), "projector.1.running_mean": torch.zeros(16)}
-    return {"epoch": 1, "state_dict": {**sd, **proj, **linear("classifier.", enc.feature_dim)}}, ODD, True
+def _lightly_cifar() -> Built:
+    """lightly CIFAR benchmark: ``backbone`` = Sequential(ResNetGenerator children but linear, avgpool)."""
+    backbone, sd = randomized(lightly_cifar_backbone("resnet18", WIDTH, num_splits=4))
+    state = {**rename(sd, prefix="backbone."), **head("projection_head.layers.", 8 * WIDTH)}
+    return Built({"epoch": 2, "state_dict": state}, IMAGENET, False, lambda x, b: backbone(x).flatten(1), IMAGENET)
 
 
-def _lightly(enc):
-    sd = rename(enc.state_dict(), LIGHTLY, "backbone.")
-    for k in list(sd):  # SplitBatchNorm: 2 splits whose mean is the true statistic
-        if k.endswith(("running_mean", "running_var")):
-            d = 0.1 * torch.rand_like(sd[k])
-            sd[k] = torch.cat([sd[k] + d, sd[k] - d])
-    return {"epoch": 2, "state_dict": {**sd, **head("projection_head.layers."),
-                                       **linear("online_classifier.classification_head.", enc.feature_dim)}}, \
-        IMAGENET, True
+def _sthalles() -> Built:
+    """sthalles/SimCLR: torchvision ``backbone`` whose ``fc`` became Sequential(Linear, ReLU, Linear)."""
+    net, sd = torchvision_net()
+    state = {**rename(sd, prefix="backbone."), **head("backbone.fc.", net.feature_dim)}
+    return Built({"epoch": 100, "arch": "resnet18", "state_dict": state, "optimizer": OPT}, None, False, single(net))
 
 
-def _lightly_cifar(enc):
-    sd = rename(enc.state_dict(), LIGHTLY_CIFAR, "backbone.")
-    return {"epoch": 2, "state_dict": {**sd, **head("projection_head.layers.")}}, IMAGENET, False
+def _spijkervet() -> Built:
+    """Spijkervet/SimCLR: bare state dict, torchvision ``encoder`` (fc = Identity), bias-free ``projector``."""
+    net, sd = torchvision_net()
+    return Built({**rename(sd, prefix="encoder."), **head("projector.", net.feature_dim, bias=False)}, None, False,
+                 single(net))
 
 
-def _sthalles(enc):
-    sd = rename(enc.state_dict(), TV, "backbone.")
-    return {"epoch": 100, "arch": "resnet18", "state_dict": {**sd, **head("backbone.fc.")},
-            "optimizer": OPT}, None, False
+def _spijkervet_lightning() -> Built:
+    net, sd = torchvision_net()
+    state = {**rename(sd, prefix="encoder."), **rename(sd, prefix="model.encoder."),
+             **head("model.projector.", net.feature_dim, bias=False)}
+    return Built({"epoch": 1, "state_dict": state}, None, False, single(net))
 
 
-def _spijkervet(enc):
-    sd = rename(enc.state_dict(), TV, "encoder.")
-    return {**sd, **head("projector.")}, None, False
-
-
-def _spijkervet_lightning(enc):
-    sd = rename(enc.state_dict(), TV, "encoder.")
-    dup = rename(enc.state_dict(), TV, "model.encoder.")
-    return {"epoch": 1, "state_dict": {**sd, **dup, **head("model.projector.")}}, None, False
-
-
-def _moco(enc):
-    q = rename(enc.state_dict(), TV, "module.encoder_q.")
-    k = rename(enc.state_dict(), TV, "module.encoder_k.")
-    extra = {**head("module.encoder_q.fc.", dims=((16, 128), (8, 16))), "module.queue": torch.randn(8, 64),
+def _moco() -> Built:
+    """MoCo v2 under DataParallel: ``encoder_q`` (MLP in fc), ``encoder_k`` (other weights), queue."""
+    net, q = torchvision_net("resnet50")
+    _, k = torchvision_net("resnet50", seed=1)
+    extra = {**head("module.encoder_q.fc.", net.feature_dim), "module.queue": torch.randn(8, 64),
              "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
-    return {"epoch": 200, "arch": "resnet50", "state_dict": {**q, **k, **extra}, "optimizer": OPT}, IMAGENET, False
+    state = {**rename(q, prefix="module.encoder_q."), **rename(k, prefix="module.encoder_k."), **extra}
+    return Built({"epoch": 200, "arch": "resnet50", "state_dict": state, "optimizer": OPT}, IMAGENET, False,
+                 single(net), IMAGENET)
 
 
-def _robustbench(enc):
-    sd = rename(enc.state_dict(), KUANG + [(r"^", "model.")])
-    sd["normalize.mean"] = torch.tensor(ODD[0]).view(1, 3, 1, 1)
-    sd["normalize.std"] = torch.tensor(ODD[1]).view(1, 3, 1, 1)
-    return {**sd, **linear("model.linear.", enc.feature_dim)}, ODD, True
+def _robustbench() -> Built:
+    """RobustBench ``normalize_model``: Sequential(normalize=ImageNormalizer, model=kuangliu ResNet with linear)."""
+    model = CifarResNet.named("resnet18", WIDTH, num_classes=10)
+    net, sd = randomized(robustbench_normalized(model, ODD))
+    return Built(dict(sd), ODD, True, lambda x, b: model.features(net.normalize(x)))
 
 
-def _robustbench_mu(enc):
-    sd = rename(enc.state_dict(), TV, "module.")
-    sd["module.mu"] = torch.tensor(ODD[0]).view(1, 3, 1, 1)
-    sd["module.sigma"] = torch.tensor(ODD[1]).view(1, 3, 1, 1)
-    return {"state_dict": {**sd, **linear("module.fc.", enc.feature_dim)}}, ODD, True
+def _robustbench_mu() -> Built:
+    """A RobustBench entry built on a CIFAR-adapted torchvision ResNet with ``mu``/``sigma`` buffers."""
+    net, sd = randomized(cifar_stem(TorchvisionResNet("resnet18", WIDTH, mu_sigma=ODD)))
+    return Built({"state_dict": {**rename(sd, prefix="module."), **linear("module.fc.", net.feature_dim)}}, ODD,
+                 True, single(net))
 
 
-def _madry(enc):
-    sd = rename(enc.state_dict(), KUANG, "module.model.")
-    att = rename(enc.state_dict(), KUANG, "module.attacker.model.")
+def _madry() -> Built:
+    """MadryLab robustness AttackerModel under DataParallel: ``model``, ``attacker.model`` and both normalizers."""
+    net, sd = kuangliu(num_classes=10)
     norm = {}
     for p in ("module.normalizer.", "module.attacker.normalizer."):
         norm[p + "new_mean"] = torch.tensor(ODD[0]).view(3, 1, 1)
         norm[p + "new_std"] = torch.tensor(ODD[1]).view(3, 1, 1)
-    cls = linear("module.model.linear.", enc.feature_dim)
-    return {"model": {**sd, **att, **norm, **cls}, "optimizer": OPT, "schedule": None, "epoch": 150}, ODD, True
+    model = {**rename(sd, prefix="module.model."), **rename(sd, prefix="module.attacker.model."), **norm}
+    # InputNormalize clamps to [0, 1], then normalises: the images already are in [0, 1]
+    return Built({"model": model, "optimizer": OPT, "schedule": None, "epoch": 150}, ODD, True,
+                 lambda x, b: net.features(normalise(x, ODD)))
 
 
-def _rocl(enc):
-    sd = rename(enc.state_dict(), KUANG, "module.")
-    return {"epoch": 1, "acc": 0.5, "model": sd, "optimizer_state": OPT,
-            "rng_state": torch.zeros(8, dtype=torch.uint8)}, None, False
+def _rocl() -> Built:
+    net, sd = kuangliu()
+    return Built({"epoch": 1, "acc": 0.5, "model": rename(sd, prefix="module."), "optimizer_state": OPT,
+                  "rng_state": torch.zeros(8, dtype=torch.uint8)}, None, False, single(net))
 
 
-def _acl(enc):
-    sd = acl_keys(enc)
-    sd["normalize.mean"] = torch.tensor(IMAGENET[0]).view(1, 3, 1, 1)
-    sd["normalize.std"] = torch.tensor(IMAGENET[1]).view(1, 3, 1, 1)
-    proj = {**head("fc.fc", idx=(1, 2)), "fc.bn1.bn_list.0.weight": torch.ones(16)}
-    return {"epoch": 10, "state_dict": {**sd, **proj}, "optim": OPT}, IMAGENET, False
+def _multi_bn(net: MultiBNResNet) -> Forward:
+    return lambda x, branch: net.features(x, branch)
 
 
-def _advcl(enc):
-    sd = rename(acl_keys(enc, extra_branch=True), [], "module.")
-    heads = {**head("module.head_proj."), **head("module.head_pred.")}
-    return {"model": {**sd, **heads}, "epoch": 5, "rng_state": torch.zeros(4, dtype=torch.uint8)}, None, False
+def _acl() -> Built:
+    """ACL: resnet_multi_bn with bn_list.0 (normal) / bn_list.1 (pgd), ImageNet ``normalize`` inside, proj_head fc."""
+    net, sd = randomized(MultiBNResNet(WIDTH, branches=2, normalize=IMAGENET))
+    n = net.feature_dim
+    proj = {"fc.fc1.weight": torch.randn(n, n), "fc.fc1.bias": torch.randn(n), "fc.fc2.weight": torch.randn(n, n)}
+    for i in (1, 2):
+        for b in (0, 1):
+            proj[f"fc.bn{i}.bn_list.{b}.weight"] = torch.ones(n)
+            proj[f"fc.bn{i}.bn_list.{b}.running_mean"] = torch.zeros(n)
+    return Built({"epoch": 10, "state_dict": {**sd, **proj}, "optim": OPT}, IMAGENET, False, _multi_bn(net))
 
 
-def _clae_simclr(enc):
-    return {**rename(clae_keys(enc), [], "encoder."), **head("projector.")}, HALF, False
+def _advcl() -> Built:
+    """AdvCL under DataParallel: bn_list.0/1/2 (normal / pgd / pgd_ce), head_proj / head_pred MLPs."""
+    net, sd = randomized(MultiBNResNet(WIDTH, branches=3))
+    n = net.feature_dim
+    heads = {**head("module.head_proj.", n, idx=(0, 3)), **head("module.head_pred.", 16, idx=(0, 3)),
+             "module.head_proj.1.running_mean": torch.zeros(16)}
+    model = {**rename(sd, prefix="module."), **heads}
+    return Built({"model": model, "epoch": 5, "rng_state": torch.zeros(4, dtype=torch.uint8)}, None, False,
+                 _multi_bn(net))
 
 
-def _clae_plain(enc):
-    sd = clae_keys(enc)
-    return {"net": {**sd, **linear("linear.", enc.feature_dim, 128)}, "acc": 0.1, "epoch": 3}, KUANGLIU_NORM, False
+def _clae(net: ClaeResNet) -> Forward:
+    return lambda x, branch: net.features(x, adv=bool(branch))
 
 
-def _clnet(enc):
-    sd = rename(enc.state_dict(), KUANG, "encoder.encoder.")
-    return {**sd, **head("head.", dims=((16, 128), (8, 16)))}, None, False
+def _clae_simclr() -> Built:
+    """CLAE SimCLR_BN: bare state dict, ``encoder`` (bn*_adv copies, fc = Identity), ``projector``."""
+    net, sd = randomized(ClaeResNet(WIDTH))
+    return Built({**rename(sd, prefix="encoder."), **head("projector.", net.feature_dim)}, HALF, False, _clae(net),
+                 HALF)
 
 
-def _evalnet(enc):
-    sd = rename(enc.state_dict(), KUANG, "encoder.encoder.")
-    return {**sd, **linear("head.", enc.feature_dim)}, None, True
+def _clae_plain() -> Built:
+    """CLAE Plain/UEL: ``{'net', 'acc', 'epoch'}``, the encoder at top level plus its 128-d ``linear`` embedding."""
+    net, sd = randomized(ClaeResNet(WIDTH))
+    state = {**rename(sd), **linear("linear.", net.feature_dim, 128)}
+    return Built({"net": state, "acc": 0.1, "epoch": 3}, KUANGLIU_NORM, False, _clae(net), KUANGLIU_NORM)
 
 
-def _kuangliu_safetensors(enc):
-    return {**rename(enc.state_dict(), KUANG), **linear("linear.", enc.feature_dim)}, None, True
+def _clnet() -> Built:
+    """CL-Robustness CLNet: SupContrast ResNet-50 under ``encoder.encoder``, ``head`` MLP."""
+    net, sd = kuangliu("resnet50")
+    return Built({**rename(sd, prefix="encoder.encoder."), **head("head.", net.feature_dim)}, None, False,
+                 single(net))
 
+
+def _evalnet() -> Built:
+    """CL-Robustness EvalNet: the encoder plus a linear probe ``head``."""
+    net, sd = kuangliu()
+    return Built({**rename(sd, prefix="encoder.encoder."), **linear("head.", net.feature_dim)}, None, True,
+                 single(net))
+
+
+def _kuangliu_safetensors() -> Built:
+    net, sd = kuangliu(num_classes=10)
+    return Built(dict(sd), None, True, single(net))
+
+
+# (name, expected format, arch, stem, dual BN, builder)
+Case = Tuple[str, str, str, str, bool, Callable[[], Built]]
 
 CASES: List[Case] = [
     ("supcontrast", "supcontrast", "resnet18", "cifar", False, _supcontrast),
@@ -290,6 +324,12 @@ CASES: List[Case] = [
 FILENAMES = {"rocl": "ckpt.t7ResNet18_0", "solo-learn": "solo.ckpt", "simclr-sthalles": "checkpoint_0100.pth.tar",
              "kuangliu-safetensors": "model.safetensors"}
 
+#: Layouts whose loaded network is known to differ from the project's own (a clrobust bug, reported).
+KNOWN_MISMATCH = {
+    "lightly-cifar": "lightly's CIFAR backbone is Sequential(*ResNetGenerator.children()[:-1], AdaptiveAvgPool2d): "
+                     "ResNet.forward's functional stem ReLU is not among the children, but clrobust's stem has one",
+}
+
 
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
@@ -306,34 +346,41 @@ def _save(obj, path: Path) -> Path:
     return path
 
 
+def close(got: torch.Tensor, want: torch.Tensor) -> None:
+    assert want.std() > 0.1, "degenerate reference features"
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_format_roundtrip(case: Case, tmp_path: Path, images: torch.Tensor) -> None:
     name, fmt, arch, stem, dual, build = case
-    enc = make_encoder(arch, stem, dual)
-    ckpt, norm, has_classifier = build(enc)
-    path = _save(ckpt, tmp_path / FILENAMES.get(name, f"{name}.pt"))
+    built = build()
+    path = _save(built.ckpt, tmp_path / FILENAMES.get(name, f"{name}.pt"))
 
     net, report = load_checkpoint(path)
 
     assert report.format == fmt
-    assert (report.arch, report.stem, report.width, report.dual_bn) == (arch, stem, 4, dual)
+    assert (report.arch, report.stem, report.width, report.dual_bn) == (arch, stem, WIDTH, dual)
     assert report.missing == []
-    assert report.has_classifier == has_classifier
-    expected_norm = None if norm is None else list(norm[0]) + list(norm[1])
+    assert report.has_classifier == built.has_classifier
+    expected_norm = None if built.norm is None else list(built.norm[0]) + list(built.norm[1])
     got_norm = None if report.normalize["mean"] is None else report.normalize["mean"] + report.normalize["std"]
     if expected_norm is None:
         assert got_norm is None
     else:
         assert got_norm == pytest.approx(expected_norm, abs=1e-6)
+    assert net.projector is None
+    if built.has_classifier:
+        flat = _flat(built.ckpt)
+        cls_key = next(k for k in flat if re.search(r"(linear|fc|classifier|head|classification_head)\.weight$", k))
+        torch.testing.assert_close(net.classifier.weight, flat[cls_key])
     with torch.no_grad():
         got = net.features(images)
-    want = features(enc, images, norm)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    assert net.projector is None
-    if has_classifier:
-        cls_key = next(k for k in _flat(ckpt) if re.search(r"(linear|fc|classifier|head|classification_head)"
-                                                              r"\.weight$", k))
-        torch.testing.assert_close(net.classifier.weight, _flat(ckpt)[cls_key])
+    want = built.features(images)
+    if name in KNOWN_MISMATCH:  # fails loudly once fixed, so the entry gets removed
+        assert not torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+        pytest.xfail(KNOWN_MISMATCH[name])
+    close(got, want)
 
 
 def _flat(ckpt) -> SD:
@@ -344,32 +391,30 @@ def _flat(ckpt) -> SD:
 
 
 def test_heads_are_dropped_and_reported(tmp_path: Path) -> None:
-    enc = make_encoder()
-    ckpt, _, _ = _supcontrast(enc)
-    _, report = load_checkpoint(_save(ckpt, tmp_path / "last.pth"))
+    _, report = load_checkpoint(_save(_supcontrast().ckpt, tmp_path / "last.pth"))
     assert sorted(report.dropped) == ["head.0.bias", "head.0.weight", "head.2.bias", "head.2.weight"]
     assert report.unexpected == []
-    _, report = load_checkpoint(_save(_moco(make_encoder("resnet50", "imagenet"))[0], tmp_path / "moco.pt"))
+    _, report = load_checkpoint(_save(_moco().ckpt, tmp_path / "moco.pt"))
     assert "queue" in report.dropped and any(k.startswith("encoder_k.") for k in report.dropped)
 
 
 @pytest.mark.parametrize("builder", [_acl, _clae_simclr, _advcl], ids=["acl", "clae", "advcl"])
-def test_dual_bn_clean_by_default_adversarial_on_request(builder, tmp_path: Path, images: torch.Tensor) -> None:
-    enc = make_encoder(dual=True)
-    ckpt, norm, _ = builder(enc)
-    path = _save(ckpt, tmp_path / "dual.pt")
+def test_dual_bn_clean_by_default_adversarial_on_request(builder: Callable[[], Built], tmp_path: Path,
+                                                         images: torch.Tensor) -> None:
+    built = builder()
+    path = _save(built.ckpt, tmp_path / "dual.pt")
     clean, _ = load_checkpoint(path)
     adv, report = load_checkpoint(path, adversarial_bn=True)
     assert report.adversarial_bn
     with torch.no_grad():
         f_clean, f_adv = clean.features(images), adv.features(images)
-    torch.testing.assert_close(f_clean, features(enc, images, norm, adv=False), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(f_adv, features(enc, images, norm, adv=True), atol=1e-5, rtol=1e-5)
+    close(f_clean, built.features(images, adv=False))
+    close(f_adv, built.features(images, adv=True))
     assert (f_clean - f_adv).abs().max() > 1e-3
 
 
 def test_adversarial_bn_on_single_bn_checkpoint_is_an_error(tmp_path: Path) -> None:
-    path = _save(_supcontrast(make_encoder())[0], tmp_path / "last.pth")
+    path = _save(_supcontrast().ckpt, tmp_path / "last.pth")
     with pytest.raises(ClrobustError, match="no adversarial batch-norm"):
         load_checkpoint(path, adversarial_bn=True)
 
@@ -382,15 +427,14 @@ def test_unknown_layout_lists_closest_formats(tmp_path: Path) -> None:
         load_checkpoint(path)
     assert "\n" not in str(info.value) and "register_format" in str(info.value)
     # a near miss (SupContrast layout without its 'opt') names supcontrast among the closest
-    enc = make_encoder()
-    sd = rename(enc.state_dict(), KUANG, "encoder.")
-    sd = {k.replace("conv1.", "first_conv."): v for k, v in sd.items()}
+    _, ref = kuangliu()
+    sd = rename(ref, [(r"^conv1\.", "first_conv.")], "encoder.")
     with pytest.raises(ClrobustError, match="supcontrast"):
         load_checkpoint(_save({"model": sd}, tmp_path / "near.pt"))
 
 
 def test_missing_encoder_weights_refused_unless_not_strict(tmp_path: Path) -> None:
-    ckpt, _, _ = _supcontrast(make_encoder())
+    ckpt = _supcontrast().ckpt
     del ckpt["model"]["encoder.layer3.0.conv2.weight"]
     path = _save(ckpt, tmp_path / "partial.pth")
     with pytest.raises(ClrobustError, match=r"missing.*layer3\.0\.conv2\.weight.*--allow-missing"):
@@ -400,11 +444,12 @@ def test_missing_encoder_weights_refused_unless_not_strict(tmp_path: Path) -> No
 
 
 def test_overrides_normalize_arch_and_format(tmp_path: Path, images: torch.Tensor) -> None:
-    enc = make_encoder()
-    path = _save(_supcontrast(enc)[0], tmp_path / "last.pth")
+    built = _supcontrast()
+    path = _save(built.ckpt, tmp_path / "last.pth")
     net, report = load_checkpoint(path, normalize="none", arch="resnet18", format="supcontrast")
     assert report.normalize["mean"] is None and report.normalize["origin"].startswith("user")
-    torch.testing.assert_close(net.features(images).detach(), features(enc, images), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        close(net.features(images), built.forward(images, 0))
     net, _ = load_checkpoint(path, normalize="0.1,0.2,0.3,0.4,0.5,0.6")
     assert net.normalize.std.flatten().tolist() == pytest.approx([0.4, 0.5, 0.6])
     with pytest.raises(ClrobustError, match="preset"):
@@ -414,9 +459,8 @@ def test_overrides_normalize_arch_and_format(tmp_path: Path, images: torch.Tenso
 
 
 def test_register_format_extends_detection(tmp_path: Path, images: torch.Tensor) -> None:
-    enc = make_encoder()
-    sd = rename(enc.state_dict(), KUANG, "net.")
-    sd.update(head("net.proj."))
+    ref, ref_sd = kuangliu()
+    sd = {**rename(ref_sd, prefix="net."), **head("net.proj.", ref.feature_dim)}
     path = _save({"weights": sd, "epoch": 1}, tmp_path / "mine.pt")
     with pytest.raises(ClrobustError):
         load_checkpoint(path)
@@ -426,8 +470,8 @@ def test_register_format_extends_detection(tmp_path: Path, images: torch.Tensor)
     try:
         net, report = load_checkpoint(_save(sd, tmp_path / "mine_flat.pt"))
         assert report.format == "my-lab" and len(report.dropped) == 4
-        torch.testing.assert_close(net.features(images).detach(), features(enc, images, CIFAR), atol=1e-5,
-                                   rtol=1e-5)
+        with torch.no_grad():
+            close(net.features(images), ref.features(normalise(images, CIFAR)))
     finally:
         formats.unregister_format("my-lab")
 
@@ -462,7 +506,7 @@ def test_raw_pickle_and_corrupt_files_are_one_line_errors(tmp_path: Path) -> Non
     raw.write_bytes(pickle.dumps({"x": _Evil(str(target))}, protocol=2))
     html = tmp_path / "page.pth"
     html.write_text("<!DOCTYPE html>\n<html><body>Sign in</body></html>")
-    good = _save(_supcontrast(make_encoder())[0], tmp_path / "good.pth")
+    good = _save(_supcontrast().ckpt, tmp_path / "good.pth")
     trunc = tmp_path / "trunc.pth"
     trunc.write_bytes(good.read_bytes()[:2000])
     for path, pattern in [(raw, "trust-checkpoint"), (html, "HTML page"), (trunc, "corrupt")]:
@@ -473,8 +517,7 @@ def test_raw_pickle_and_corrupt_files_are_one_line_errors(tmp_path: Path) -> Non
 
 
 def test_trust_allows_full_unpickling(tmp_path: Path) -> None:
-    enc = make_encoder()
-    ckpt, _, _ = _rocl(enc)
+    ckpt = _rocl().ckpt
     ckpt["extra"] = torch.nn.Identity()  # a pickled module: refused without trust
     path = _save(ckpt, tmp_path / "rocl.t7")
     with pytest.raises(ClrobustError, match="torch.nn.modules.linear.Identity"):
@@ -491,8 +534,8 @@ def test_inspect_and_convert_cli(tmp_path: Path, images: torch.Tensor) -> None:
     from clrobust.cli import cli
     from clrobust.loading import load_model
 
-    enc = make_encoder()
-    path = _save(_supcontrast(enc)[0], tmp_path / "last.pth")
+    built = _supcontrast()
+    path = _save(built.ckpt, tmp_path / "last.pth")
     runner = CliRunner()
     res = runner.invoke(cli, ["inspect", str(path), "--json"])
     assert res.exit_code == 0, res.output
@@ -506,24 +549,22 @@ def test_inspect_and_convert_cli(tmp_path: Path, images: torch.Tensor) -> None:
     assert res.exit_code == 0, res.output
     loaded = load_model(str(out) + ".safetensors")
     assert loaded.metadata["source_format"] == "supcontrast"
-    want = features(enc, images, KUANGLIU_NORM)
-    torch.testing.assert_close(loaded.network.features(images).detach(), want, atol=1e-5, rtol=1e-5)
+    want = built.features(images)
+    close(loaded.network.features(images).detach(), want)
     direct = load_model(str(path))  # non-native files go through load_checkpoint
-    torch.testing.assert_close(direct.network.features(images).detach(), want, atol=1e-5, rtol=1e-5)
+    close(direct.network.features(images).detach(), want)
     assert direct.metadata["source_format"] == "supcontrast"
 
 
 def test_convert_keeps_both_batch_norms(tmp_path: Path, images: torch.Tensor) -> None:
+    from clrobust.cli import main
     from clrobust.loading import load_model
 
-    enc = make_encoder(dual=True)
-    path = _save(_clae_simclr(enc)[0], tmp_path / "clae_epoch_1.pt")
-    from clrobust.cli import main
-
+    built = _clae_simclr()
+    path = _save(built.ckpt, tmp_path / "clae_epoch_1.pt")
     main(["convert", str(path), str(tmp_path / "clae")])
     adv = load_model(str(tmp_path / "clae.safetensors"), adversarial_bn=True)
-    torch.testing.assert_close(adv.network.features(images).detach(), features(enc, images, HALF, adv=True),
-                               atol=1e-5, rtol=1e-5)
+    close(adv.network.features(images).detach(), built.features(images, adv=True))
 
 
 def test_inspect_groups_dropped_keys_under_their_shared_prefix():
