@@ -1,10 +1,21 @@
-"""Every scheme x scenario trains a few steps; checkpoints reload exactly; runs reproduce and resume."""
+"""Every scheme x scenario trains a few steps; checkpoints reload exactly; runs reproduce and resume.
+
+The adversarial scenarios are checked to really attack: the trainer's ``pgd_maximize`` is spied on
+(called in the right phases, with the configured eps / steps / step size, result within eps and
+different from its input), and replacing it by the identity must lower the first batch's loss.
+"""
+
+from __future__ import annotations
 
 import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Collection, Dict, Iterable, List, Optional, Set, Tuple
 
 import pytest
 import torch
 
+import clrobust.train.trainer as trainer_module
 from clrobust.checkpoints import load_network
 from clrobust.errors import ClrobustError
 from clrobust.models import adversarial_bn
@@ -13,27 +24,199 @@ from clrobust.train.losses import nt_xent
 
 TINY = dict(width=4, proj_dim=16, n_train=32, batch_size=16, epochs=1, classifier_epochs=1,
             eval_samples=8, eval_steps=1, attack_steps=2)
+#: One batch per epoch, so a phase's epoch-1 loss is the loss of its first batch, before any update.
+ONE_BATCH = {**TINY, "n_train": TINY["batch_size"]}
+EPS = 8 / 255
+STEPS = TINY["attack_steps"]
+ALPHA = 2.5 * EPS / STEPS  # the default PGD step size
 
 COMBOS = [(s, c, "pgd") for s in ("simclr", "supcon") for c in ("st", "at", "pat", "fat")] + \
          [("supervised", c, "pgd") for c in ("st", "at", "fat")] + [("simclr", "at", "clae"), ("supcon", "pat", "clae")]
+ADVERSARIAL = [c for c in COMBOS if c[1] != "st"]
+
+State = Dict[str, torch.Tensor]
+#: What :class:`Spy` wraps, taken before any test patches it.
+_ATTACK, _PHASE, _PROBE = trainer_module.pgd_maximize, Trainer._phase, Trainer.fit_linear_probe
+
+
+@pytest.fixture(autouse=True)
+def _single_thread(one_thread: None) -> None:
+    """Tiny networks: one thread each is faster than two on a busy machine."""
+
+
+class _Stop(Exception):
+    """Raised by :class:`Spy` to end a run after the phase it was asked to stop after."""
+
+
+@dataclass
+class AttackCall:
+    """One call of the trainer's ``pgd_maximize``: the phase it happened in, its settings, input and result."""
+
+    phase: Optional[str]
+    eps: float
+    alpha: float
+    steps: int
+    x: torch.Tensor
+    out: torch.Tensor
+
+
+@dataclass
+class Spy:
+    """Records the trainer's attack calls and the network's state around every phase.
+
+    ``identity_in``: phases whose attack is replaced by the identity; ``stop_after``: a phase
+    after which the run is ended (by :class:`_Stop`).
+    """
+
+    identity_in: Collection[str] = ()
+    stop_after: Optional[str] = None
+    calls: List[AttackCall] = field(default_factory=list)
+    before: Dict[str, State] = field(default_factory=dict)
+    after: Dict[str, State] = field(default_factory=dict)
+    probe_acc: Optional[float] = None
+    phase: Optional[str] = None
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> "Spy":
+        def attack(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float, alpha: float,
+                   steps: int, random_start: bool = True) -> torch.Tensor:
+            if self.phase in self.identity_in:
+                out = x.detach()
+            else:
+                out = _ATTACK(loss_fn, x, eps, alpha, steps, random_start=random_start)
+            self.calls.append(AttackCall(self.phase, eps, alpha, steps, x.detach().clone(), out.detach().clone()))
+            return out
+
+        def phase(trainer: Trainer, name: str, *args: Any) -> None:
+            self._around(trainer, name, lambda: _PHASE(trainer, name, *args))
+
+        def probe(trainer: Trainer) -> None:
+            self._around(trainer, "linear-probe", lambda: _PROBE(trainer))
+            trainer.net.eval()
+            data = trainer.train_data
+            with torch.no_grad():
+                pred = torch.cat([trainer.net(x).argmax(1) for x, _ in data.batches(512)])
+            self.probe_acc = (pred == data.labels).float().mean().item()
+
+        monkeypatch.setattr(trainer_module, "pgd_maximize", attack)
+        monkeypatch.setattr(Trainer, "_phase", phase)
+        monkeypatch.setattr(Trainer, "fit_linear_probe", probe)
+        return self
+
+    def _around(self, trainer: Trainer, name: str, body: Callable[[], None]) -> None:
+        self.before[name] = _state(trainer)
+        self.phase = name
+        body()
+        self.phase = None
+        self.after[name] = _state(trainer)
+        if name == self.stop_after:
+            raise _Stop
+
+    def changed(self, phase: str, keys: Iterable[str]) -> Set[str]:
+        """The entries among ``keys`` of the state dict that ``phase`` changed."""
+        return {k for k in keys if not torch.equal(self.before[phase][k], self.after[phase][k])}
+
+
+def _state(trainer: Trainer) -> State:
+    return {k: v.detach().clone() for k, v in trainer.net.state_dict().items()}
+
+
+def _run(monkeypatch: pytest.MonkeyPatch, cfg: TrainConfig, out: Path,
+         **spy: Any) -> Tuple[Trainer, Spy, Optional[Dict[str, Any]]]:
+    """Run ``cfg`` under a :class:`Spy`; returns (trainer, spy, metadata or None when stopped early)."""
+    s = Spy(**spy).install(monkeypatch)
+    trainer = Trainer(cfg, out, progress=False)
+    try:
+        meta = trainer.run()
+    except _Stop:
+        meta = None
+    return trainer, s, meta
+
+
+def _phases(scheme: str, scenario: str) -> List[str]:
+    """The history's phases, in order, for one epoch of each."""
+    return (["pretrain"] + (["linear-probe"] if scheme != "supervised" else [])
+            + ([scenario] if scenario in ("pat", "fat") else []))
+
+
+def _attack_text(scenario: str, method: str) -> str:
+    if scenario == "st":
+        return "none"
+    return f"{'CLAE ' if method == 'clae' else ''}PGD-{STEPS} L-inf eps 8/255 step {ALPHA:.4g}"
 
 
 @pytest.mark.parametrize("scheme,scenario,method", COMBOS)
-def test_every_combination_trains_and_reloads(tmp_path, scheme, scenario, method):
-    cfg = TrainConfig(scheme=scheme, scenario=scenario, adv_method=method, seed=3, **TINY)
-    trainer = Trainer(cfg, tmp_path / "m", progress=False)
-    meta = trainer.run()
+def test_every_combination_trains_and_reloads(tmp_path, monkeypatch, scheme, scenario, method):
+    cfg = TrainConfig(scheme=scheme, scenario=scenario, adv_method=method, eps=EPS, seed=3, **TINY)
+    trainer, spy, meta = _run(monkeypatch, cfg, tmp_path / "m")
     losses = [h["loss"] for h in trainer.history if h["phase"] != "linear-probe"]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
     assert 0 <= meta["metrics"]["pgd20_8_255_accuracy"] <= 1
+    phases = _phases(scheme, scenario)
+    assert [(h["phase"], h["epoch"]) for h in trainer.history] == [(p, 1) for p in phases]
+
+    # The attack runs once per batch in every adversarial phase, never in standard training.
+    batches = TINY["n_train"] // TINY["batch_size"]
+    attacked = [p for p in phases if p != "linear-probe" and scenario != "st"]
+    assert [c.phase for c in spy.calls] == [p for p in attacked for _ in range(batches)]
+
+    # Which parameters each phase trains (BN running statistics are buffers, checked with them).
+    params = [k for k, _ in trainer.net.named_parameters()]
+    enc = [k for k in params if k.startswith("encoder.")]
+    proj = [k for k in params if k.startswith("projector.")]
+    head = [k for k in params if k.startswith("classifier.")]
+    not_head = [k for k in spy.before["pretrain"] if not k.startswith("classifier.")]
+    trained = spy.changed("pretrain", params)
+    assert enc and set(enc) <= trained
+    if scheme == "supervised":
+        assert not proj and set(head) <= trained
+    else:
+        assert proj and set(proj) <= trained and not trained & set(head)
+        assert set(head) <= spy.changed("linear-probe", head) and not spy.changed("linear-probe", not_head)
+        assert spy.probe_acc == pytest.approx(trainer.history[1]["train_acc"])
+        chance = torch.bincount(trainer.train_data.labels).max().item() / TINY["n_train"]
+        assert spy.probe_acc > max(chance, 0.5)
+    adv = [k for k in params if ".adv." in k]
+    assert bool(adv) == (method == "clae")
+    assert set(adv) <= trained  # CLAE trains the adversarial BN branch
+    if scenario == "pat":  # only the classifier; encoder weights and BN statistics untouched
+        assert set(head) <= spy.changed("pat", head) and not spy.changed("pat", not_head)
+    if scenario == "fat":
+        assert set(enc) | set(head) <= spy.changed("fat", params)
+
     net, saved = load_network(tmp_path / "m.safetensors")
-    assert saved["training"]["scheme"] == scheme and saved["training"]["scenario"] == scenario
-    assert "torch" in saved["versions"] and saved["training"]["seed"] == 3
+    training = saved["training"]
+    assert training["scheme"] == scheme and training["scenario"] == scenario and training["adv_method"] == method
+    assert training["eps"] == EPS and training["eps_text"] == "8/255" and training["attack_steps"] == STEPS
+    assert training["train_attack"] == _attack_text(scenario, method)
+    assert "torch" in saved["versions"] and training["seed"] == 3
     x = torch.rand(4, 3, 32, 32)
     trainer.net.eval()
     with torch.no_grad():
         assert torch.allclose(net(x), trainer.net(x), atol=1e-6)
     assert not (tmp_path / "m.state.pt").exists()
+
+
+@pytest.mark.parametrize("scheme,scenario,method", ADVERSARIAL)
+def test_adversarial_training_attacks_and_the_attack_matters(tmp_path, monkeypatch, scheme, scenario, method):
+    cfg = dict(scheme=scheme, scenario=scenario, adv_method=method, eps=EPS, seed=4, **ONE_BATCH)
+    attacked = ["pretrain"] + ([scenario] if scenario in ("pat", "fat") else [])
+    real, spy, _ = _run(monkeypatch, TrainConfig(**cfg), tmp_path / "real", stop_after=attacked[-1])
+    assert [c.phase for c in spy.calls] == attacked  # one batch per epoch
+    for c in spy.calls:
+        assert (c.eps, c.steps) == (EPS, STEPS) and c.alpha == pytest.approx(ALPHA), c.phase
+        assert (c.out - c.x).abs().max() <= EPS + 1e-6, c.phase
+        assert c.out.min() >= 0 and c.out.max() <= 1, c.phase
+        assert not torch.equal(c.out, c.x), c.phase
+    loss = {h["phase"]: h["loss"] for h in real.history}
+
+    # Same seed, attack replaced by the identity in one phase: earlier phases are unchanged,
+    # that phase's first batch (epoch 1 = one batch, before any update) has a lower loss.
+    for phase in attacked:
+        clean, _, _ = _run(monkeypatch, TrainConfig(**cfg), tmp_path / phase, identity_in={phase}, stop_after=phase)
+        clean_loss = {h["phase"]: h["loss"] for h in clean.history}
+        for earlier in attacked[:attacked.index(phase)]:
+            assert clean_loss[earlier] == loss[earlier]
+        assert clean_loss[phase] < loss[phase], phase
 
 
 @pytest.mark.parametrize("arch", ["wrn-10-1", "preact-resnet18"])
