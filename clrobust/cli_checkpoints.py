@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional
 import click
 
 from clrobust.errors import ClrobustError
+from clrobust.models.resnet import STEMS
 
 
 def load_options(f):
@@ -24,7 +25,7 @@ def load_options(f):
                           "'m1,m2,m3,s1,s2,s3' [from the checkpoint, else the format's default].")(f)
     f = click.option("--format", "fmt", default=None,
                      help="Force a checkpoint format by name instead of detecting it.")(f)
-    f = click.option("--stem", type=click.Choice(["cifar", "cifar-pad2", "imagenet"]), default=None,
+    f = click.option("--stem", type=click.Choice(list(STEMS)), default=None,
                      help="Stem [from the first conv's kernel and the format].")(f)
     f = click.option("--arch", default=None,
                      help="Architecture: resnet18, resnet34, resnet50, preact-resnet18, preact-resnet18-v1, "

@@ -303,7 +303,7 @@ CASES: List[Case] = [
     ("solo-learn", "solo-learn", "resnet18", "cifar-pad2", False, _solo),
     ("deacl", "deacl", "resnet18", "cifar-pad2", False, _deacl),
     ("lightly", "lightly", "resnet18", "imagenet", False, _lightly),
-    ("lightly-cifar", "lightly-cifar", "resnet18", "cifar", False, _lightly_cifar),
+    ("lightly-cifar", "lightly-cifar", "resnet18", "cifar-norelu", False, _lightly_cifar),
     ("simclr-sthalles", "simclr-sthalles", "resnet18", "imagenet", False, _sthalles),
     ("simclr-spijkervet", "simclr-spijkervet", "resnet18", "imagenet", False, _spijkervet),
     ("simclr-spijkervet-lightning", "simclr-spijkervet", "resnet18", "imagenet", False, _spijkervet_lightning),
@@ -324,11 +324,6 @@ CASES: List[Case] = [
 FILENAMES = {"rocl": "ckpt.t7ResNet18_0", "solo-learn": "solo.ckpt", "simclr-sthalles": "checkpoint_0100.pth.tar",
              "kuangliu-safetensors": "model.safetensors"}
 
-#: Layouts whose loaded network is known to differ from the project's own (a clrobust bug, reported).
-KNOWN_MISMATCH = {
-    "lightly-cifar": "lightly's CIFAR backbone is Sequential(*ResNetGenerator.children()[:-1], AdaptiveAvgPool2d): "
-                     "ResNet.forward's functional stem ReLU is not among the children, but clrobust's stem has one",
-}
 
 
 @pytest.fixture(scope="module")
@@ -377,9 +372,6 @@ def test_format_roundtrip(case: Case, tmp_path: Path, images: torch.Tensor) -> N
     with torch.no_grad():
         got = net.features(images)
     want = built.features(images)
-    if name in KNOWN_MISMATCH:  # fails loudly once fixed, so the entry gets removed
-        assert not torch.allclose(got, want, atol=1e-5, rtol=1e-5)
-        pytest.xfail(KNOWN_MISMATCH[name])
     close(got, want)
 
 

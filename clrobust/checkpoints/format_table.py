@@ -101,7 +101,7 @@ class CheckpointFormat:
         heads: regexes (on unwrapped keys, before stripping) of keys to drop and report.
         normalize: default input normalisation (a :data:`NORMALIZATIONS` name) when the
             checkpoint holds no normalisation buffers.
-        small_stem: the stem a 3x3 first conv means (``cifar`` or ``cifar-pad2``).
+        small_stem: the stem a 3x3 first conv means (``cifar``, ``cifar-pad2`` or ``cifar-norelu``).
         arch_prefix: prefix of the pre-activation architecture read off the shapes, for layouts
             whose shapes match another family's (``dm-``: ``wrn-28-10`` becomes ``dm-wrn-28-10``).
         bn_branches: patterns of extra batch-norm copies (dual/triple BN), branch 0 = clean.
@@ -129,8 +129,8 @@ class CheckpointFormat:
     def __post_init__(self) -> None:
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(f"format {self.name!r}: unknown normalisation {self.normalize!r}")
-        if self.small_stem not in ("cifar", "cifar-pad2"):
-            raise ValueError(f"format {self.name!r}: small_stem must be 'cifar' or 'cifar-pad2'")
+        if self.small_stem not in ("cifar", "cifar-pad2", "cifar-norelu"):
+            raise ValueError(f"format {self.name!r}: small_stem must be 'cifar', 'cifar-pad2' or 'cifar-norelu'")
 
     @property
     def n_conditions(self) -> int:
@@ -177,7 +177,8 @@ FORMATS: List[CheckpointFormat] = [
         renames=((r"^0\.", "stem.conv."), (r"^1\.", "stem.bn."), (r"^2\.", "layer1."), (r"^3\.", "layer2."),
                  (r"^4\.", "layer3."), (r"^5\.", "layer4."),
                  (r"^online_classifier\.classification_head\.", "classifier.")),
-        heads=(r"^projection_head", r"^prediction_head", r"momentum"), normalize="imagenet", split_bn=True),
+        heads=(r"^projection_head", r"^prediction_head", r"momentum"), normalize="imagenet", split_bn=True,
+        small_stem="cifar-norelu"),
     CheckpointFormat(
         "simclr-sthalles", "SimCLR (sthalles)",
         recognise=(r"^backbone\.conv1\.weight$", r"^backbone\.fc\.0\.weight$"), top_keys=("arch", "state_dict"),

@@ -23,6 +23,7 @@ from clrobust.checkpoints.mapping import Mapped, find_state_dict, infer_arch, ke
 from clrobust.checkpoints.reading import read_checkpoint_file
 from clrobust.errors import ClrobustError
 from clrobust.models import DualBatchNorm2d, ModelConfig, Network, architecture, create_model
+from clrobust.models.resnet import STEMS
 
 Norm = Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]
 
@@ -155,7 +156,8 @@ def load_checkpoint(path: Union[str, Path], arch: Optional[str] = None, normaliz
         trust: allow full unpickling (only for files from a trusted source).
         adversarial_bn: use the adversarial batch norm of a dual/triple-BN checkpoint.
         format: force a format by name instead of detecting it.
-        stem: force ``cifar``, ``cifar-pad2`` or ``imagenet``.
+        stem: force one of :data:`clrobust.models.resnet.STEMS` (``cifar``, ``cifar-pad2``,
+            ``cifar-norelu``, ``imagenet``).
 
     Returns:
         (network, report).
@@ -167,8 +169,8 @@ def load_checkpoint(path: Union[str, Path], arch: Optional[str] = None, normaliz
 
     if arch is not None:
         architecture(arch)  # a ClrobustError naming the known architectures
-    if stem is not None and stem not in ("cifar", "cifar-pad2", "imagenet"):
-        raise ClrobustError(f"unknown --stem {stem!r}; choose cifar, cifar-pad2 or imagenet.")
+    if stem is not None and stem not in STEMS:
+        raise ClrobustError(f"unknown --stem {stem!r}; choose {', '.join(STEMS)}.")
     if is_native(path):
         return _load_native(Path(path), normalize, adversarial_bn)
     obj = read_checkpoint_file(path, trust=trust)

@@ -63,15 +63,22 @@ def _shortcut(in_planes: int, out_planes: int, stride: int, dual_bn: bool) -> nn
                          make_bn(out_planes, dual_bn))
 
 
+#: Stems of :class:`ResNet`: ``cifar`` (3x3, stride 1, padding 1), ``cifar-pad2`` (solo-learn's
+#: padding 2), ``cifar-norelu`` (lightly's CIFAR benchmark backbone: conv and bn without the
+#: ReLU, which its ResNet applies functionally and so leaves out of ``children()``) and
+#: ``imagenet`` (7x7, stride 2, max-pool).
+STEMS = ("cifar", "cifar-pad2", "cifar-norelu", "imagenet")
+
+
 class Stem(nn.Module):
     """conv - bn - relu; ``kernel``/``padding``/``stride`` cover the CIFAR stem and variants."""
 
     def __init__(self, width: int, kernel: int = 3, stride: int = 1, padding: int = 1,
-                 maxpool: bool = False, dual_bn: bool = False):
+                 maxpool: bool = False, dual_bn: bool = False, relu: bool = True):
         super().__init__()
         self.conv = nn.Conv2d(3, width, kernel, stride, padding, bias=False)
         self.bn = make_bn(width, dual_bn)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU() if relu else nn.Identity()
         self.maxpool = nn.MaxPool2d(3, 2, 1) if maxpool else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,6 +134,8 @@ class ResNet(StagedEncoder):
             self.stem = Stem(width, 3, 1, 1, False, dual_bn)
         elif stem == "cifar-pad2":  # solo-learn's CIFAR stem
             self.stem = Stem(width, 3, 1, 2, False, dual_bn)
+        elif stem == "cifar-norelu":  # lightly's CIFAR benchmark backbone
+            self.stem = Stem(width, 3, 1, 1, False, dual_bn, relu=False)
         elif stem == "imagenet":
             self.stem = Stem(width, 7, 2, 3, True, dual_bn)
         else:
