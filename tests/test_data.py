@@ -58,7 +58,15 @@ def test_cifar10_official_format(tmp_path):
     assert torch.equal(test.images, torch.from_numpy(data.reshape(-1, 3, 32, 32)))
     with pytest.warns(UserWarning):
         train = load_dataset("cifar10", "train", str(tmp_path / "cifar-10-batches-py"))
-    assert len(train) == 25 and train.classes[0] == "airplane"
+    # The train split is data_batch_1 ... data_batch_5, in that order; rows are channel-major (R, G, B planes).
+    batches = [written[f"data_batch_{i}"] for i in range(1, 6)]
+    assert len(train) == 25 and train.labels.tolist() == sum((lab for _, lab in batches), [])
+    rows = np.concatenate([d for d, _ in batches])
+    assert torch.equal(train.images, torch.from_numpy(rows.reshape(-1, 3, 32, 32)))
+    assert train.images[7, 1, 2, 3].item() == rows[7, 1024 + 2 * 32 + 3]  # green plane, row 2, column 3
+    assert train.classes == test.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                             "ship", "truck"]
+    assert (train.name, train.split, test.split) == ("cifar10", "train", "test")
 
 
 def test_cifar100_official_format(tmp_path):
@@ -66,6 +74,12 @@ def test_cifar100_official_format(tmp_path):
     with pytest.warns(UserWarning):
         train = load_dataset("cifar100", "train", str(tmp_path))
     assert train.labels.tolist() == written["train"][1] and train.num_classes == 100
+    assert torch.equal(train.images, torch.from_numpy(written["train"][0].reshape(-1, 3, 32, 32)))
+    assert train.classes == [f"c{i}" for i in range(100)]
+    with pytest.warns(UserWarning):
+        test = load_dataset("cifar100", "test", str(tmp_path))
+    assert test.labels.tolist() == written["test"][1]
+    assert torch.equal(test.images, torch.from_numpy(written["test"][0].reshape(-1, 3, 32, 32)))
 
 
 def test_image_folder(tmp_path):
@@ -78,6 +92,53 @@ def test_image_folder(tmp_path):
     data = load_dataset("imagefolder", "test", str(tmp_path))
     assert data.images.shape == (4, 3, 32, 32) and data.classes == ["cat", "dog"]
     assert data.labels.tolist() == [0, 0, 1, 1]
+    assert data.images.dtype == torch.uint8 and data.images.flatten(1).amin(1).tolist() == [0, 60, 0, 60]
+    assert data.images.flatten(1).amax(1).tolist() == [0, 60, 0, 60]  # a flat image stays flat when resized
+
+
+def test_image_folder_pixels_crop_and_modes(tmp_path):
+    """Flat layout (root/<class>/*), the shorter side resized then a centre crop, grey and RGBA made RGB."""
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+    wide = np.zeros((32, 96, 3), np.uint8)
+    wide[:, 32:64] = (200, 100, 50)  # the centre third: all a 32x32 centre crop keeps
+    Image.fromarray(wide).save(tmp_path / "a" / "0-wide.png")
+    Image.fromarray(np.full((64, 64), 90, np.uint8), mode="L").save(tmp_path / "a" / "1-grey.png")
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., :3] = (10, 20, 30)
+    rgba[..., 3] = 255
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "b" / "0-rgba.png")
+    gradient = np.broadcast_to(np.arange(64, dtype=np.uint8)[None, :, None] * 4, (64, 64, 3)).copy()
+    Image.fromarray(gradient).save(tmp_path / "b" / "1-gradient.png")
+    data = load_dataset("imagefolder", "train", str(tmp_path))  # no train/ folder: the root itself
+    assert data.images.shape == (4, 3, 32, 32) and data.labels.tolist() == [0, 0, 1, 1] and data.split == "train"
+    wide_img, grey, rgba_img, grad = data.images
+    assert torch.equal(wide_img, torch.tensor([200, 100, 50], dtype=torch.uint8)[:, None, None].expand(3, 32, 32))
+    assert (grey == 90).all()
+    assert torch.equal(rgba_img, torch.tensor([10, 20, 30], dtype=torch.uint8)[:, None, None].expand(3, 32, 32))
+    cols = grad[0, 16].int()  # 64 -> 32 columns: still increasing left to right, same in every row and channel
+    assert (cols[1:] > cols[:-1]).all() and torch.equal(grad, grad[0, 16].expand(3, 32, 32))
+    assert load_dataset("imagefolder", "test", str(tmp_path), image_size=16).images.shape == (4, 3, 16, 16)
+
+
+def test_subset_shard_and_batches():
+    data = load_dataset("cifar10-mini", "test")
+    sub = data.subset(10)
+    assert torch.equal(sub.images, data.images[:10]) and torch.equal(sub.labels, data.labels[:10])
+    assert (sub.name, sub.split, sub.classes) == (data.name, data.split, data.classes)
+    assert data.subset(None) is data and data.subset(10_000) is data
+    with pytest.raises(ClrobustError, match="at least 1"):
+        data.subset(0)
+    shards = [sub.shard(r, 3) for r in range(3)]
+    assert [len(s) for s in shards] == [3, 3, 4]  # contiguous, covering every image once
+    assert torch.equal(torch.cat([s.images for s in shards]), sub.images)
+    assert torch.equal(torch.cat([s.labels for s in shards]), sub.labels)
+    batches = list(sub.batches(4))
+    assert [len(y) for _, y in batches] == [4, 4, 2]
+    assert torch.equal(torch.cat([x for x, _ in batches]), sub.images.float() / 255)
+    assert torch.equal(torch.cat([y for _, y in batches]), sub.labels)
 
 
 @pytest.mark.parametrize("name,split,root,match", [

@@ -1,18 +1,65 @@
-"""The four figure families on tiny models: files, JSON = plotted numbers = run_compare's, --check, CLI."""
+"""The four figure families on tiny models: files (real images), JSON = plotted numbers = run_compare's and
+probe_layers', findings re-derived from the JSON, --check, CLI."""
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any, Dict, Tuple
 
 import numpy as np
 import pytest
-import torch
 
 from clrobust.attacks import AttackSpec
 from clrobust.checkpoints import save_network
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _assert_real_png(path: Path, min_side: int = 300, max_side: int = 4000) -> None:
+    """A readable PNG of a sensible size with a drawing on it (many colours, not a blank canvas)."""
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(str(path))
+    h, w = img.shape[:2]
+    assert min_side <= h <= max_side and min_side <= w <= max_side, (path.name, img.shape)
+    rgb = img[..., :3].reshape(-1, 3)
+    assert len(np.unique(rgb, axis=0)) >= 20, path.name
+    assert 0.005 < (rgb.min(1) < 0.9).mean() < 0.9, path.name  # some ink, on a light background
+
+
+def _assert_real_pdf(path: Path) -> None:
+    raw = path.read_bytes()
+    assert raw.startswith(b"%PDF-") and b"%%EOF" in raw[-64:] and len(raw) > 2000, path.name
+
+
+def _findings_from_json(figs: Dict[str, Dict[str, Any]]) -> Dict[int, Tuple[str, float]]:
+    """The paper's four findings (status, margin) re-derived from the four figures' JSON summaries.
+
+    The ST reference of finding 2 is the CL model trained without attack (CL ST).
+    """
+    def status(ok: bool) -> str:
+        return "agrees" if ok else "disagrees"
+
+    st = figs["st-clean-vs-adv"]["summary"]
+    lo = min(st["late_disparity"].values())
+    out = {1: (status(lo >= 0.3), lo - 0.3)}
+    at = figs["at-probes"]["summary"]
+    drop = st["late_disparity"]["CL ST"] - np.mean([at["late_disparity"][k] for k in ("CL AT", "CL Full-AT")])
+    rise = np.mean([at["cross_layer_cka_clean"][k] for k in ("CL AT", "CL Full-AT")]) - \
+        st["cross_layer_cka_clean"]["CL ST"]
+    out[2] = (status(drop > 0 and rise > 0), min(drop, rise))
+    sw = figs["eps-sweep"]["summary"]
+    keys = ["AT eps 2/255", "AT eps 8/255", "AT eps 16/255"]  # increasing training eps
+    late = [sw["late_disparity"][k] for k in keys]
+    rob = [sw["robust_accuracy"][k] for k in keys]
+    ok = late[0] >= late[1] >= late[2] and rob[0] <= rob[1] <= rob[2] and late[0] > late[2] and rob[2] > rob[0]
+    out[3] = (status(ok), min(late[0] - late[2], rob[2] - rob[0]))
+    cm = figs["cross-model"]["summary"]["cross_model_cka"]
+    out[4] = (status(cm["AT"]["mean"] > cm["ST"]["mean"]), cm["AT"]["mean"] - cm["ST"]["mean"])
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +93,17 @@ def test_all_figures_numbers_match_plots(tmp_path, four_models, monkeypatch):
         probes_drawn.append((title, {k: list(v) for k, v in curves.items()}))
         return real_probe(ax, layers, curves, title, **kw)
 
+    from clrobust import probes
+
+    probe_calls = []
+    real_probe_layers = probes.probe_layers
+
+    def spy_probe_layers(net, train, test, *args, **kw):
+        r = real_probe_layers(net, train, test, *args, **kw)
+        probe_calls.append(((len(train), train.split, len(test), test.split) + args, kw, r))
+        return r
+
+    monkeypatch.setattr(probes, "probe_layers", spy_probe_layers)
     monkeypatch.setattr(figures, "run_compare", spy_run)
     monkeypatch.setattr(plots, "heatmap", spy_heatmap)
     monkeypatch.setattr(plots, "probe_axes", spy_probe)
@@ -57,8 +115,8 @@ def test_all_figures_numbers_match_plots(tmp_path, four_models, monkeypatch):
     assert len(captured_results) == 1  # one pass over the union of models
     results = captured_results[0]
     for fam in figures.FAMILIES:
-        for ext in ("png", "pdf", "json"):
-            assert (out / f"{fam}.{ext}").stat().st_size > 0, (fam, ext)
+        _assert_real_png(out / f"{fam}.png")
+        _assert_real_pdf(out / f"{fam}.pdf")
     assert (out / "findings.json").exists()
 
     drawn_by_title = {t: m for t, m in drawn}
@@ -81,22 +139,51 @@ def test_all_figures_numbers_match_plots(tmp_path, four_models, monkeypatch):
             assert s["late_disparity"][key] == pytest.approx(figures.late_mean(results["disparity"][lab]))
             cc = figures.find_matrix(results, (lab, "clean"), (lab, "clean"))
             assert s["cross_layer_cka_clean"][key] == pytest.approx(figures.off_diagonal_mean(cc))
+            assert info["accuracy"] == results["accuracy"][lab]
+            assert s["robust_accuracy"][key] == results["accuracy"][lab]["adversarial"]
+            assert s["clean_accuracy"][key] == results["accuracy"][lab]["clean"]
+            d = results["disparity"][lab]
+            assert s["early_disparity"][key] == pytest.approx(float(np.mean(d[:max(1, len(d) // 3)])))
     assert n_panels == 6 + 4 + 2 and len(drawn) == n_panels
 
     eps = json.loads((out / "eps-sweep.json").read_text())
     assert eps["curves"]["disparity"]["AT eps 2/255"] == results["disparity"]["m3"]
     assert "robust acc" in eps["curves"]["legend"]["AT eps 16/255"]
+    for key, info in eps["models"].items():
+        assert f"(robust acc {results['accuracy'][info['label']]['adversarial']:.1%})" in eps["curves"]["legend"][key]
     cm = json.loads((out / "cross-model.json").read_text())["summary"]["cross_model_cka"]
     assert cm["ST"]["mean"] == pytest.approx(float(np.mean(figures.find_matrix(
         results, ("m0", "adversarial"), ("m2", "adversarial")))))
     at = json.loads((out / "at-probes.json").read_text())
     assert set(at["probes"]) == {"CL AT", "CL Full-AT"} and len(probes_drawn) == 2
-    assert probes_drawn[0][1]["clean"] == at["probes"]["CL AT"]["clean_accuracy"]
     assert "2x2" in at["probes"]["CL AT"]["pooling"]
+    assert len(probe_calls) == 2
+    for (title, curves), key, (args, _kw, r) in zip(probes_drawn, ("CL AT", "CL Full-AT"), probe_calls):
+        pr = at["probes"][key]
+        assert title.startswith(f"{key}: linear probe per layer")
+        for curve in ("train", "clean", "adversarial"):
+            assert curves[curve] == pr[f"{curve}_accuracy"], (key, curve)  # drawn = written
+        # written = what probe_layers returned, called on n_train train / n_samples test images with the settings
+        assert args[:4] == (32, "train", 16, "test") and args[4] == "blocks" and args[6:8] == (8, 0), args
+        assert (args[5].name, args[5].eps, args[5].steps) == ("pgd", 8 / 255, 1)
+        assert json.loads(json.dumps(r.to_dict())) == pr
+        assert pr["layers"] == results["layers"][at["models"][key]["label"]]
+        # the probes' attack is compare's attack: same adversarial images, same model accuracy
+        assert pr["model_accuracy"] == at["models"][key]["accuracy"]
+        assert at["summary"]["probe_last_layer"][key] == {"clean": pr["clean_accuracy"][-1],
+                                                          "adversarial": pr["adversarial_accuracy"][-1]}
     lines = [f.line() for f in res["findings"]]
     assert [f.number for f in res["findings"]] == [1, 2, 3, 4]
     assert all(f.status in ("agrees", "disagrees") and f.margin is not None for f in res["findings"])
     assert all(ln.startswith(f"finding {i}:") for i, ln in zip(range(1, 5), lines))
+    written = json.loads((out / "findings.json").read_text())
+    assert written["large_disparity_threshold"] == figures.LARGE_DISPARITY == 0.3
+    assert [(f["number"], f["status"], f["margin"]) for f in written["findings"]] == \
+        [(f.number, f.status, f.margin) for f in res["findings"]]
+    figs = {fam: json.loads((out / f"{fam}.json").read_text()) for fam in figures.FAMILIES}
+    for f in res["findings"]:
+        status, margin = _findings_from_json(figs)[f.number]
+        assert (f.status, f.margin) == (status, pytest.approx(margin, abs=1e-12)), f.line()
     # The same folder is refused without overwrite.
     from clrobust.errors import ClrobustError
     with pytest.raises(ClrobustError, match="--overwrite"):
@@ -118,9 +205,20 @@ def test_figures_cli_cross_model_check(tmp_path, four_models):
     assert "finding 4: after adversarial training" in res.output and "NOT CHECKED" in res.output
     data = json.loads((out / "cross-model.json").read_text())
     assert [p["row_layers"] for p in data["panels"]] == [["stem", "layer3.0", "layer3.1", "avgpool"]] * 2
-    assert "PGD-1 eps 8/255" in data["title"] and (out / "cross-model.pdf").exists()
+    assert "PGD-1 eps 8/255" in data["title"]
+    _assert_real_png(out / "cross-model.png")
+    _assert_real_pdf(out / "cross-model.pdf")
+    findings = {int(m.group(1)): m.group(0) for m in re.finditer(r"finding (\d): [^\n]*", res.output)}
+    assert "NOT CHECKED" in findings[2] and "NOT CHECKED" in findings[3]  # need at-probes, eps-sweep
+    cm = data["summary"]["cross_model_cka"]
+    for p, tr, (row, col) in zip(data["panels"], ("ST", "AT"), ((0, 1), (2, 3))):
+        assert p["training"] == tr and cm[tr]["mean"] == pytest.approx(float(np.mean(p["matrix"])))
+        assert (p["rows"]["model"], p["cols"]["model"]) == (Path(four_models[row]).stem, Path(four_models[col]).stem)
+    gap = cm["AT"]["mean"] - cm["ST"]["mean"]
+    assert f"{'AGREES' if gap > 0 else 'DISAGREES'} (margin {gap:+.3f})" in findings[4]
 
 
+@pytest.mark.slow
 def test_figures_bad_models_exit_2():
     p = subprocess.run([sys.executable, "-m", "clrobust", "figures", "all", "--models", "a.safetensors"],
                        capture_output=True, text=True)

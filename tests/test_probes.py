@@ -1,14 +1,22 @@
-"""Per-layer linear probes: known answers on synthetic features, determinism, caching, probe-layers CLI."""
+"""Per-layer linear probes: known answers on synthetic features, scikit-learn as reference for the fits,
+probe_layers recomputed from activations recorded here, determinism, caching, probe-layers CLI files."""
 
+import csv
 import json
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
-from clrobust.attacks import AttackSpec
-from clrobust.data import load_dataset
-from clrobust.probes import clear_memory_cache, fit_probe, pool_flatten, probe_layers
+from clrobust.attacks import AttackSpec, attack_batch
+from clrobust.data import ImageData, load_dataset, to_float
+from clrobust.probes import clear_memory_cache, extract_features, fit_probe, pool_flatten, probe_layers
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -59,6 +67,227 @@ def test_pool_flatten_shapes():
     assert pool_flatten(torch.rand(3, 7)).shape == (3, 7)
 
 
+# ------------------------------------------------------------------ scikit-learn as the reference fit
+
+
+def _gaussians(n: int, seed: int, scales: Sequence[float], offsets: Sequence[float],
+               stretch: float = 1.0, constant: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+    """4 overlapping Gaussian classes (not separable, so the regularised optimum is finite and
+    well conditioned), one column per scale, plus a constant column if ``constant``. ``stretch`` != 1 rescales
+    and moves every column (covariate shift: a test set whose own mean and std differ from the train set's)."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(1234).normal(0, 1, size=(4, len(scales)))
+    y = rng.integers(0, 4, size=n)
+    x = (centres[y] + rng.normal(size=(n, len(scales)))) * stretch + (stretch - 1)
+    x = x * np.asarray(scales) + np.asarray(offsets)
+    return (np.concatenate([x, np.full((n, 1), 7.0)], axis=1) if constant else x), y
+
+
+#: Columns of very different scale and offset: standardisation matters for the penalised fit.
+PROBE_SCALES, PROBE_OFFSETS = (1, 10, 0.1, 100, 3, 0.5), (0, 5, -10, 300, 1, 2)
+#: fit_linear sees raw float32 features: moderate ones.
+RAW_SCALES, RAW_OFFSETS = (1, 2, 0.5, 1, 3, 1), (1, 0, 1, -1, 0.5, 0)
+
+
+def _sklearn_logreg(x: np.ndarray, y: np.ndarray, weight_decay: float) -> LogisticRegression:
+    """scikit-learn's fit of ``mean CE + weight_decay * ||W||^2`` (bias unpenalised).
+
+    sklearn (lbfgs, multinomial) minimises ``C * sum CE + ||W||^2 / 2``: divided by ``C n`` that is
+    ``mean CE + ||W||^2 / (2 C n)``, the same minimiser for ``C = 1 / (2 n weight_decay)``.
+    """
+    with threadpool_limits(limits=1):  # its OpenMP threads crawl on a busy machine
+        return LogisticRegression(C=1.0 / (2 * len(x) * weight_decay), tol=1e-12, max_iter=10_000).fit(x, y)
+
+
+def _centred(v: np.ndarray) -> np.ndarray:
+    """Logit offsets are defined up to a constant shared by the classes (the bias is unpenalised)."""
+    return v - v.mean(-1, keepdims=True)
+
+
+def _probe_predictions(train_x: np.ndarray, train_y: np.ndarray, sets: Sequence[np.ndarray], k: int,
+                       **kw) -> Tuple[Dict[str, float], List[np.ndarray]]:
+    """fit_probe's result and its predicted class for every row of ``sets``, read through its public
+    output: a one-row test set labelled ``c`` has accuracy 1 exactly when the probe predicts ``c``."""
+    tests = {f"{j}:{i}:{c}": (x[i:i + 1], np.array([c])) for j, x in enumerate(sets) for i in range(len(x))
+             for c in range(k)}
+    res = fit_probe(train_x, train_y, tests, n_classes=k, **kw)
+    preds = [np.full(len(x), -1) for x in sets]
+    for key, acc in res.items():
+        if key != "train" and acc == 1.0:
+            j, i, c = map(int, key.split(":"))
+            assert preds[j][i] == -1, "two predicted classes for one row"
+            preds[j][i] = c
+    return res, preds
+
+
+@pytest.fixture
+def lbfgs_runs(monkeypatch) -> List[torch.optim.Optimizer]:
+    """Every torch.optim.LBFGS created during the test, so a fit's parameters can be read afterwards."""
+    made: List[torch.optim.Optimizer] = []
+
+    class Recording(torch.optim.LBFGS):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(torch.optim, "LBFGS", Recording)
+    return made
+
+
+@pytest.mark.parametrize("weight_decay", [1e-4, 0.05])
+def test_fit_probe_equals_sklearn_on_standardised_features(weight_decay, lbfgs_runs):
+    x, y = _gaussians(300, 0, PROBE_SCALES, PROBE_OFFSETS)
+    held_x, held_y = _gaussians(200, 1, PROBE_SCALES, PROBE_OFFSETS)
+    shift_x, shift_y = _gaussians(200, 2, PROBE_SCALES, PROBE_OFFSETS, stretch=1.6)
+    res, preds = _probe_predictions(x, y, [x, held_x, shift_x], 4, weight_decay=weight_decay, seed=5)
+    (w, b), = [opt.param_groups[0]["params"] for opt in lbfgs_runs]
+
+    scaler = StandardScaler().fit(x)  # train mean, population std; the constant column scaled by 1
+    assert scaler.scale_[-1] == 1.0
+    ref = _sklearn_logreg(scaler.transform(x), y, weight_decay)
+    # The fitted parameters: the unique minimiser (bias up to a shared constant).
+    scale = np.abs(ref.coef_).max()
+    np.testing.assert_allclose(w.detach().numpy().T, ref.coef_, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(_centred(b.detach().numpy()), _centred(ref.intercept_), rtol=0, atol=1e-5 * scale)
+    assert np.abs(ref.coef_[:, -1]).max() < 1e-8  # the constant feature is 0 after standardising
+    # Predictions and accuracies on the train set and on held-out sets (one with shifted statistics).
+    for name, p, xt in zip(("train", "held", "shifted"), preds, (x, held_x, shift_x)):
+        np.testing.assert_array_equal(p, ref.predict(scaler.transform(xt)), err_msg=name)
+    accs = fit_probe(x, y, {"held": (held_x, held_y), "shifted": (shift_x, shift_y)}, n_classes=4,
+                     weight_decay=weight_decay, seed=5)
+    assert accs == {"train": ref.score(scaler.transform(x), y), "held": ref.score(scaler.transform(held_x), held_y),
+                    "shifted": ref.score(scaler.transform(shift_x), shift_y)} and res["train"] == accs["train"]
+    assert 0.5 < accs["train"] < 0.95  # overlapping classes: neither chance nor separable
+
+
+@pytest.mark.parametrize("weight_decay", [1e-4, 0.05])
+def test_fit_linear_equals_sklearn_on_raw_features(weight_decay):
+    from clrobust.train.trainer import fit_linear
+
+    # No constant column here: on raw features it would duplicate the bias, a direction float32
+    # L-BFGS barely moves along (the penalised optimum is well defined but badly conditioned).
+    x, y = _gaussians(300, 0, RAW_SCALES, RAW_OFFSETS, constant=False)
+    held_x, held_y = _gaussians(200, 1, RAW_SCALES, RAW_OFFSETS, constant=False)
+    head = torch.nn.Linear(x.shape[1], 4)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    fit_linear(head, torch.tensor(x, dtype=torch.float32), torch.as_tensor(y), weight_decay=weight_decay)
+    ref = _sklearn_logreg(x, y, weight_decay)  # no standardisation: fit_linear takes features as they are
+    scale = np.abs(ref.coef_).max()
+    # float32 and torch's default L-BFGS tolerances: agreement to a few parts in a thousand.
+    np.testing.assert_allclose(head.weight.detach().numpy(), ref.coef_, rtol=0, atol=5e-3 * scale)
+    np.testing.assert_allclose(_centred(head.bias.detach().numpy()), _centred(ref.intercept_), rtol=0,
+                               atol=5e-3 * scale)
+    for xt, yt in ((x, y), (held_x, held_y)):
+        with torch.no_grad():
+            pred = head(torch.tensor(xt, dtype=torch.float32)).argmax(1).numpy()
+        assert (pred != ref.predict(xt)).sum() <= 1  # a near-tie may fall either way in float32
+        assert abs((pred == yt).mean() - ref.score(xt, yt)) <= 1 / len(yt)
+
+
+def test_ensure_classifier_is_fit_linear_on_frozen_features():
+    from conftest import tiny_network
+
+    from clrobust.loading import LoadedModel, ensure_classifier
+    from clrobust.train.trainer import fit_linear
+
+    net = tiny_network(2)
+    train = load_dataset("cifar10-mini", "train").subset(96)
+    lm = LoadedModel("headless", Path("headless.safetensors"), net, {"has_classifier": False})
+    info = ensure_classifier(lm, train, seed=0, progress=False)
+    with torch.no_grad():
+        feats = net.features(to_float(train.images))
+    head = torch.nn.Linear(feats.shape[1], 10)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    fit_linear(head, feats, train.labels)  # checked against sklearn above
+    assert torch.equal(net.classifier.weight, head.weight) and torch.equal(net.classifier.bias, head.bias)
+    with torch.no_grad():
+        acc = float((net(to_float(train.images)).argmax(1) == train.labels).float().mean())
+    assert info["probe_train_accuracy"] == pytest.approx(acc) and acc > 0.2  # a fit, not the zero head
+    assert lm.metadata["has_classifier"] is True
+    assert ensure_classifier(lm, train, progress=False) == {"classifier": "own linear head"}
+
+
+# ------------------------------------------------------------------ probe_layers recomputed
+
+LAYERS = ["stem", "layer1.1", "layer2.1", "avgpool"]
+
+
+def _record_pooled(net: torch.nn.Module, layers: Sequence[str], x: torch.Tensor
+                   ) -> Tuple[Dict[str, np.ndarray], torch.Tensor]:
+    """``layers`` of ``net.encoder`` for one batch through plain forward hooks, conv maps average pooled to
+    2x2 and flattened (vectors as they are); and the network's logits."""
+    modules = dict(net.encoder.named_modules())
+    seen: Dict[str, torch.Tensor] = {}
+    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o.detach()))
+               for n in layers]
+    try:
+        with torch.no_grad():
+            logits = net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: (F.adaptive_avg_pool2d(seen[n], (2, 2)) if seen[n].dim() == 4 else seen[n]).flatten(1).numpy()
+            for n in layers}, logits
+
+
+def _recorded_features(net: torch.nn.Module, data: ImageData, layers: Sequence[str], batch_size: int,
+                       attack: "AttackSpec | None" = None) -> Tuple[Dict[str, np.ndarray], float]:
+    """Pooled features of ``data`` batch by batch (adversarial inputs from attack_batch with the batch's
+    index when ``attack`` is given), and the network's own accuracy on those inputs."""
+    chunks: Dict[str, List[np.ndarray]] = {n: [] for n in layers}
+    correct = 0
+    for bi, lo in enumerate(range(0, len(data), batch_size)):
+        x, y = to_float(data.images[lo:lo + batch_size]), data.labels[lo:lo + batch_size]
+        if attack is not None:
+            x = attack_batch(attack, net, x, y, batch_index=bi)
+        feats, logits = _record_pooled(net, layers, x)
+        correct += int((logits.argmax(1) == y).sum())
+        for n in layers:
+            chunks[n].append(feats[n])
+    return {n: np.concatenate(c) for n, c in chunks.items()}, correct / len(data)
+
+
+def test_probe_layers_equals_features_recorded_here_and_sklearn(tiny_checkpoints):
+    from clrobust.loading import load_model
+
+    net = load_model(str(tiny_checkpoints[0])).network
+    train = load_dataset("cifar10-mini", "train").subset(160)  # more points than feature dims: not separable
+    test = load_dataset("cifar10-mini", "test").subset(48)
+    bs = 16
+    clear_memory_cache()
+    r = probe_layers(net, train, test, ",".join(LAYERS), AttackSpec("pgd", 8 / 255, 2), bs, seed=0, progress=False)
+
+    tr, _ = _recorded_features(net, train, LAYERS, bs)
+    clean, clean_acc = _recorded_features(net, test, LAYERS, bs)
+    adv, adv_acc = _recorded_features(net, test, LAYERS, bs, AttackSpec("pgd", 8 / 255, 2))
+    assert r.layers == LAYERS and r.feature_dims == [tr[n].shape[1] for n in LAYERS] == [16, 16, 32, 32]
+    assert (r.n_train, r.n_test) == (160, 48)
+    assert r.model_accuracy == {"clean": clean_acc, "adversarial": adv_acc}
+    # What the probes were fitted on (still in the memory cache) is what was recorded here.
+    feats = extract_features(net, train, test, ",".join(LAYERS), AttackSpec("pgd", 8 / 255, 2), bs, progress=False)
+    assert feats.from_cache == "memory"
+    for n in LAYERS:
+        pairs = ((feats.train[n], tr[n]), (feats.test_clean[n], clean[n]), (feats.test_adversarial[n], adv[n]))
+        for got, want in pairs:
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=n)
+    np.testing.assert_array_equal(feats.train_labels, train.labels.numpy())
+
+    # The accuracies: scikit-learn on the recorded features (count differences summed over every number).
+    y_tr, y_te = train.labels.numpy(), test.labels.numpy()
+    off, attack_mattered = 0, False
+    for i, n in enumerate(LAYERS):
+        scaler = StandardScaler().fit(tr[n])
+        ref = _sklearn_logreg(scaler.transform(tr[n]), y_tr, 1e-4)
+        want = [ref.score(scaler.transform(f), yy) for f, yy in ((tr[n], y_tr), (clean[n], y_te), (adv[n], y_te))]
+        got = [r.train_accuracy[i], r.clean_accuracy[i], r.adversarial_accuracy[i]]
+        off += sum(round(abs(g - w) * m) for g, w, m in zip(got, want, (len(y_tr), len(y_te), len(y_te))))
+        attack_mattered |= want[1] != want[2]
+    assert off <= 1, (r, off)  # exact, up to one near-tie falling the other way
+    assert attack_mattered  # else clean features passed off as adversarial would go unnoticed
+
+
 def test_probe_layers_tiny_model_and_cache(tmp_path, tiny_checkpoints):
     from clrobust.loading import load_model
 
@@ -82,6 +311,50 @@ def test_probe_layers_tiny_model_and_cache(tmp_path, tiny_checkpoints):
     assert len(list(tmp_path.glob("features-*.npz"))) == 1
 
 
+PROBE_CSV_HEADER = ["layer_index", "layer", "feature_dim", "train_accuracy", "clean_accuracy", "adversarial_accuracy"]
+
+
+def _assert_csv_is_json(path: Path, data: Dict) -> None:
+    """probes.csv holds probes.json's per-layer numbers, row by row (accuracies to 6 decimals)."""
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == PROBE_CSV_HEADER and len(rows) == len(data["layers"]) + 1
+    for i, row in enumerate(rows[1:]):
+        assert len(row) == len(PROBE_CSV_HEADER)
+        assert (int(row[0]), row[1], int(row[2])) == (i, data["layers"][i], data["feature_dims"][i])
+        for col, value in zip(PROBE_CSV_HEADER[3:], row[3:]):
+            assert float(value) == pytest.approx(data[col][i], abs=5.1e-7), (i, col)
+
+
+def _assert_real_png(path: Path, min_side: int = 300, max_side: int = 4000) -> None:
+    """A readable PNG of a sensible size with a drawing on it (many colours, not a blank canvas)."""
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(str(path))
+    h, w = img.shape[:2]
+    assert min_side <= h <= max_side and min_side <= w <= max_side, (path.name, img.shape)
+    rgb = img[..., :3].reshape(-1, 3)
+    assert len(np.unique(rgb, axis=0)) >= 20, path.name
+    assert 0.005 < (rgb.min(1) < 0.9).mean() < 0.9, path.name  # some ink, on a light background
+
+
+def test_probe_outputs_csv_and_png_hold_the_json_numbers(tmp_path):
+    """Every number distinct, so a shifted row or column cannot go unnoticed."""
+    from clrobust.probes import write_probe_outputs
+
+    rng = np.random.default_rng(0)
+    acc = rng.permutation(np.linspace(0.05, 0.95, 15)).reshape(3, 5).round(7)
+    result = {"layers": ["stem", "layer1.0", "layer2.1", "layer3.0", "avgpool"], "feature_dims": [16, 32, 64, 128, 256],
+              "train_accuracy": acc[0].tolist(), "clean_accuracy": acc[1].tolist(),
+              "adversarial_accuracy": acc[2].tolist(), "n_classes": 10}
+    paths = write_probe_outputs(result, tmp_path, "title")
+    assert [p.name for p in paths] == ["probes.json", "probes.csv", "probes.png"]
+    data = json.loads((tmp_path / "probes.json").read_text())
+    assert data == result
+    _assert_csv_is_json(tmp_path / "probes.csv", data)
+    _assert_real_png(tmp_path / "probes.png")
+
+
 def test_probe_layers_cli(tmp_path, tiny_checkpoints):
     from click.testing import CliRunner
 
@@ -101,6 +374,18 @@ def test_probe_layers_cli(tmp_path, tiny_checkpoints):
     assert json.loads((out / "settings.json").read_text())["seed"] == 3
     lines = (out / "probes.csv").read_text().splitlines()
     assert len(lines) == 3 and lines[0].startswith("layer_index,layer,feature_dim")
+    _assert_csv_is_json(out / "probes.csv", data)
+    _assert_real_png(out / "probes.png")
+    # The JSON's numbers are probe_layers' on the same images, attack and seed (its features still in memory).
+    from clrobust.loading import load_model
+
+    r = probe_layers(load_model(str(tiny_checkpoints[1])).network, load_dataset("cifar10-mini", "train").subset(32),
+                     load_dataset("cifar10-mini", "test").subset(16), "stem,avgpool",
+                     AttackSpec("pgd", 8 / 255, 1, seed=3), 8, seed=3, progress=False)
+    assert r.features == "memory"
+    for key in ("train_accuracy", "clean_accuracy", "adversarial_accuracy", "feature_dims", "model_accuracy"):
+        assert data[key] == getattr(r, key), key
+    assert (data["n_train"], data["n_test"], data["attack"]["steps"]) == (32, 16, 1)
     res2 = CliRunner().invoke(cli, args)  # refused without --overwrite
     assert res2.exit_code != 0 and "--overwrite" in str(res2.exception)
     res3 = CliRunner().invoke(cli, args + ["--overwrite"])
