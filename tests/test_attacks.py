@@ -1,30 +1,427 @@
-"""eps parsing, attacks respect eps and [0, 1], seeds reproduce, global RNG restored."""
+"""eps parsing, AttackSpec, the attack builders, and every attack against a literal loop written here."""
+
+import re
+from typing import Callable, Optional
 
 import pytest
 import torch
+import torch.nn.functional as F
+import torchattacks as ta
+from torch import nn
 
-from clrobust.attacks import AttackSpec, attack_batch, format_eps, parse_eps, parse_eps_list
+from clrobust.attacks import (AttackSpec, _Logits, attack_batch, format_eps, parse_eps, parse_eps_list, pgd_maximize,
+                              representation_attack, seeded, torchattacks_attack)
 from clrobust.errors import ClrobustError
 from conftest import tiny_network
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def re_text(text: object) -> str:
+    """The message's ``{text!r}``, as a regex."""
+    return re.escape(repr(text))
+
+
+# ---------------------------------------------------------------- eps parsing and formatting
 
 @pytest.mark.parametrize("text,value", [("8/255", 8 / 255), ("0.0314", 0.0314), (" 4 / 255 ", 4 / 255),
-                                        ("0", 0.0), (0.5, 0.5)])
+                                        ("0", 0.0), (0.5, 0.5), ("1", 1.0), (1, 1.0), (0, 0.0),
+                                        ("8\t/\n255", 8 / 255), ("1e-2", 0.01), (".5", 0.5), ("255/255", 1.0)])
 def test_parse_eps(text, value):
-    assert parse_eps(text) == pytest.approx(value)
+    got = parse_eps(text)
+    assert got == pytest.approx(value, rel=1e-15, abs=0) and isinstance(got, float)
 
 
-@pytest.mark.parametrize("text", ["8", "abc", "-0.1", "1/0", "nan", "8/255/2"])
-def test_parse_eps_rejects(text):
-    with pytest.raises(ClrobustError, match="eps"):
+@pytest.mark.parametrize("text", ["abc", "1/0", "8/255/2", "", "0.5/2", "8/255x"])
+def test_parse_eps_rejects_non_numbers(text):
+    with pytest.raises(ClrobustError, match=rf"^bad eps {re_text(text)}: give a number such as 8/255 or 0\.0314\.$"):
         parse_eps(text)
 
 
-def test_eps_list_and_format():
-    assert parse_eps_list("2/255,4/255,8/255") == pytest.approx([2 / 255, 4 / 255, 8 / 255])
-    assert format_eps(8 / 255) == "8/255" and format_eps(0.5) == "0.5"
-    assert parse_eps("1.5", norm="L2") == 1.5
+@pytest.mark.parametrize("text,norm", [("-0.1", "Linf"), ("nan", "Linf"), ("-0.1", "L2"), ("inf", "L2"),
+                                       (-0.5, "L2"), (float("inf"), "L2")])
+def test_parse_eps_rejects_negative_or_infinite(text, norm):
+    with pytest.raises(ClrobustError, match=rf"^bad eps {re_text(text)}: it must be a finite number >= 0, "
+                                            r"such as 8/255\.$"):
+        parse_eps(text, norm)
 
+
+@pytest.mark.parametrize("text", ["8", "1.0001", 2, "256/255"])
+def test_parse_eps_rejects_linf_above_one(text):
+    with pytest.raises(ClrobustError, match=rf"^bad eps {re_text(text)}: inputs are in \[0, 1\], so an L-inf eps "
+                                            rf"above 1 means nothing; did you mean {re.escape(str(text))}/255\?$"):
+        parse_eps(text)
+    assert parse_eps(text, norm="L2") == pytest.approx(float(eval(str(text))))
+
+
+
+def test_eps_list():
+    assert parse_eps_list("2/255,4/255,8/255") == pytest.approx([2 / 255, 4 / 255, 8 / 255], rel=1e-15)
+    assert parse_eps_list(" 2/255, ,4/255,") == pytest.approx([2 / 255, 4 / 255], rel=1e-15)
+    assert parse_eps_list("0.5,1.5", "L2") == [0.5, 1.5]
+    assert parse_eps_list("") == []
+    with pytest.raises(ClrobustError, match="L-inf eps above 1"):
+        parse_eps_list("0.5,1.5")
+
+
+@pytest.mark.parametrize("eps,text", [(8 / 255, "8/255"), (1 / 255, "1/255"), (1.0, "255/255"), (0.5, "0.5"),
+                                      (0, "0"), (0.0, "0"), ((8 + 5e-7) / 255, "8/255"),
+                                      ((8 + 5e-6) / 255, "0.0313726"), (0.25, "0.25"), (1.5, "1.5")])
+def test_format_eps(eps, text):
+    assert format_eps(eps) == text
+
+
+# ---------------------------------------------------------------- AttackSpec
+
+def test_attack_spec_defaults_and_alpha():
+    spec = AttackSpec()
+    assert (spec.name, spec.eps, spec.steps, spec.random_start, spec.seed, spec.n_classes, spec.norm) == \
+        ("pgd", 8 / 255, 10, True, 0, 10, "Linf")
+    assert spec.alpha == 2.5 * (8 / 255) / 10
+    assert AttackSpec("pgd", 0.1, steps=4).alpha == 2.5 * 0.1 / 4
+    assert AttackSpec("fgsm", 0.1, steps=4).alpha == 0.1
+    assert AttackSpec("pgd", 0.1, steps=4, alpha=0.01).alpha == 0.01
+    assert AttackSpec("pgd", 0.1, steps=1).steps == 1
+    assert AttackSpec("pgd-l2", 0.5).norm == "L2"
+    assert AttackSpec("apgd", 0.5, norm="L2").norm == "L2" and AttackSpec("apgd").norm == "Linf"
+    assert AttackSpec("autoattack", norm="Linf").norm == "Linf"
+
+
+def test_attack_spec_to_dict():
+    assert AttackSpec("pgd", 4 / 255, steps=5, seed=2).to_dict() == {
+        "name": "pgd", "eps": 4 / 255, "steps": 5, "alpha": 2.5 * (4 / 255) / 5, "random_start": True, "seed": 2,
+        "n_classes": 10, "norm": "Linf", "eps_text": "4/255", "threat_model": "II (end-to-end)"}
+    d = AttackSpec("rep", 0.1, steps=2, alpha=0.05, random_start=False).to_dict()
+    assert d["threat_model"] == "I (label-free, encoder)" and d["eps_text"] == "0.1" and d["alpha"] == 0.05
+    assert d["random_start"] is False
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    (dict(name="cw"), r"^unknown attack 'cw'; use one of: none, fgsm, pgd, pgd-l2, apgd, autoattack, rep\.$"),
+    (dict(name="pgd", norm="l2"), r"^unknown norm 'l2'; use Linf or L2\.$"),
+    (dict(name="pgd-l2", norm="L1"), r"^unknown norm 'L1'; use Linf or L2\.$"),
+    (dict(name="pgd", norm="L2"), r"^attack 'pgd' is L-inf; for L2 use pgd-l2, apgd or autoattack\.$"),
+    (dict(name="fgsm", norm="L2"), r"^attack 'fgsm' is L-inf; for L2 use pgd-l2, apgd or autoattack\.$"),
+    (dict(name="rep", norm="L2"), r"^attack 'rep' is L-inf; for L2 use pgd-l2, apgd or autoattack\.$"),
+    (dict(name="cw", norm="L2"), r"^unknown attack 'cw'"),
+    (dict(name="pgd", steps=0), r"^--steps must be at least 1, got 0\.$"),
+    (dict(name="fgsm", steps=-3), r"^--steps must be at least 1, got -3\.$"),
+])
+def test_attack_spec_errors(kwargs, msg):
+    with pytest.raises(ClrobustError, match=msg):
+        AttackSpec(**kwargs)
+
+
+def test_seeded_draws_and_restores():
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    with seeded(7):
+        got = torch.rand(5)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(7)
+    assert torch.equal(got, torch.rand(5))
+
+
+# ---------------------------------------------------------------- the builders
+
+def _net64(projector: bool = True) -> nn.Module:
+    net = tiny_network().double()
+    if not projector:
+        net.projector = None
+    return net
+
+
+def test_builders_pass_every_setting():
+    net = tiny_network()
+    pgd = torchattacks_attack(AttackSpec("pgd", 3 / 255, steps=4, alpha=0.004, random_start=False), net)
+    assert isinstance(pgd, ta.PGD) and (pgd.eps, pgd.alpha, pgd.steps, pgd.random_start) == (3 / 255, 0.004, 4, False)
+    assert isinstance(pgd.model, _Logits) and pgd.model.model is net
+    l2 = torchattacks_attack(AttackSpec("pgd-l2", 0.3, steps=4, alpha=0.05, random_start=False), net)
+    assert isinstance(l2, ta.PGDL2) and (l2.eps, l2.alpha, l2.steps, l2.random_start) == (0.3, 0.05, 4, False)
+    fgsm = torchattacks_attack(AttackSpec("fgsm", 3 / 255), net)
+    assert isinstance(fgsm, ta.FGSM) and fgsm.eps == 3 / 255
+    apgd = torchattacks_attack(AttackSpec("apgd", 0.5, steps=7, seed=3, norm="L2"), net)
+    assert isinstance(apgd, ta.APGD)
+    assert (apgd.norm, apgd.eps, apgd.steps, apgd.n_restarts, apgd.loss, apgd.seed) == ("L2", 0.5, 7, 1, "ce", 3)
+    with pytest.raises(ValueError, match="^rep$"):
+        torchattacks_attack(AttackSpec("rep"), net)
+    with pytest.raises(ValueError, match="^none$"):
+        torchattacks_attack(AttackSpec("none"), net)
+
+
+def test_autoattack_is_the_standard_four():
+    net = tiny_network()
+    aa = torchattacks_attack(AttackSpec("autoattack", 0.25, steps=3, seed=4, n_classes=100, norm="L2"), net)
+    assert isinstance(aa, ta.MultiAttack)
+    apgd, apgdt, fab, square = aa.attacks
+    assert [type(a) for a in aa.attacks] == [ta.APGD, ta.APGDT, ta.FAB, ta.Square]
+    for atk in aa.attacks:
+        assert (atk.norm, atk.eps, atk.seed, atk.n_restarts) == ("L2", 0.25, 4, 1)
+        assert atk.model.model is net
+    assert apgd.steps == apgdt.steps == fab.steps == 100
+    assert apgd.loss == "ce"
+    assert apgdt.n_target_classes == 99 and fab.n_target_classes == 99 and fab.multi_targeted is True
+    assert square.n_queries == 5000
+
+
+def test_logits_wrapper():
+    net = tiny_network()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(_Logits(net)(x), net(x))
+
+
+# ---------------------------------------------------------------- literal reference loops (float64)
+
+def _start_linf(x: torch.Tensor, eps: float, seed: int, random_start: bool) -> torch.Tensor:
+    """torchattacks' and pgd_maximize's start: U(-eps, eps) drawn first from the seeded global RNG."""
+    if not random_start:
+        return x.clone()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        noise = torch.empty_like(x).uniform_(-eps, eps)
+    return (x + noise).clamp(0, 1)
+
+
+def ref_pgd_linf(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float, alpha: float,
+                 steps: int, start: torch.Tensor) -> torch.Tensor:
+    """Madry et al.'s L-inf PGD: signed gradient ascent, projection onto the eps box, then onto [0, 1]."""
+    x_adv = start.detach()
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        grad, = torch.autograd.grad(loss_fn(x_adv), x_adv)
+        x_adv = x_adv.detach() + alpha * grad.sign()
+        x_adv = (x + (x_adv - x).clamp(-eps, eps)).clamp(0, 1)
+    return x_adv.detach()
+
+
+def ref_pgd_l2(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int,
+               seed: Optional[int]) -> torch.Tensor:
+    """L2 PGD: start uniform in radius along a Gaussian direction, normalised gradient steps, L2-ball projection."""
+    b = x.shape[0]
+    x_adv = x.clone()
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            direction = torch.empty_like(x).normal_()
+            radius = torch.zeros(b, 1, 1, 1, dtype=x.dtype).uniform_(0, 1)
+        norms = direction.flatten(1).norm(dim=1).view(b, 1, 1, 1)
+        x_adv = (x + direction * (radius / norms * eps)).clamp(0, 1)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        grad, = torch.autograd.grad(F.cross_entropy(net(x_adv), y), x_adv)
+        grad = grad / (grad.flatten(1).norm(dim=1) + 1e-10).view(b, 1, 1, 1)
+        delta = x_adv.detach() + alpha * grad - x
+        scale = torch.clamp(eps / delta.flatten(1).norm(dim=1), max=1.0)
+        x_adv = (x + delta * scale.view(b, 1, 1, 1)).clamp(0, 1)
+    return x_adv.detach()
+
+
+def ref_nt_xent(z1: torch.Tensor, z2: torch.Tensor, t: float) -> torch.Tensor:
+    """NT-Xent written out: for each of the 2N anchors, -log softmax of its positive among the other 2N - 1."""
+    z = torch.cat([z1, z2]).double()
+    z = z / z.norm(dim=1, keepdim=True)
+    n = z1.shape[0]
+    sim = z @ z.T / t
+    losses = []
+    for i in range(2 * n):
+        pos = (i + n) % (2 * n)
+        others = torch.cat([sim[i, :i], sim[i, i + 1:]])
+        losses.append(torch.logsumexp(others, 0) - sim[i, pos])
+    return torch.stack(losses).mean()
+
+
+def _batch(n: int = 4):
+    """Float64 images that touch 0 and 1 (so the [0, 1] projection matters) and the net's own labels."""
+    torch.manual_seed(5)
+    x = torch.rand(n, 3, 32, 32, dtype=torch.float64)
+    x[:, 0, :4] = 0.0
+    x[:, 1, :4] = 1.0
+    return x
+
+
+def _ce(net: nn.Module, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda xa: F.cross_entropy(net(xa), y)
+
+
+@pytest.mark.parametrize("random_start", [True, False])
+def test_pgd_matches_reference(random_start):
+    net, x = _net64(), _batch()
+    y = torch.tensor([0, 3, 5, 9])
+    eps, alpha, steps, seed, bi = 6 / 255, 2.5 / 255, 3, 2, 3
+    spec = AttackSpec("pgd", eps, steps=steps, alpha=alpha, seed=seed, random_start=random_start)
+    got = attack_batch(spec, net, x, y, batch_index=bi)
+    start = _start_linf(x, eps, seed * 100003 + bi, random_start)
+    want = ref_pgd_linf(_ce(net, y), x, eps, alpha, steps, start)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert (got - x).abs().max() == pytest.approx(eps, rel=1e-9)
+    other = attack_batch(spec, net, x, y, batch_index=bi + 1)
+    assert torch.equal(other, got) != random_start  # the batch index seeds the start
+
+
+def test_pgd_default_alpha_and_seed_zero():
+    net, x = _net64(), _batch(2)
+    y = torch.tensor([1, 2])
+    spec = AttackSpec("pgd", 4 / 255, steps=2)
+    got = attack_batch(spec, net, x, y)
+    want = ref_pgd_linf(_ce(net, y), x, 4 / 255, 2.5 * 4 / 255 / 2, 2, _start_linf(x, 4 / 255, 0, True))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_fgsm_matches_reference():
+    net, x = _net64(), _batch()
+    y = torch.tensor([0, 3, 5, 9])
+    x_req = x.clone().requires_grad_(True)
+    grad, = torch.autograd.grad(F.cross_entropy(net(x_req), y), x_req)
+    want = (x + 5 / 255 * grad.sign()).clamp(0, 1)
+    got = attack_batch(AttackSpec("fgsm", 5 / 255, seed=1), net, x, y, batch_index=2)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("random_start", [True, False])
+def test_pgd_l2_matches_reference(random_start):
+    net, x = _net64(), _batch()
+    y = torch.tensor([0, 3, 5, 9])
+    eps, alpha, steps, seed, bi = 0.4, 0.15, 3, 1, 2
+    spec = AttackSpec("pgd-l2", eps, steps=steps, alpha=alpha, seed=seed, random_start=random_start)
+    got = attack_batch(spec, net, x, y, batch_index=bi)
+    want = ref_pgd_l2(net, x, y, eps, alpha, steps, seed * 100003 + bi if random_start else None)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert (got - x).flatten(1).norm(dim=1).max() <= eps + 1e-12
+
+
+@pytest.mark.parametrize("random_start", [True, False])
+def test_pgd_maximize_matches_reference(random_start):
+    """A loss that ignores the bottom half of the image: there the gradient is 0 and PGD must not move."""
+    torch.manual_seed(3)
+    x = _batch(3)
+    w = torch.randn(3, 3, 16, 32, dtype=torch.float64)
+
+    def loss_fn(xa: torch.Tensor) -> torch.Tensor:
+        return (w * xa[:, :, :16] ** 2).sum() + xa[:, :, :16].sin().sum()
+
+    eps, alpha, steps = 0.05, 0.02, 4
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(11)
+        got = pgd_maximize(loss_fn, x, eps, alpha, steps, random_start=random_start)
+    start = _start_linf(x, eps, 11, random_start)
+    want = ref_pgd_linf(loss_fn, x, eps, alpha, steps, start)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert torch.equal(got[:, :, 16:], start[:, :, 16:])  # zero gradient: no step
+    assert not got.requires_grad
+
+
+def test_pgd_maximize_defaults_to_a_random_start():
+    x = _batch(2)
+    loss_fn = lambda xa: xa.sum()  # noqa: E731
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(4)
+        got = pgd_maximize(loss_fn, x, 0.1, 0.01, 1)
+    torch.testing.assert_close(got, ref_pgd_linf(loss_fn, x, 0.1, 0.01, 1, _start_linf(x, 0.1, 4, True)),
+                               rtol=0, atol=1e-12)
+
+
+def test_pgd_maximize_eps_zero_does_nothing():
+    x = _batch(2)
+    calls = []
+    state = torch.get_rng_state()
+    out = pgd_maximize(lambda xa: calls.append(1) or xa.sum(), x, 0, 0.1, 3)
+    assert torch.equal(out, x) and out is not x and not calls
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("projector,temperature", [(True, 0.2), (False, 0.7)])
+def test_representation_attack_matches_reference(projector, temperature):
+    net, x = _net64(projector), _batch()
+    embed = net.project if projector else net.features
+    eps, alpha, steps = 6 / 255, 2 / 255, 3
+    with torch.no_grad():
+        z_clean = embed(x)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(9)
+        got = representation_attack(net, x, eps, alpha, steps, temperature=temperature)
+    loss_fn = lambda xa: ref_nt_xent(z_clean, embed(xa), temperature)  # noqa: E731
+    want = ref_pgd_linf(loss_fn, x, eps, alpha, steps, _start_linf(x, eps, 9, True))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert ref_nt_xent(z_clean, embed(got), temperature) > ref_nt_xent(z_clean, embed(x), temperature)
+
+
+def test_representation_attack_without_a_projector_attribute():
+    """A model with only ``features`` (no ``projector`` at all) is attacked on its features."""
+
+    class FeaturesOnly(nn.Module):
+        def __init__(self, net: nn.Module):
+            super().__init__()
+            self.net = net
+
+        def features(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net.features(x)
+
+    net, x = _net64(projector=False), _batch(2)
+    runs = []
+    for model in (FeaturesOnly(net), net):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            runs.append(representation_attack(model, x, 4 / 255, 1 / 255, 2))
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
+    assert not torch.equal(runs[0], x)
+
+
+@pytest.mark.parametrize("random_start", [True, False])
+def test_rep_through_attack_batch(random_start):
+    """attack_batch('rep'): the default temperature 0.5, the projection head, the per-batch seed; no labels used."""
+    net, x = _net64(), _batch()
+    eps, alpha, steps, seed, bi = 6 / 255, 2 / 255, 2, 3, 1
+    spec = AttackSpec("rep", eps, steps=steps, alpha=alpha, seed=seed, random_start=random_start)
+    got = attack_batch(spec, net, x, torch.full((4,), -1), batch_index=bi)
+    with torch.no_grad():
+        z_clean = net.project(x)
+    loss_fn = lambda xa: ref_nt_xent(z_clean, net.project(xa), 0.5)  # noqa: E731
+    want = ref_pgd_linf(loss_fn, x, eps, alpha, steps, _start_linf(x, eps, seed * 100003 + bi, random_start))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------- attack_batch's contract
+
+def _count_forwards(net: nn.Module) -> list:
+    calls: list = []
+    net.register_forward_pre_hook(lambda m, i: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("spec", [AttackSpec("none"), AttackSpec("pgd", 0), AttackSpec("rep", 0.0),
+                                  AttackSpec("fgsm", 0)])
+def test_no_attack_returns_a_copy_without_work(spec):
+    net = tiny_network()
+    calls = _count_forwards(net)
+    x = torch.rand(2, 3, 32, 32)
+    out = attack_batch(spec, net, x, torch.zeros(2, dtype=torch.long))
+    assert torch.equal(out, x) and out is not x and not calls
+
+
+@pytest.mark.parametrize("name", ["pgd", "rep"])
+def test_attack_batch_eval_mode_and_restores_mode(name):
+    net = _net64()
+    x, y = _batch(), torch.tensor([0, 3, 5, 9])
+    spec = AttackSpec(name, 4 / 255, steps=2, seed=1)
+    want = attack_batch(spec, net, x, y)
+    assert not net.training  # torchattacks' own wrapper would leave it in train mode
+    net.train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    got = attack_batch(spec, net, x, y)
+    assert net.training
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # BN statistics untouched
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_attack_batch_restores_mode_on_error():
+    net = tiny_network().train()
+    with pytest.raises(RuntimeError):
+        attack_batch(AttackSpec("pgd", 4 / 255, steps=1), net, torch.rand(2, 5, 32, 32), torch.zeros(2).long())
+    assert net.training
+
+
+# ---------------------------------------------------------------- end to end, every attack
 
 @pytest.mark.parametrize("name", ["fgsm", "pgd", "pgd-l2", "apgd", "rep"])
 def test_perturbation_within_eps(name):
@@ -55,8 +452,3 @@ def test_pgd_lowers_accuracy_more_than_noise():
     adv = attack_batch(AttackSpec("pgd", 8 / 255, steps=5), net, x, y)
     with torch.no_grad():
         assert (net(adv).argmax(1) == y).float().mean() < 0.5
-
-
-def test_unknown_attack():
-    with pytest.raises(ClrobustError, match="unknown attack"):
-        AttackSpec("cw")

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from clrobust.cka import StreamingCKA, batch_bounds, linear_cka
+from clrobust.cka import (StreamingCKA, _hsic_biased, _hsic_unbiased, batch_bounds, disparity, flatten, linear_cka,
+                          u_centre, ugram_stack)
 from clrobust.errors import ClrobustError
 
 
@@ -13,15 +14,22 @@ def ref_cka_biased(x, y):
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     n = x.shape[0]
     h = np.eye(n) - np.ones((n, n)) / n
-    k, l = x @ x.T, y @ y.T
+    k, g = x @ x.T, y @ y.T
     hsic = lambda a, b: np.trace(a @ h @ b @ h) / (n - 1) ** 2  # noqa: E731
-    return hsic(k, l) / np.sqrt(hsic(k, k) * hsic(l, l))
+    return hsic(k, g) / np.sqrt(hsic(k, k) * hsic(g, g))
 
 
-def ref_hsic_unbiased(k, l):
+def ref_hsic_biased(k: np.ndarray, g: np.ndarray) -> float:
+    """trace(K H L H) / (n - 1)^2, H the centring matrix."""
+    n = k.shape[0]
+    h = np.eye(n) - np.ones((n, n)) / n
+    return float(np.trace(k @ h @ g @ h) / (n - 1) ** 2)
+
+
+def ref_hsic_unbiased(k, g):
     """Song et al. 2012, the formula as written (not U-centring)."""
     n = k.shape[0]
-    kt, lt = k.copy(), l.copy()
+    kt, lt = k.copy(), g.copy()
     np.fill_diagonal(kt, 0)
     np.fill_diagonal(lt, 0)
     one = np.ones(n)
@@ -33,10 +41,10 @@ def ref_cka_unbiased(xs, ys):
     """Minibatch CKA: unbiased HSIC summed over the batches."""
     kl = kk = ll = 0.0
     for x, y in zip(xs, ys):
-        k, l = x @ x.T, y @ y.T
-        kl += ref_hsic_unbiased(k, l)
+        k, g = x @ x.T, y @ y.T
+        kl += ref_hsic_unbiased(k, g)
         kk += ref_hsic_unbiased(k, k)
-        ll += ref_hsic_unbiased(l, l)
+        ll += ref_hsic_unbiased(g, g)
     return kl / np.sqrt(kk * ll)
 
 
@@ -127,7 +135,7 @@ def test_streaming_self_diagonal_is_one():
     layers = [torch.from_numpy(rng.normal(size=(40, d))) for d in (3, 8, 20)]
     acc = StreamingCKA()
     for lo, hi in batch_bounds(40, 10):
-        acc.update([l[lo:hi] for l in layers], [l[lo:hi] for l in layers])
+        acc.update([g[lo:hi] for g in layers], [g[lo:hi] for g in layers])
     m = acc.compute()
     np.testing.assert_allclose(np.diag(m), 1.0, atol=1e-12)
     np.testing.assert_allclose(m, m.T, atol=1e-12)
@@ -144,3 +152,191 @@ def test_errors():
         acc.compute()
     with pytest.raises(ClrobustError):
         batch_bounds(3, 16)
+
+
+def test_flatten_is_channel_major_float64():
+    x = torch.arange(24, dtype=torch.float32).reshape(2, 3, 2, 2)
+    f = flatten(x)
+    assert f.dtype == torch.float64 and f.shape == (2, 12)
+    assert torch.equal(f[1], torch.arange(12, 24, dtype=torch.float64))
+    assert flatten(np.ones((5, 1))).shape == (5, 1)
+
+
+def test_hsic_estimators_match_their_formulas(xy):
+    """The HSIC values themselves, of uncentred kernels too (normalisations cancel in CKA, not in streaming sums)."""
+    x, y = xy
+    for shift in (0.0, 3.0):
+        kx, ky = (x + shift) @ (x + shift).T, (y - shift) @ (y - shift).T
+        tx, ty = torch.from_numpy(kx), torch.from_numpy(ky)
+        assert _hsic_biased(tx, ty).item() == pytest.approx(ref_hsic_biased(kx, ky), rel=1e-12)
+        assert _hsic_unbiased(tx, ty).item() == pytest.approx(ref_hsic_unbiased(kx, ky), rel=1e-12)
+
+
+def test_u_centre_definition_and_stacks():
+    """U-centring: zero diagonal, zero row sums; works on a stack of Grams (leading dims), one by one."""
+    rng = np.random.default_rng(7)
+    grams = []
+    for d in (3, 5):
+        a = rng.normal(size=(6, d)) + 2.0
+        grams.append(torch.from_numpy(a @ a.T))
+    u = u_centre(grams[0])
+    assert torch.equal(torch.diagonal(u), torch.zeros(6, dtype=torch.float64))
+    np.testing.assert_allclose(u.sum(1).numpy(), 0, atol=1e-10)
+    n, k = 6, grams[0].numpy().copy()
+    np.fill_diagonal(k, 0)
+    want = k - k.sum(1, keepdims=True) / (n - 2) - k.sum(0, keepdims=True) / (n - 2) + k.sum() / ((n - 1) * (n - 2))
+    np.fill_diagonal(want, 0)
+    np.testing.assert_allclose(u.numpy(), want, atol=1e-10)
+    stacked = u_centre(torch.stack(grams))
+    for i, g in enumerate(grams):
+        torch.testing.assert_close(stacked[i], u_centre(g), rtol=0, atol=1e-12)
+    assert u_centre(torch.eye(4)).shape == (4, 4)
+    with pytest.raises(ClrobustError, match=r"^unbiased HSIC needs at least 4 samples per batch, got 3\.$"):
+        u_centre(torch.eye(3))
+
+
+def test_u_centre_leaves_its_input_alone():
+    g = torch.ones(5, 5, dtype=torch.float64) * 3
+    u_centre(g)
+    assert torch.equal(g, torch.ones(5, 5, dtype=torch.float64) * 3)
+
+
+def test_ugram_stack_shape_and_rows():
+    rng = np.random.default_rng(8)
+    acts = [torch.from_numpy(rng.normal(size=(5, 2, 3))), torch.from_numpy(rng.normal(size=(5, 4)))]
+    g = ugram_stack(acts)
+    assert g.shape == (2, 25) and g.dtype == torch.float64
+    f = flatten(acts[0])
+    f = f - f.mean(0)
+    torch.testing.assert_close(g[0], u_centre(f @ f.T).reshape(-1), rtol=0, atol=1e-12)
+
+
+def test_centring_before_the_gram_keeps_precision():
+    """Per-feature offsets up to 1e6: Grams of uncentred features would lose every significant digit."""
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(30, 5))
+    y = x @ rng.normal(size=(5, 3)) + rng.normal(size=(30, 3))
+    offsets_x, offsets_y = np.array([1e6, -2e6, 3e5, 0.0, 5e6]), np.array([-3e6, 1e6, 7e5])
+    for unbiased in (False, True):
+        want = linear_cka(x, y, unbiased=unbiased)
+        assert linear_cka(x + offsets_x, y + offsets_y, unbiased=unbiased) == pytest.approx(want, abs=1e-7)
+
+
+def test_small_scales_are_fine(xy):
+    """Self-HSIC far below 1 is still a defined CKA (no threshold at 1)."""
+    x, y = xy
+    assert linear_cka(1e-4 * x, 1e-3 * y) == pytest.approx(linear_cka(x, y), abs=1e-10)
+    assert linear_cka(1e-4 * x, y, unbiased=True) == pytest.approx(linear_cka(x, y, unbiased=True), abs=1e-10)
+    acc = StreamingCKA()
+    acc.update([torch.from_numpy(1e-4 * x)], [torch.from_numpy(1e-4 * y)])
+    assert acc.compute()[0, 0] == pytest.approx(linear_cka(x, y, unbiased=True), abs=1e-10)
+
+
+def test_minimum_sample_counts():
+    rng = np.random.default_rng(10)
+    x2, y2 = rng.normal(size=(2, 3)), rng.normal(size=(2, 4))
+    assert linear_cka(x2, y2) == pytest.approx(1.0, abs=1e-12)  # two centred points: both rank 1
+    x4, y4 = rng.normal(size=(4, 3)), rng.normal(size=(4, 4))
+    assert linear_cka(x4, y4, unbiased=True) == pytest.approx(ref_cka_unbiased([x4], [y4]), abs=1e-12)
+    with pytest.raises(ClrobustError, match=r"^CKA needs at least 2 samples, got 1\.$"):
+        linear_cka(x2[:1], y2[:1])
+    with pytest.raises(ClrobustError, match=r"^CKA needs at least 4 samples, got 3\.$"):
+        linear_cka(x4[:3], y4[:3], unbiased=True)
+
+
+def test_linear_cka_error_messages():
+    with pytest.raises(ClrobustError, match=r"^x and y must describe the same inputs: 5 vs 6 rows\.$"):
+        linear_cka(np.ones((5, 2)), np.ones((6, 2)))
+    y = np.random.default_rng(0).normal(size=(10, 3))
+    msg = r"^CKA is undefined: a representation is constant over the samples \(HSIC\(K,K\)=0, HSIC\(L,L\)=[0-9.]+\)\.$"
+    with pytest.raises(ClrobustError, match=msg):
+        linear_cka(np.ones((10, 3)), y)
+    with pytest.raises(ClrobustError, match=r"HSIC\(K,K\)=[0-9.]+, HSIC\(L,L\)=0\)"):
+        linear_cka(y, np.full((10, 2), 7.0), unbiased=True)
+
+
+def test_streaming_state_counts_and_raw_sums():
+    """state() holds the unbiased HSIC sums (to all-reduce); n and batches count what went in."""
+    rng = np.random.default_rng(11)
+    a, b = rng.normal(size=(22, 4)), rng.normal(size=(22, 3))
+    acc = StreamingCKA()
+    assert acc.state() == [None, None, None] and acc.n == 0 and acc.batches == 0
+    bounds = batch_bounds(22, 8)
+    assert bounds == [(0, 8), (8, 16), (16, 22)]
+    for lo, hi in bounds:
+        acc.update([torch.from_numpy(a[lo:hi])], [torch.from_numpy(b[lo:hi])])
+    assert acc.n == 22 and acc.batches == 3
+    xy, xx, yy = acc.state()
+    gram = lambda m: (m - m.mean(0)) @ (m - m.mean(0)).T  # noqa: E731
+    parts = [(gram(a[lo:hi]), gram(b[lo:hi])) for lo, hi in bounds]
+    assert xy.item() == pytest.approx(sum(ref_hsic_unbiased(ka, kb) for ka, kb in parts), rel=1e-10)
+    assert xx.item() == pytest.approx(sum(ref_hsic_unbiased(ka, ka) for ka, _ in parts), rel=1e-10)
+    assert yy.item() == pytest.approx(sum(ref_hsic_unbiased(kb, kb) for _, kb in parts), rel=1e-10)
+
+
+def test_streaming_same_recording_object_and_mismatch():
+    rng = np.random.default_rng(12)
+    layers = [torch.from_numpy(rng.normal(size=(8, d))) for d in (2, 5)]
+    other = [torch.from_numpy(rng.normal(size=(8, 3)))]
+    acc = StreamingCKA()
+    acc.update(layers, layers)  # the same list: Grams computed once, still exact
+    acc.update(layers, [a.clone() for a in layers])
+    np.testing.assert_allclose(np.diag(acc.compute()), 1.0, atol=1e-12)
+    acc2 = StreamingCKA()
+    acc2.update(layers, other)
+    want = [ref_cka_unbiased([a.numpy()], [other[0].numpy()]) for a in layers]
+    np.testing.assert_allclose(acc2.compute()[:, 0], want, atol=1e-12)
+    with pytest.raises(ClrobustError, match=r"^both recordings of a CKA pair must come from the same batch\.$"):
+        acc.update(layers, [a[:6] for a in layers])
+
+
+def test_streaming_errors_name_the_constant_layer():
+    rng = np.random.default_rng(13)
+    good = [torch.from_numpy(rng.normal(size=(8, 3))) for _ in range(2)]
+    const = torch.ones(8, 3, dtype=torch.float64)
+    with pytest.raises(ClrobustError, match=r"^no batch was accumulated\.$"):
+        StreamingCKA().compute()
+    acc = StreamingCKA()
+    acc.update([good[0], const], good)
+    with pytest.raises(ClrobustError, match=r"^CKA undefined for layer 1 of the rows: its activations are constant "
+                                            r"over the samples \(self-HSIC <= 0\)\.$"):
+        acc.compute()
+    acc = StreamingCKA()
+    acc.update(good, [good[0], good[1], const])
+    with pytest.raises(ClrobustError, match=r"^CKA undefined for layer 2 of the columns: "):
+        acc.compute()
+
+
+def test_disparity():
+    m = np.array([[0.9, 0.1, 0.0], [0.2, 0.25, 0.3], [0.0, 0.0, 1.0]], dtype=np.float32)
+    d = disparity(m)
+    assert d.dtype == np.float64 and d.shape == (3,)
+    np.testing.assert_allclose(d, [1 - np.float64(np.float32(0.9)), 0.75, 0.0], rtol=0, atol=0)
+    np.testing.assert_allclose(disparity(torch.eye(2, dtype=torch.float64) * 0.5), [0.5, 0.5])
+    assert disparity([[1.0]]).tolist() == [0.0]
+    for bad, shape in ((np.ones((2, 3)), r"\(2, 3\)"), (np.ones(3), r"\(3,\)"), (np.ones((2, 2, 2)), r"\(2, 2, 2\)")):
+        with pytest.raises(ClrobustError, match=r"^disparity needs the square clean-vs-adversarial CKA matrix of one "
+                                                rf"model, got shape {shape}\.$"):
+            disparity(bad)
+
+
+@pytest.mark.parametrize("n,size,want", [
+    (4, 16, [(0, 4)]),
+    (10, 8, [(0, 10)]),  # a last batch of 2 folds into the previous one
+    (20, 8, [(0, 8), (8, 16), (16, 20)]),  # a last batch of exactly 4 stays
+    (19, 8, [(0, 8), (8, 19)]),
+    (35, 8, [(0, 8), (8, 16), (16, 24), (24, 35)]),
+    (32, 8, [(0, 8), (8, 16), (16, 24), (24, 32)]),
+])
+def test_batch_bounds(n, size, want):
+    assert batch_bounds(n, size) == want
+
+
+def test_batch_bounds_minimum():
+    assert batch_bounds(6, 4, minimum=2) == [(0, 4), (4, 6)]
+    assert batch_bounds(5, 4, minimum=2) == [(0, 5)]
+    assert batch_bounds(2, 4, minimum=2) == [(0, 2)]
+    with pytest.raises(ClrobustError, match=r"^need at least 4 samples for minibatch CKA, got 3\.$"):
+        batch_bounds(3, 16)
+    with pytest.raises(ClrobustError, match=r"^need at least 5 samples for minibatch CKA, got 4\.$"):
+        batch_bounds(4, 16, minimum=5)

@@ -1,0 +1,154 @@
+"""Plant known bugs in a copy of the package and check that the test suite catches each one.
+
+Each bug is a textual patch of one package file. For every bug, the repository is
+copied (without .git, the virtual environment and mutmut's folder) into a temporary
+folder, the patch is applied there, and the tests that exercise the code are run in
+that copy (``python -m pytest`` puts the copy's ``clrobust`` first on the path; the
+command line processes the tests start import it too). A bug is *caught* when pytest
+fails. The working tree is never modified.
+
+    python benchmarks/planted_bugs.py              # every bug
+    python benchmarks/planted_bugs.py --only hooks-train-mode,compare-first-model-attack
+    python benchmarks/planted_bugs.py --list
+
+Exit status 1 when any bug survives. Slow (a pytest run per bug); not part of CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+IGNORE = shutil.ignore_patterns(".git", ".venv", "mutants", "__pycache__", ".pytest_cache", "*.egg-info",
+                                ".coverage*", "compare-layers-out", "runs")
+
+
+@dataclass(frozen=True)
+class Bug:
+    name: str
+    what: str
+    file: str
+    old: str
+    new: str
+    tests: Tuple[str, ...]
+
+
+COMPARE = "tests/test_compare.py::test_every_model_is_attacked_with_its_own_examples"
+AUDIT = "tests/test_audit.py::test_audit_counts_recomputed_from_attack_batch"
+
+BUGS: List[Bug] = [
+    # The four planted bugs that once survived the suite.
+    Bug("hooks-train-mode", "recording no longer switches the model to eval mode",
+        "clrobust/hooks.py", "        self.model.eval()\n        try:\n            with torch.no_grad():\n"
+        "                self.output = self.model(x)",
+        "        try:\n            with torch.no_grad():\n                self.output = self.model(x)",
+        ("tests/test_hooks.py",)),
+    Bug("mapping-keeps-last", "of two differing copies of a key, the last is kept instead of the first",
+        "clrobust/checkpoints/mapping.py",
+        "            if not same:\n                out.notes.append(f\"{key} differs from {out.sources[k]} "
+        "(both map to {k}); kept the first.\")\n            continue",
+        "            if not same:\n                out.notes.append(f\"{key} differs from {out.sources[k]} "
+        "(both map to {k}); kept the first.\")\n                target[k] = value\n            continue",
+        ("tests/test_mapping.py", "tests/test_formats.py")),
+    Bug("compare-first-model-attack", "every model is attacked with the examples crafted against the first",
+        "clrobust/compare.py",
+        "                x_adv = attack_batch(settings.attack, net, x, y, batch_index=bi)",
+        "                if lab == labels[0]:\n"
+        "                    x_adv = attack_batch(settings.attack, net, x, y, batch_index=bi)",
+        (COMPARE,)),
+    Bug("train-at-without-attack", "the adversarial scenarios train without any attack",
+        "clrobust/train/trainer.py",
+        "    def adversarial_pretraining(self) -> bool:\n        return self.scenario != \"st\"",
+        "    def adversarial_pretraining(self) -> bool:\n        return False",
+        ("tests/test_train.py",)),
+    Bug("train-pgd-returns-input", "the training attack returns its input unchanged",
+        "clrobust/attacks.py",
+        "    x = x.detach()\n    if eps == 0:\n        return x.clone()",
+        "    x = x.detach()\n    if True:\n        return x.clone()",
+        ("tests/test_train.py",)),
+    # Further plausible bugs in the seams between stages.
+    Bug("compare-batch-seed", "every batch is attacked with the seed of batch 0",
+        "clrobust/compare.py", "attack_batch(settings.attack, net, x, y, batch_index=bi)",
+        "attack_batch(settings.attack, net, x, y, batch_index=0)", (COMPARE,)),
+    Bug("audit-worst-case-with-tm1", "the worst case also takes the label-free attack",
+        "clrobust/audit.py", "            if attack != \"tm1-pgd20\":\n", "            if True:\n",
+        (AUDIT,)),
+    Bug("audit-clean-not-anded", "robust points need not be clean-correct",
+        "clrobust/audit.py", "            corr = torch.tensor(mres[key]) & clean",
+        "            corr = torch.tensor(mres[key])", (AUDIT,)),
+    Bug("disparity-uses-cka", "disparity reports CKA instead of 1 - CKA",
+        "clrobust/cka.py", "    return 1.0 - np.diag(m)", "    return np.diag(m)", ("tests/test_cka.py",)),
+    Bug("cka-biased-batches", "minibatch CKA drops the U-centring's diagonal zeroing",
+        "clrobust/cka.py", "    u = k - row - row.transpose(-2, -1) + total\n    u.diagonal(dim1=-2, dim2=-1).zero_()",
+        "    u = k - row - row.transpose(-2, -1) + total", ("tests/test_cka.py",)),
+    Bug("probe-pool-1x1", "probe features pooled to 1x1 instead of 2x2",
+        "clrobust/probes.py", "POOL_SIZE = 2", "POOL_SIZE = 1", ("tests/test_probes.py",)),
+]
+
+
+def run_bug(bug: Bug, python: str, timeout: int) -> Tuple[str, float, str]:
+    """Plant ``bug`` in a fresh copy, run its tests there; returns (outcome, seconds, last line)."""
+    with tempfile.TemporaryDirectory(prefix="clrobust-plant-") as tmp:
+        copy = Path(tmp) / "repo"
+        shutil.copytree(ROOT, copy, ignore=IGNORE)
+        target = copy / bug.file
+        text = target.read_text()
+        if text.count(bug.old) != 1:
+            return "NOT PLANTED (patch does not apply)", 0.0, ""
+        target.write_text(text.replace(bug.old, bug.new))
+        t = time.perf_counter()
+        # A session of its own, so that a timeout also ends the processes the tests started.
+        proc = subprocess.Popen([python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *bug.tests],
+                                cwd=copy, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return "TIMEOUT", time.perf_counter() - t, ""
+        seconds = time.perf_counter() - t
+        lines = [ln for ln in stdout.strip().splitlines() if ln.strip()]
+        last = lines[-1] if lines else stderr.strip()[-200:]
+        return ("caught" if proc.returncode != 0 else "SURVIVED"), seconds, last
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="", help="comma-separated bug names (default: all)")
+    ap.add_argument("--list", action="store_true", help="list the bugs and exit")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per bug")
+    args = ap.parse_args(list(argv) or None)
+    bugs = BUGS
+    if args.list:
+        for b in bugs:
+            print(f"{b.name:<30} {b.file:<32} {b.what}")
+        return 0
+    if args.only:
+        wanted = {s.strip() for s in args.only.split(",") if s.strip()}
+        unknown = wanted - {b.name for b in bugs}
+        if unknown:
+            ap.error(f"unknown bug(s): {', '.join(sorted(unknown))}; see --list")
+        bugs = [b for b in bugs if b.name in wanted]
+    survived = 0
+    print(f"{'bug':<30} {'outcome':<10} {'seconds':>8}  tests")
+    for b in bugs:
+        outcome, seconds, last = run_bug(b, sys.executable, args.timeout)
+        survived += outcome != "caught"
+        print(f"{b.name:<30} {outcome:<10} {seconds:>8.1f}  {' '.join(b.tests)}  [{last}]", flush=True)
+    print(f"{len(bugs) - survived} of {len(bugs)} planted bugs caught")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
