@@ -26,7 +26,7 @@ import torch
 
 from clrobust.attacks import AttackSpec
 from clrobust.compare import CompareSettings, run_compare, write_outputs
-from clrobust.zoo import DEFAULT_PAIR
+from clrobust.checkpoints.zoo import DEFAULT_PAIR
 
 
 def one_run() -> dict:

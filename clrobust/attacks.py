@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from clrobust.errors import ClrobustError
+from clrobust.losses import nt_xent
 
 #: End-to-end attacks (threat model II) and the representation attack (threat model I).
 ATTACKS = ("none", "fgsm", "pgd", "pgd-l2", "apgd", "autoattack", "rep")
@@ -161,8 +162,6 @@ def representation_attack(model: nn.Module, x: torch.Tensor, eps: float, alpha: 
     Uses the projection head when the model has one, the encoder features otherwise;
     needs no labels.
     """
-    from clrobust.train.losses import nt_xent
-
     embed = model.project if getattr(model, "projector", None) is not None else model.features
     with torch.no_grad():
         z_clean = embed(x).detach()

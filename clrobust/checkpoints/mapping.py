@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from clrobust.checkpoints.format_table import IN_MODEL_NORMALIZE, CheckpointFormat
+from clrobust.checkpoints.table import IN_MODEL_NORMALIZE, CheckpointFormat
 from clrobust.errors import ClrobustError
 from clrobust.models.registry import architecture
 

@@ -27,14 +27,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from clrobust.attacks import AttackSpec, format_eps, pgd_maximize
-from clrobust.checkpoints import load_network, save_network
+from clrobust.checkpoints import load, save_network
 from clrobust.data import CIFAR10_MEAN, CIFAR10_STD, ImageData, load_dataset, to_float
 from clrobust.errors import ClrobustError
 from clrobust.models import ModelConfig, Network, adversarial_bn, create_model
 from clrobust.provenance import command_line, versions
 from clrobust.robustness import accuracy
 from clrobust.train.augment import crop_flip_augment, simclr_augment
-from clrobust.train.losses import nt_xent, supcon
+from clrobust.linear_probe import fit_linear_probe
+from clrobust.losses import nt_xent, supcon
 
 SCHEMES = ("simclr", "supcon", "supervised")
 SCENARIOS = ("st", "at", "pat", "fat")
@@ -69,6 +70,7 @@ class TrainConfig:
     classifier_epochs: int = 10
     classifier_lr: Optional[float] = None
     init: Optional[str] = None
+    init_load: Dict[str, Any] = field(default_factory=dict)  # how --init is read (LoadOptions fields)
     seed: int = 0
     eval_samples: Optional[int] = None
     eval_steps: int = 20
@@ -143,10 +145,7 @@ class Trainer:
         cfg = self.cfg
         train = self.train_data
         if cfg.init:
-            from clrobust.zoo import resolve
-
-            _, path = resolve(cfg.init)
-            net, _ = load_network(path)
+            net = load(cfg.init, **cfg.init_load).network
             if net.config.num_classes != train.num_classes:
                 net.classifier = nn.Linear(net.encoder.feature_dim, train.num_classes)
                 net.config.num_classes = train.num_classes
@@ -316,7 +315,7 @@ class Trainer:
             self._phase(cfg.scenario, cfg.classifier_epochs, resume_state)
 
     def fit_linear_probe(self) -> None:
-        """Fit the classifier on frozen, un-augmented train features (full-batch L-BFGS, seeded)."""
+        """Fit the classifier on frozen, un-augmented train features (:mod:`clrobust.linear_probe`)."""
         net = self.net
         net.eval()
         feats = []
@@ -326,10 +325,9 @@ class Trainer:
         f = torch.cat(feats)
         y = self.train_data.labels
         head = net.classifier
-        nn.init.zeros_(head.weight)
-        nn.init.zeros_(head.bias)
-        fit_linear(head, f, y, weight_decay=1e-4)
-        acc = (head(f).argmax(1) == y).float().mean().item()
+        fit_linear_probe(f, y, self.train_data.num_classes, weight_decay=1e-4, seed=self.cfg.seed).to_linear(head)
+        with torch.no_grad():
+            acc = (head(f).argmax(1) == y).float().mean().item()
         self.history.append({"phase": "linear-probe", "epoch": 1, "loss": float("nan"), "train_acc": acc})
 
     # ------------------------------------------------------------------ eval & outputs
@@ -369,23 +367,6 @@ class Trainer:
             w.writeheader()
             for row in self.history:
                 w.writerow(row)
-
-
-def fit_linear(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor,
-               weight_decay: float = 1e-4, max_iter: int = 300) -> nn.Linear:
-    """Multinomial logistic regression on fixed features by full-batch L-BFGS (deterministic)."""
-    features = features.detach()
-    opt = torch.optim.LBFGS(head.parameters(), lr=1, max_iter=max_iter, history_size=20,
-                            line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(head(features), labels) + weight_decay * head.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return head
 
 
 def train(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True) -> Dict[str, Any]:

@@ -18,7 +18,7 @@ def zoo_dir() -> Path:
     env = os.environ.get("CLROBUST_ZOO")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "checkpoints"
+    return Path(__file__).resolve().parents[2] / "checkpoints"
 
 
 def manifest(directory: Optional[Path] = None) -> Dict[str, Any]:

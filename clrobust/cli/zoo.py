@@ -1,0 +1,28 @@
+"""``clrobust zoo``: the embedded models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option("--dir", "directory", default=None, type=click.Path(file_okay=False),
+              help="Zoo folder [the repository's checkpoints/, or $CLROBUST_ZOO].")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option("--rebuild-manifest", is_flag=True,
+              help="Rewrite manifest.json (and MANIFEST.md) from the checkpoints' metadata and sha256.")
+def zoo(directory, as_json, rebuild_manifest):
+    """List the embedded zoo: scheme, scenario, training eps and measured accuracy."""
+    import json
+
+    from clrobust.checkpoints import zoo as zoo_mod
+
+    d = Path(directory) if directory else zoo_mod.zoo_dir()
+    if rebuild_manifest:
+        zoo_mod.rebuild_manifest(d)
+    if as_json:
+        click.echo(json.dumps(zoo_mod.manifest(d), indent=2))
+    else:
+        click.echo(zoo_mod.table(zoo_mod.entries(d)))
