@@ -239,7 +239,8 @@ def _plot(report: Dict[str, Any], path: Path) -> None:
             if pts:
                 ax.plot([0] + [p[0] * 255 for p in pts],
                         [next(r["clean_accuracy"] for r in rows if r["model"] == m)] + [p[1] for p in pts],
-                        style, marker="o", ms=3, label=f"{m} ({'worst case, II' if style == '-' else 'threat model I'})")
+                        style, marker="o", ms=3,
+                        label=f"{m} ({'worst case, II' if style == '-' else 'threat model I'})")
     ax.set_xlabel("eps (x/255, L-inf)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)

@@ -19,10 +19,10 @@ import torch
 from tqdm.auto import tqdm
 
 from clrobust.attacks import AttackSpec, attack_batch
+from clrobust.checkpoints import LoadedModel, LoadOptions, distinct_labels, load, resolve
 from clrobust.cka import StreamingCKA, batch_bounds, ugram_stack
 from clrobust.cka import disparity as cka_disparity
 from clrobust.data import load_dataset, to_float
-from clrobust.checkpoints import LoadedModel, LoadOptions, distinct_labels, load, resolve
 from clrobust.distributed import Dist, owns
 from clrobust.errors import ClrobustError
 from clrobust.heads import ensure_classifier
@@ -111,7 +111,9 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist=None) -> 
                 for inp, xi in (("clean", x), ("adversarial", x_adv)):
                     t = time.perf_counter()
                     acts = recorders[lab].record(xi)
-                    pred = recorders[lab].output.argmax(1)
+                    output = recorders[lab].output
+                    assert output is not None  # set by record()
+                    pred = output.argmax(1)
                     correct[lab][inp] += int((pred == y).sum())
                     timings["forward"] += time.perf_counter() - t
                     t = time.perf_counter()

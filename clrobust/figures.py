@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -81,7 +81,7 @@ def parse_models(text: Optional[str], families: Sequence[str]) -> Tuple[Dict[str
     if not text:
         return {}, None
     items = [t.strip() for t in text.split(",") if t.strip()]
-    subs = dict(tuple(s.strip() for s in t.split("=", 1)) for t in items if "=" in t)
+    subs = {k.strip(): v.strip() for k, v in (t.split("=", 1) for t in items if "=" in t)}
     plain = [t for t in items if "=" not in t]
     if plain and subs:
         raise ClrobustError("--models mixes NAME=PATH and plain items; use one form.")
@@ -129,7 +129,7 @@ def early_mean(values: Sequence[float]) -> float:
     return float(np.mean(v[:k]))
 
 
-def off_diagonal_mean(matrix: Sequence[Sequence[float]]) -> float:
+def off_diagonal_mean(matrix: Union[np.ndarray, Sequence[Sequence[float]]]) -> float:
     """Mean of a square matrix without its diagonal (cross-layer similarity)."""
     m = np.asarray(matrix, dtype=float)
     if m.shape[0] < 2:

@@ -111,12 +111,14 @@ def _record(rec: LayerRecorder, data: ImageData, batch_size: int, desc: str, pro
         x = to_float(data.images[lo:hi]).to(device)
         y = data.labels[lo:hi].to(device)
         if attack is not None:
+            assert net is not None  # callers pass the network with an attack
             with torch.no_grad():
                 correct["clean"] += int((net(x).argmax(1) == y).sum())
             x = attack_batch(attack, net, x, y, batch_index=bi)
         for name, act in rec.record(x).items():
             chunks[name].append(pool_flatten(act).float().cpu())
         if attack is not None:  # the recording pass also gave the predictions
+            assert rec.output is not None  # set by record()
             correct["adversarial"] += int((rec.output.argmax(1) == y).sum())
     return {n: torch.cat(c).numpy() for n, c in chunks.items()}, correct
 
@@ -174,7 +176,9 @@ def _save_npz(path: Path, f: LayerFeatures) -> None:
         arrays[f"adv_{i}"] = f.test_adversarial[n]
     meta = {"layers": f.layers, "model_accuracy": f.model_accuracy, "pooling": POOLING}
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
+    # numpy's stub has allow_pickle: bool before **kwds, and mypy matches **arrays against it too;
+    # the keys here are only *_labels, train_i, clean_i and adv_i.
+    np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)  # type: ignore[arg-type]
     tmp.replace(path)
 
 

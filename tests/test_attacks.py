@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from conftest import tiny_network
 
 from clrobust.attacks import AttackSpec, attack_batch, format_eps, parse_eps, parse_eps_list
 from clrobust.errors import ClrobustError
-from conftest import tiny_network
 
 
 @pytest.mark.parametrize("text,value", [("8/255", 8 / 255), ("0.0314", 0.0314), (" 4 / 255 ", 4 / 255),

@@ -159,8 +159,8 @@ def test_audit_counts_recomputed_from_attack_batch(tmp_path, trained_checkpoint,
     """Every row of an audit of a trained model equals a per-point recount made here with attack_batch."""
     from clrobust.attacks import AttackSpec, attack_batch
     from clrobust.audit import AuditSettings, run_audit
-    from clrobust.data import load_dataset, to_float
     from clrobust.checkpoints import load as load_model
+    from clrobust.data import load_dataset, to_float
 
     eps = (1 / 255, 2 / 255)
     settings = AuditSettings(models=[str(trained_checkpoint)], eps=eps, n_samples=40, batch_size=16,

@@ -14,7 +14,6 @@ import pytest
 from clrobust.attacks import AttackSpec
 from clrobust.checkpoints import save_network
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -27,8 +27,19 @@ from clrobust.checkpoints.table import KUANGLIU
 from clrobust.checkpoints.thirdparty import load_checkpoint
 from clrobust.errors import ClrobustError
 from tests.reference_nets import (
-    ChannelNormalize, CifarResNet, ClaeResNet, MultiBNResNet, Norm, TorchvisionResNet, cifar_stem, lightly_backbone,
-    lightly_cifar_backbone, randomized, robustbench_normalized, solo_learn_backbone)
+    ChannelNormalize,
+    CifarResNet,
+    ClaeResNet,
+    MultiBNResNet,
+    Norm,
+    TorchvisionResNet,
+    cifar_stem,
+    lightly_backbone,
+    lightly_cifar_backbone,
+    randomized,
+    robustbench_normalized,
+    solo_learn_backbone,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -525,8 +536,8 @@ def test_inspect_and_convert_cli(tmp_path: Path, images: torch.Tensor) -> None:
 
     from click.testing import CliRunner
 
-    from clrobust.cli import cli
     from clrobust.checkpoints import load as load_model
+    from clrobust.cli import cli
 
     built = _supcontrast()
     path = _save(built.ckpt, tmp_path / "last.pth")
@@ -551,8 +562,8 @@ def test_inspect_and_convert_cli(tmp_path: Path, images: torch.Tensor) -> None:
 
 
 def test_convert_keeps_both_batch_norms(tmp_path: Path, images: torch.Tensor) -> None:
-    from clrobust.cli import main
     from clrobust.checkpoints import load as load_model
+    from clrobust.cli import main
 
     built = _clae_simclr()
     path = _save(built.ckpt, tmp_path / "clae_epoch_1.pt")

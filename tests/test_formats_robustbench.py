@@ -319,8 +319,8 @@ def test_inspect_convert_and_attack(tmp_path: Path, images: torch.Tensor) -> Non
     from click.testing import CliRunner
 
     from clrobust.attacks import AttackSpec, attack_batch
-    from clrobust.cli import cli
     from clrobust.checkpoints import load as load_model
+    from clrobust.cli import cli
 
     path = tmp_path / "wrn.pt"
     torch.save(with_norm(rb_wrn_state(10, 2), prefix="model."), path)

@@ -4,11 +4,11 @@ import copy
 
 import pytest
 import torch
+from conftest import tiny_network
 from torch import nn
 
 from clrobust.errors import ClrobustError
 from clrobust.hooks import LayerRecorder, layer_names, record
-from conftest import tiny_network
 
 
 def test_blocks_set_and_exact_activations():

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_network
 
 from clrobust.checkpoints import distinct_labels, load
 from clrobust.errors import ClrobustError
-from conftest import tiny_network
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,9 +31,9 @@ def _supcontrast_file(tmp_path: Path) -> Path:
 
 
 def test_converted_headless_encoder_gets_a_probe_not_a_random_head(tmp_path, capsys):
+    from clrobust.attacks import AttackSpec
     from clrobust.cli import main
     from clrobust.compare import CompareSettings, run_compare
-    from clrobust.attacks import AttackSpec
 
     src = _supcontrast_file(tmp_path)
     direct = load(str(src))

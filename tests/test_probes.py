@@ -18,7 +18,6 @@ from clrobust.attacks import AttackSpec, attack_batch
 from clrobust.data import ImageData, load_dataset, to_float
 from clrobust.probes import clear_memory_cache, extract_features, fit_probe, pool_flatten, probe_layers
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

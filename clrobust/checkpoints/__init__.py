@@ -135,5 +135,5 @@ def distinct_labels(labels: Sequence[str]) -> List[str]:
     return out
 
 
-__all__ = ["DEFAULT_PAIR", "CheckpointFormat", "LoadOptions", "LoadReport", "LoadedModel", "distinct_labels", "format_names", "load",
-           "register_format", "resolve", "save_network", "unregister_format"]
+__all__ = ["DEFAULT_PAIR", "CheckpointFormat", "LoadOptions", "LoadReport", "LoadedModel", "distinct_labels",
+           "format_names", "load", "register_format", "resolve", "save_network", "unregister_format"]

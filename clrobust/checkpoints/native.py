@@ -141,6 +141,7 @@ def load_native(path: Union[str, Path], normalize: Optional[str] = None,
             net.normalize.mean.copy_(torch.tensor(norm[0]).view(1, -1, 1, 1))
             net.normalize.std.copy_(torch.tensor(norm[1]).view(1, -1, 1, 1))
     c = net.config
+    assert c.width is not None  # filled in ModelConfig.__post_init__
     origin = f"user (--normalize {normalize})" if normalize is not None else \
         meta.get("normalize", {}).get("origin", "clrobust checkpoint config")
     enabled = net.normalize.enabled

@@ -11,10 +11,8 @@ key mapping :mod:`~clrobust.checkpoints.mapping`, all driven by the table in
 
 from __future__ import annotations
 
-import re
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 

@@ -6,8 +6,17 @@ from pathlib import Path
 
 import click
 
-from clrobust.cli.options import (attack_options, attack_spec, data_options, device_option, load_options,
-                                  model_options, out_options, progress_option, seed_option)
+from clrobust.cli.options import (
+    attack_options,
+    attack_spec,
+    data_options,
+    device_option,
+    load_options,
+    model_options,
+    out_options,
+    progress_option,
+    seed_option,
+)
 from clrobust.errors import ClrobustError
 from clrobust.figures import FAMILIES
 

@@ -6,8 +6,17 @@ from pathlib import Path
 
 import click
 
-from clrobust.cli.options import (EPS_LIST, data_options, device_option, load_options, model_options, out_options,
-                                  probe_train_option, progress_option, seed_option)
+from clrobust.cli.options import (
+    EPS_LIST,
+    data_options,
+    device_option,
+    load_options,
+    model_options,
+    out_options,
+    probe_train_option,
+    progress_option,
+    seed_option,
+)
 
 
 @click.command()

@@ -6,8 +6,18 @@ from pathlib import Path
 
 import click
 
-from clrobust.cli.options import (attack_options, attack_spec, data_options, device_option, load_options,
-                                  model_options, out_options, probe_train_option, progress_option, seed_option)
+from clrobust.cli.options import (
+    attack_options,
+    attack_spec,
+    data_options,
+    device_option,
+    load_options,
+    model_options,
+    out_options,
+    probe_train_option,
+    progress_option,
+    seed_option,
+)
 from clrobust.errors import ClrobustError
 
 
@@ -52,7 +62,8 @@ def compare_layers(models, data, data_root, split, layers, attack, eps, steps, a
       clrobust compare-layers my.safetensors simclr-at --n-samples 846 --out runs/cmp
     """
     from clrobust.checkpoints import DEFAULT_PAIR
-    from clrobust.compare import CompareSettings, compare_layers as run, summary_table
+    from clrobust.compare import CompareSettings, summary_table
+    from clrobust.compare import compare_layers as run
 
     models = list(models) or list(DEFAULT_PAIR)
     spec = attack_spec(attack, eps, steps, alpha, seed)

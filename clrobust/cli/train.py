@@ -27,7 +27,8 @@ from clrobust.train.trainer import ADV_METHODS, AUGMENTS, SCENARIOS, SCHEMES
               help="Base (stem) width (64 = standard ResNet, 16 = standard WRN).")
 @click.option("--epochs", default=20, show_default=True, type=int, help="Pre-training epochs.")
 @click.option("--batch-size", default=256, show_default=True, type=int)
-@click.option("--lr", default=None, type=float, help="Pre-training learning rate [Adam 1e-3 contrastive, SGD 0.05 supervised].")
+@click.option("--lr", default=None, type=float,
+              help="Pre-training learning rate [Adam 1e-3 contrastive, SGD 0.05 supervised].")
 @click.option("--temperature", default=None, type=float, help="Contrastive temperature [0.5 SimCLR, 0.1 SupCon].")
 @click.option("--eps", default="8/255", show_default=True, type=EPS, help="L-inf radius of training attacks.")
 @click.option("--attack-steps", default=None, type=int, help="PGD steps in training [5; CLAE 1 = FGSM].")

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import click
 
+from clrobust.errors import ClrobustError
+
 
 @click.command()
 @click.option("--dir", "directory", default=None, type=click.Path(file_okay=False),
-              help="Zoo folder [the repository's checkpoints/, or $CLROBUST_ZOO].")
+              help="Zoo folder [$CLROBUST_ZOO, else the clone's checkpoints/, else the installed copy].")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.option("--rebuild-manifest", is_flag=True,
               help="Rewrite manifest.json (and MANIFEST.md) from the checkpoints' metadata and sha256.")
@@ -22,6 +24,9 @@ def zoo(directory, as_json, rebuild_manifest):
     d = Path(directory) if directory else zoo_mod.zoo_dir()
     if rebuild_manifest:
         zoo_mod.rebuild_manifest(d)
+    if not zoo_mod.entries(d):
+        raise ClrobustError(f"the zoo in {str(d)!r} is empty (no manifest.json listing models); train it with "
+                            "analyses/train_zoo.sh, or point CLROBUST_ZOO at a zoo folder.")
     if as_json:
         click.echo(json.dumps(zoo_mod.manifest(d), indent=2))
     else:

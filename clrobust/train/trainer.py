@@ -19,7 +19,7 @@ import csv
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,14 +28,14 @@ from tqdm.auto import tqdm
 
 from clrobust.attacks import AttackSpec, format_eps, pgd_maximize
 from clrobust.checkpoints import load, save_network
-from clrobust.data import CIFAR10_MEAN, CIFAR10_STD, ImageData, load_dataset, to_float
+from clrobust.data import CIFAR10_MEAN, CIFAR10_STD, load_dataset, to_float
 from clrobust.errors import ClrobustError
+from clrobust.linear_probe import fit_linear_probe
+from clrobust.losses import nt_xent, supcon
 from clrobust.models import ModelConfig, Network, adversarial_bn, create_model
 from clrobust.provenance import command_line, versions
 from clrobust.robustness import accuracy
 from clrobust.train.augment import crop_flip_augment, simclr_augment
-from clrobust.linear_probe import fit_linear_probe
-from clrobust.losses import nt_xent, supcon
 
 SCHEMES = ("simclr", "supcon", "supervised")
 SCENARIOS = ("st", "at", "pat", "fat")
@@ -147,7 +147,7 @@ class Trainer:
         if cfg.init:
             net = load(cfg.init, **cfg.init_load).network
             if net.config.num_classes != train.num_classes:
-                net.classifier = nn.Linear(net.encoder.feature_dim, train.num_classes)
+                net.classifier = nn.Linear(cast(int, net.encoder.feature_dim), train.num_classes)
                 net.config.num_classes = train.num_classes
             return net
         config = ModelConfig(arch=cfg.arch, width=cfg.width, num_classes=train.num_classes,
@@ -157,6 +157,7 @@ class Trainer:
         return create_model(config)
 
     def _optimizer(self, params, lr: float, epochs: int, kind: str):
+        opt: torch.optim.Optimizer
         if kind == "adam":
             opt = torch.optim.Adam(params, lr=lr, weight_decay=1e-6)
         else:
@@ -197,6 +198,7 @@ class Trainer:
     def _phase(self, phase: str, epochs: int, resume_state: Optional[dict]) -> None:
         cfg = self.cfg
         net = self.net
+        assert cfg.lr is not None and cfg.classifier_lr is not None  # filled in TrainConfig.__post_init__
         if phase == "pretrain":
             if cfg.scheme in CONTRASTIVE:
                 params = [p for n, p in net.named_parameters() if not n.startswith("classifier")]
@@ -251,12 +253,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def _contrastive_loss(self, z1: torch.Tensor, z2: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        assert self.cfg.temperature is not None  # filled in TrainConfig.__post_init__
         if self.cfg.scheme == "simclr":
             return nt_xent(z1, z2, self.cfg.temperature)
         return supcon(z1, z2, y, self.cfg.temperature)
 
     def _contrastive_step(self, x: torch.Tensor, y: torch.Tensor, augment: nn.Module) -> torch.Tensor:
         cfg, net = self.cfg, self.net
+        assert cfg.attack_alpha is not None  # filled in TrainConfig.__post_init__
         v1, v2 = augment(x), augment(x)
         n = len(x)
         if not cfg.adversarial_pretraining:
@@ -286,6 +290,7 @@ class Trainer:
 
     def _supervised_step(self, x: torch.Tensor, y: torch.Tensor, augment: nn.Module) -> torch.Tensor:
         cfg, net = self.cfg, self.net
+        assert cfg.attack_alpha is not None  # filled in TrainConfig.__post_init__
         x = augment(x)
         if cfg.adversarial_pretraining and cfg.eps > 0:
             with frozen_bn_stats(net):
@@ -295,6 +300,7 @@ class Trainer:
 
     def _pat_step(self, x: torch.Tensor, y: torch.Tensor, augment: nn.Module) -> torch.Tensor:
         cfg, net = self.cfg, self.net
+        assert cfg.attack_alpha is not None  # filled in TrainConfig.__post_init__
         x = augment(x)
         x_adv = pgd_maximize(lambda xa: F.cross_entropy(net(xa), y), x, cfg.eps, cfg.attack_alpha,
                              cfg.attack_steps)
