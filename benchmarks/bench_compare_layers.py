@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from clrobust.attacks import AttackSpec
+from clrobust.checkpoints.zoo import DEFAULT_PAIR
 from clrobust.compare import CompareSettings, run_compare, write_outputs
-from clrobust.zoo import DEFAULT_PAIR
 
 
 def one_run() -> dict:

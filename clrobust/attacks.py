@@ -11,12 +11,13 @@ import math
 import re
 from dataclasses import asdict, dataclass
 from fractions import Fraction
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, cast
 
 import torch
 from torch import nn
 
 from clrobust.errors import ClrobustError
+from clrobust.losses import nt_xent
 
 #: End-to-end attacks (threat model II) and the representation attack (threat model I).
 ATTACKS = ("none", "fgsm", "pgd", "pgd-l2", "apgd", "autoattack", "rep")
@@ -161,9 +162,8 @@ def representation_attack(model: nn.Module, x: torch.Tensor, eps: float, alpha: 
     Uses the projection head when the model has one, the encoder features otherwise;
     needs no labels.
     """
-    from clrobust.train.losses import nt_xent
-
-    embed = model.project if getattr(model, "projector", None) is not None else model.features
+    embed = cast(Callable[[torch.Tensor], torch.Tensor],
+                 model.project if getattr(model, "projector", None) is not None else model.features)
     with torch.no_grad():
         z_clean = embed(x).detach()
     return pgd_maximize(lambda xa: nt_xent(z_clean, embed(xa), temperature), x, eps, alpha, steps,
@@ -180,6 +180,7 @@ def attack_batch(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.T
     try:
         with seeded(spec.seed * 100003 + batch_index):
             if spec.name == "rep":
+                assert spec.alpha is not None  # filled in AttackSpec.__post_init__
                 return representation_attack(model, x, spec.eps, spec.alpha, spec.steps,
                                              random_start=spec.random_start)
             return torchattacks_attack(spec, model)(x, y).detach()

@@ -24,10 +24,11 @@ import torch
 from tqdm.auto import tqdm
 
 from clrobust.attacks import AttackSpec, attack_batch, format_eps
+from clrobust.checkpoints import LoadOptions, distinct_labels, load, resolve
 from clrobust.data import ImageData, load_dataset, to_float
 from clrobust.distributed import Dist, owns
 from clrobust.errors import ClrobustError
-from clrobust.loading import ensure_classifier, load_model
+from clrobust.heads import ensure_classifier
 from clrobust.provenance import prepare_out_dir, versions, weights_hash, write_json
 
 #: attack name -> (torchattacks-backed spec name, default steps)
@@ -53,6 +54,7 @@ class AuditSettings:
     seed: int = 0
     device: str = "cpu"
     probe_train: Optional[int] = None
+    load_options: LoadOptions = field(default_factory=LoadOptions)
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -113,6 +115,7 @@ def run_audit(settings: AuditSettings, out: Path, overwrite: bool = False, progr
     """Audit every model; write report.json/.csv/.md and the robust-accuracy plot (rank 0)."""
     out = Path(out)
     main = dist is None or dist.is_main
+    labels = distinct_labels([resolve(m)[0] for m in settings.models])  # mistyped names fail first
     cache_path = out / "audit-cache.json"
     cache: Dict[str, Any] = {}
     if cache_path.exists():
@@ -130,13 +133,14 @@ def run_audit(settings: AuditSettings, out: Path, overwrite: bool = False, progr
     train = None
     rows: List[Dict[str, Any]] = []
     models_info: Dict[str, Any] = {}
-    for name in settings.models:
-        lm = load_model(name, settings.device)
+    for name, label in zip(settings.models, labels):
+        lm = load(name, device=settings.device, **settings.load_options.kwargs())
+        lm.label = label  # two files of the same name stay two models
         net = lm.network
         if net.config.num_classes != data.num_classes:
             raise ClrobustError(f"model {lm.label!r} has {net.config.num_classes} classes, "
                                 f"{settings.data} has {data.num_classes}.")
-        if not lm.metadata.get("has_classifier", True) and train is None:
+        if not lm.has_classifier and train is None:
             train = load_dataset(settings.data, "train", settings.data_root).subset(settings.probe_train)
         info = ensure_classifier(lm, train, settings.seed, progress and main)
         models_info[lm.label] = {"source": lm.source, **info}
@@ -235,7 +239,8 @@ def _plot(report: Dict[str, Any], path: Path) -> None:
             if pts:
                 ax.plot([0] + [p[0] * 255 for p in pts],
                         [next(r["clean_accuracy"] for r in rows if r["model"] == m)] + [p[1] for p in pts],
-                        style, marker="o", ms=3, label=f"{m} ({'worst case, II' if style == '-' else 'threat model I'})")
+                        style, marker="o", ms=3,
+                        label=f"{m} ({'worst case, II' if style == '-' else 'threat model I'})")
     ax.set_xlabel("eps (x/255, L-inf)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -27,10 +27,10 @@ def flatten(x: ArrayLike) -> torch.Tensor:
     return t.reshape(t.shape[0], -1).to(torch.float64)
 
 
-def _gram(x: torch.Tensor) -> torch.Tensor:
-    x = flatten(x)
-    x = x - x.mean(0, keepdim=True)
-    return x @ x.T
+def _gram(x: ArrayLike) -> torch.Tensor:
+    t = flatten(x)
+    t = t - t.mean(0, keepdim=True)
+    return t @ t.T
 
 
 def _hsic_biased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
@@ -125,14 +125,15 @@ class StreamingCKA:
         if self.xy is None:
             self.xy, self.xx, self.yy = xy, xx, yy
         else:
+            assert self.xx is not None and self.yy is not None  # the three are set together
             self.xy += xy
             self.xx += xx
             self.yy += yy
         self.n += b
         self.batches += 1
 
-    def state(self) -> List[torch.Tensor]:
-        """The running sums, e.g. to all-reduce across processes."""
+    def state(self) -> List[Optional[torch.Tensor]]:
+        """The running sums, e.g. to all-reduce across processes (None before the first batch)."""
         return [self.xy, self.xx, self.yy]
 
     def compute(self) -> np.ndarray:
@@ -144,6 +145,7 @@ class StreamingCKA:
         """
         if self.xy is None:
             raise ClrobustError("no batch was accumulated.")
+        assert self.xx is not None and self.yy is not None  # set together with self.xy
         bad = [i for i, v in enumerate(self.xx.tolist()) if not v > 0]
         bad_y = [i for i, v in enumerate(self.yy.tolist()) if not v > 0]
         if bad or bad_y:

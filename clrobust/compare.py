@@ -19,13 +19,14 @@ import torch
 from tqdm.auto import tqdm
 
 from clrobust.attacks import AttackSpec, attack_batch
+from clrobust.checkpoints import LoadedModel, LoadOptions, distinct_labels, load, resolve
 from clrobust.cka import StreamingCKA, batch_bounds, ugram_stack
 from clrobust.cka import disparity as cka_disparity
 from clrobust.data import load_dataset, to_float
 from clrobust.distributed import Dist, owns
 from clrobust.errors import ClrobustError
+from clrobust.heads import ensure_classifier
 from clrobust.hooks import LayerRecorder, layer_names
-from clrobust.loading import LoadedModel, ensure_classifier, load_model
 from clrobust.provenance import prepare_out_dir, versions, write_json
 
 RESULT_FILES = ("results.json", "disparity.csv", "disparity.png", "settings.json")
@@ -44,6 +45,8 @@ class CompareSettings:
     batch_size: int = 128
     seed: int = 0
     device: str = "cpu"
+    load_options: LoadOptions = field(default_factory=LoadOptions)
+    probe_train: Optional[int] = None  # train images for the probe of a model without a classifier [all]
 
 
 Entry = Tuple[Tuple[str, str], Tuple[str, str]]  # ((model, input), (model, input))
@@ -61,22 +64,14 @@ def planned_entries(labels: Sequence[str]) -> List[Entry]:
 
 
 def _labels(models: Sequence[LoadedModel]) -> List[str]:
-    labels: List[str] = []
-    for m in models:
-        label = m.label
-        k = 2
-        while label in labels:
-            label = f"{m.label}#{k}"
-            k += 1
-        labels.append(label)
-    return labels
+    return distinct_labels([m.label for m in models])
 
 
 def run_compare(settings: CompareSettings, progress: bool = True, dist=None) -> Dict[str, Any]:
     """Compute the results of ``compare-layers`` (no files written)."""
     timings = {"load": 0.0, "attack": 0.0, "forward": 0.0, "cka": 0.0}
     t = time.perf_counter()
-    loaded = [load_model(m, settings.device) for m in settings.models]
+    loaded = [load(m, device=settings.device, **settings.load_options.kwargs()) for m in settings.models]
     labels = _labels(loaded)
     nets = {lab: lm.network for lab, lm in zip(labels, loaded)}
     names = {lab: layer_names(net, settings.layers) for lab, net in nets.items()}
@@ -88,8 +83,8 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist=None) -> 
                                 "compare it on its own data set.")
     settings.attack.n_classes = data.num_classes
     classifiers: Dict[str, Any] = {}
-    if any(not lm.metadata.get("has_classifier", True) for lm in loaded):
-        train = load_dataset(settings.data, "train", settings.data_root)
+    if any(not lm.has_classifier for lm in loaded):
+        train = load_dataset(settings.data, "train", settings.data_root).subset(settings.probe_train)
         for lab, lm in zip(labels, loaded):
             classifiers[lab] = ensure_classifier(lm, train, settings.seed, progress)
     timings["load"] += time.perf_counter() - t
@@ -116,7 +111,9 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist=None) -> 
                 for inp, xi in (("clean", x), ("adversarial", x_adv)):
                     t = time.perf_counter()
                     acts = recorders[lab].record(xi)
-                    pred = recorders[lab].output.argmax(1)
+                    output = recorders[lab].output
+                    assert output is not None  # set by record()
+                    pred = output.argmax(1)
                     correct[lab][inp] += int((pred == y).sum())
                     timings["forward"] += time.perf_counter() - t
                     t = time.perf_counter()
@@ -227,6 +224,8 @@ def compare_layers(settings: CompareSettings, out: Path, overwrite: bool = False
     """
     out = Path(out)
     main = dist is None or dist.is_main
+    for m in settings.models:
+        resolve(m)  # a mistyped model name is reported before anything about --out
     if main:
         prepare_out_dir(out, RESULT_FILES, overwrite)  # fail before any work
     results = run_compare(settings, progress=progress and main, dist=dist)
@@ -242,4 +241,5 @@ def compare_layers(settings: CompareSettings, out: Path, overwrite: bool = False
 def settings_dict(s: CompareSettings) -> Dict[str, Any]:
     return {"models": list(s.models), "data": s.data, "data_root": s.data_root, "split": s.split,
             "layers": s.layers, "attack": s.attack.to_dict(), "n_samples": s.n_samples,
-            "batch_size": s.batch_size, "seed": s.seed, "device": s.device}
+            "batch_size": s.batch_size, "seed": s.seed, "device": s.device, "load_options": s.load_options.kwargs(),
+            "probe_train": s.probe_train}

@@ -16,11 +16,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from clrobust.attacks import AttackSpec, format_eps
+from clrobust.checkpoints import LoadOptions
 from clrobust.compare import CompareSettings, run_compare
 from clrobust.errors import ClrobustError
 from clrobust.provenance import prepare_out_dir, versions, write_json
@@ -71,6 +72,7 @@ class FigureSettings:
     device: str = "cpu"
     models: Dict[str, str] = field(default_factory=dict)
     positional: Optional[List[str]] = None
+    load_options: LoadOptions = field(default_factory=LoadOptions)
 
 
 def parse_models(text: Optional[str], families: Sequence[str]) -> Tuple[Dict[str, str], Optional[List[str]]]:
@@ -79,7 +81,7 @@ def parse_models(text: Optional[str], families: Sequence[str]) -> Tuple[Dict[str
     if not text:
         return {}, None
     items = [t.strip() for t in text.split(",") if t.strip()]
-    subs = dict(tuple(s.strip() for s in t.split("=", 1)) for t in items if "=" in t)
+    subs = {k.strip(): v.strip() for k, v in (t.split("=", 1) for t in items if "=" in t)}
     plain = [t for t in items if "=" not in t]
     if plain and subs:
         raise ClrobustError("--models mixes NAME=PATH and plain items; use one form.")
@@ -127,7 +129,7 @@ def early_mean(values: Sequence[float]) -> float:
     return float(np.mean(v[:k]))
 
 
-def off_diagonal_mean(matrix: Sequence[Sequence[float]]) -> float:
+def off_diagonal_mean(matrix: Union[np.ndarray, Sequence[Sequence[float]]]) -> float:
     """Mean of a square matrix without its diagonal (cross-layer similarity)."""
     m = np.asarray(matrix, dtype=float)
     if m.shape[0] < 2:
@@ -253,7 +255,8 @@ def compute_figures(families: Sequence[str], settings: FigureSettings, progress:
                 specs.append(s)
     cs = CompareSettings(models=specs, data=settings.data, data_root=settings.data_root, split="test",
                          layers=settings.layers, attack=replace(settings.attack), n_samples=settings.n_samples,
-                         batch_size=settings.batch_size, seed=settings.seed, device=settings.device)
+                         batch_size=settings.batch_size, seed=settings.seed, device=settings.device,
+                         load_options=settings.load_options, probe_train=settings.n_train)
     results = run_compare(cs, progress=progress)
     labels = dict(zip(specs, list(results["layers"])))
     out: Dict[str, Dict[str, Any]] = {}
@@ -266,16 +269,18 @@ def compute_figures(families: Sequence[str], settings: FigureSettings, progress:
 def compute_probes(family: str, settings: FigureSettings, progress: bool = True,
                    cache_dir: Optional[Path] = None) -> Dict[str, Any]:
     """Per-layer linear probes of every model of ``family`` (train split fit, test clean / adversarial)."""
+    from clrobust.checkpoints import load
     from clrobust.data import load_dataset
-    from clrobust.loading import load_model
+    from clrobust.heads import ensure_classifier
     from clrobust.probes import probe_layers
 
     train = load_dataset(settings.data, "train", settings.data_root).subset(settings.n_train)
     test = load_dataset(settings.data, "test", settings.data_root).subset(settings.n_samples)
     res = {}
     for role, spec in family_models(family, settings):
-        net = load_model(spec, settings.device).network
-        r = probe_layers(net, train, test, settings.layers, replace(settings.attack), settings.batch_size,
+        lm = load(spec, device=settings.device, **settings.load_options.kwargs())
+        ensure_classifier(lm, train, settings.seed, progress)  # the attack needs a real head
+        r = probe_layers(lm.network, train, test, settings.layers, replace(settings.attack), settings.batch_size,
                          settings.seed, progress, cache_dir, settings.device)
         res[role.key] = r.to_dict()
     return res
@@ -344,7 +349,7 @@ def draw_family(data: Dict[str, Any], out: Path) -> List[Path]:
 
 def check_models(families: Sequence[str], settings: FigureSettings) -> None:
     """Fail before any work when a model of ``families`` is neither a file nor in the zoo."""
-    from clrobust.zoo import resolve
+    from clrobust.checkpoints import resolve
 
     for f in families:
         for role, spec in family_models(f, settings):

@@ -11,7 +11,7 @@ Layer names are those of ``network.encoder.named_modules()`` (e.g. ``stem``,
 from __future__ import annotations
 
 import fnmatch
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union, cast
 
 import torch
 from torch import nn
@@ -42,7 +42,7 @@ def layer_names(model: nn.Module, layers: Union[str, Sequence[str]] = "blocks") 
             if not hasattr(enc, "block_names"):
                 raise ClrobustError("layer set 'blocks' needs a clrobust encoder (ResNet, PreActResNet, WRN); "
                                     "give glob patterns.")
-            return list(enc.block_names())
+            return list(cast(Callable[[], List[str]], enc.block_names)())
         if layers == "all":
             return execution_order(model, candidates)
         patterns = [p.strip() for p in layers.split(",") if p.strip()]

@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -29,7 +29,11 @@ from clrobust.attacks import AttackSpec, attack_batch
 from clrobust.data import ImageData, to_float
 from clrobust.errors import ClrobustError
 from clrobust.hooks import LayerRecorder, layer_names
+from clrobust.linear_probe import fit_linear_probe
 from clrobust.provenance import weights_hash
+
+if TYPE_CHECKING:
+    from clrobust.checkpoints import LoadOptions
 
 #: Spatial size conv maps are average pooled to before flattening.
 POOL_SIZE = 2
@@ -107,12 +111,14 @@ def _record(rec: LayerRecorder, data: ImageData, batch_size: int, desc: str, pro
         x = to_float(data.images[lo:hi]).to(device)
         y = data.labels[lo:hi].to(device)
         if attack is not None:
+            assert net is not None  # callers pass the network with an attack
             with torch.no_grad():
                 correct["clean"] += int((net(x).argmax(1) == y).sum())
             x = attack_batch(attack, net, x, y, batch_index=bi)
         for name, act in rec.record(x).items():
             chunks[name].append(pool_flatten(act).float().cpu())
         if attack is not None:  # the recording pass also gave the predictions
+            assert rec.output is not None  # set by record()
             correct["adversarial"] += int((rec.output.argmax(1) == y).sum())
     return {n: torch.cat(c).numpy() for n, c in chunks.items()}, correct
 
@@ -170,7 +176,9 @@ def _save_npz(path: Path, f: LayerFeatures) -> None:
         arrays[f"adv_{i}"] = f.test_adversarial[n]
     meta = {"layers": f.layers, "model_accuracy": f.model_accuracy, "pooling": POOLING}
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
+    # numpy's stub has allow_pickle: bool before **kwds, and mypy matches **arrays against it too;
+    # the keys here are only *_labels, train_i, clean_i and adv_i.
+    np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)  # type: ignore[arg-type]
     tmp.replace(path)
 
 
@@ -192,47 +200,15 @@ def _load_npz(path: Path, names: List[str]) -> LayerFeatures:
 def fit_probe(train_x: np.ndarray, train_y: np.ndarray, tests: Mapping[str, Tuple[np.ndarray, np.ndarray]],
               n_classes: Optional[int] = None, seed: int = 0, weight_decay: float = 1e-4,
               max_iter: int = 200) -> Dict[str, float]:
-    """Fit a multinomial logistic regression on standardised ``train_x``; accuracy on train and each test set.
-
-    Standardisation uses the train mean and std (constant features become 0). The fit
-    is full-batch L-BFGS in float64 from a seeded initialisation, so it is
-    deterministic given ``seed`` (and the objective is strictly convex).
+    """Fit :func:`clrobust.linear_probe.fit_linear_probe` on ``train_x``; accuracy on train and each test set.
 
     Returns:
         ``{"train": acc, <name>: acc for each entry of tests}``.
     """
-    x = torch.as_tensor(np.asarray(train_x), dtype=torch.float64).reshape(len(train_x), -1)
-    y = torch.as_tensor(np.asarray(train_y), dtype=torch.long)
-    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise ClrobustError(f"probe needs as many labels as feature rows (got {x.shape[0]} and {y.shape[0]}).")
-    k = int(n_classes if n_classes is not None else int(y.max()) + 1)
-    mean = x.mean(0)
-    std = x.std(0, unbiased=False)
-    std = torch.where(std > 1e-8, std, torch.ones_like(std))
-    xs = (x - mean) / std
-    gen = torch.Generator().manual_seed(seed)
-    w = (0.01 * torch.randn(x.shape[1], k, generator=gen, dtype=torch.float64)).requires_grad_(True)
-    b = torch.zeros(k, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-9, tolerance_change=1e-12)
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(xs @ w + b, y) + weight_decay * w.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-
-    def acc(xt, yt) -> float:
-        xt = torch.as_tensor(np.asarray(xt), dtype=torch.float64).reshape(len(xt), -1)
-        yt = torch.as_tensor(np.asarray(yt), dtype=torch.long)
-        with torch.no_grad():
-            return float((((xt - mean) / std @ w + b).argmax(1) == yt).double().mean())
-
-    out = {"train": acc(train_x, train_y)}
+    probe = fit_linear_probe(train_x, train_y, n_classes, weight_decay, seed, max_iter)
+    out = {"train": probe.accuracy(train_x, train_y)}
     for name, (xt, yt) in tests.items():
-        out[name] = acc(xt, yt)
+        out[name] = probe.accuracy(xt, yt)
     return out
 
 
@@ -324,20 +300,26 @@ def write_probe_outputs(result: Dict[str, Any], out: Path, title: str) -> List[P
 def run_probe_layers(model: str, out: Path, data: str = "cifar10-mini", data_root: Optional[str] = None,
                      layers: str = "blocks", attack: Optional[AttackSpec] = None, n_train: Optional[int] = 2000,
                      n_samples: Optional[int] = 512, batch_size: int = 128, seed: int = 0, device: str = "cpu",
-                     cache: bool = True, overwrite: bool = False, progress: bool = True) -> Dict[str, Any]:
+                     cache: bool = True, overwrite: bool = False, progress: bool = True,
+                     load_options: Optional["LoadOptions"] = None) -> Dict[str, Any]:
     """The ``probe-layers`` job: load ``model`` (zoo name or path), probe every layer, write the outputs."""
+    from clrobust.checkpoints import LoadOptions, load, resolve
     from clrobust.data import load_dataset
-    from clrobust.loading import load_model
+    from clrobust.heads import ensure_classifier
     from clrobust.provenance import prepare_out_dir, versions, write_json
 
+    resolve(model)  # a mistyped model name is reported before anything about --out
     out = prepare_out_dir(Path(out), PROBE_FILES, overwrite)
     attack = attack if attack is not None else AttackSpec(seed=seed)
-    lm = load_model(model, device)
+    load_options = load_options if load_options is not None else LoadOptions()
+    lm = load(model, device=device, **load_options.kwargs())
     train = load_dataset(data, "train", data_root).subset(n_train)
     test = load_dataset(data, "test", data_root).subset(n_samples)
+    classifier = ensure_classifier(lm, train, seed, progress)  # the end-to-end attack needs a real head
     r = probe_layers(lm.network, train, test, layers, attack, batch_size, seed, progress,
                      out / "features" if cache else None, device)
-    res = {"model": {"label": lm.label, "source": lm.source, "training": lm.metadata.get("training", {})},
+    res = {"model": {"label": lm.label, "source": lm.source, "training": lm.metadata.get("training", {}),
+                     **classifier},
            "data": {"name": data, "train_split": "train", "test_split": "test"}, "layer_set": layers,
            **r.to_dict(), "versions": versions()}
     a = r.attack
@@ -347,6 +329,7 @@ def run_probe_layers(model: str, out: Path, data: str = "cifar10-mini", data_roo
     write_json(out / "settings.json", {"command": {"model": model, "data": data, "data_root": data_root,
                                                    "layers": layers, "attack": attack.to_dict(), "n_train": n_train,
                                                    "n_samples": n_samples, "batch_size": batch_size, "seed": seed,
-                                                   "device": device, "cache": cache},
+                                                   "device": device, "cache": cache,
+                                                   "load_options": load_options.kwargs()},
                                        "seed": seed, "versions": res["versions"]})
     return res

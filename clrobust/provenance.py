@@ -6,9 +6,12 @@ import json
 import platform
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterable
+from typing import TYPE_CHECKING, Any, Dict, Iterable
 
 from clrobust.errors import ClrobustError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def weights_hash(net: "torch.nn.Module") -> str:

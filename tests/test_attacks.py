@@ -7,12 +7,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchattacks as ta
+from conftest import tiny_network
 from torch import nn
 
-from clrobust.attacks import (AttackSpec, _Logits, attack_batch, format_eps, parse_eps, parse_eps_list, pgd_maximize,
-                              representation_attack, seeded, torchattacks_attack)
+from clrobust.attacks import (
+    AttackSpec,
+    _Logits,
+    attack_batch,
+    format_eps,
+    parse_eps,
+    parse_eps_list,
+    pgd_maximize,
+    representation_attack,
+    seeded,
+    torchattacks_attack,
+)
 from clrobust.errors import ClrobustError
-from conftest import tiny_network
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -36,7 +36,7 @@ AUDIT = ["--n-samples", "16", "--batch-size", "8", "--eps", "1/255,8/255", "--no
 def test_audit_report_worst_case_and_resume(tmp_path, tiny_checkpoints, trained_checkpoint):
     a, b = str(tiny_checkpoints[0]), str(trained_checkpoint)
     out = tmp_path / "audit"
-    code, text = run(["audit", a, b, *AUDIT, "--attacks", "fgsm,pgd20,autoattack,tm1-pgd20", "--out", str(out)])
+    code, text = run(["audit", a, b, *AUDIT, "--attacks", "fgsm,pgd20,apgd-ce,tm1-pgd20", "--out", str(out)])
     assert code == 0, text
     assert "| tiny0 |" in text and "report in" in text
     for name in ("report.json", "report.csv", "report.md", "robust_accuracy_vs_eps.png", "audit-cache.json"):
@@ -52,14 +52,14 @@ def test_audit_report_worst_case_and_resume(tmp_path, tiny_checkpoints, trained_
         clean = np.array(cache[m]["clean"])
         for eps in ("1/255", "8/255"):
             by = {r["attack"]: r for r in rows if r["model"] == m and r["eps_text"] == eps}
-            assert set(by) == {"fgsm", "pgd20", "autoattack", "tm1-pgd20", "worst-case (II)"}
+            assert set(by) == {"fgsm", "pgd20", "apgd-ce", "tm1-pgd20", "worst-case (II)"}
             # Worst case is the per-point AND of the threat-model-II attacks (independent recount).
             e = float(eval(eps))
-            per = [np.array(cache[m][f"{att}|Linf|{e:.10g}"]) & clean for att in ("fgsm", "pgd20", "autoattack")]
+            per = [np.array(cache[m][f"{att}|Linf|{e:.10g}"]) & clean for att in ("fgsm", "pgd20", "apgd-ce")]
             expect = np.logical_and.reduce(per).mean()
             assert abs(by["worst-case (II)"]["robust_accuracy"] - expect) < 1e-12
             assert by["worst-case (II)"]["robust_accuracy"] <= min(by[k]["robust_accuracy"]
-                                                                   for k in ("fgsm", "pgd20", "autoattack"))
+                                                                   for k in ("fgsm", "pgd20", "apgd-ce"))
     # The trained model keeps some points at 1/255: the worst case is a non-trivial number.
     worst = next(r for r in rows if r["model"] == "trained" and r["attack"] == "worst-case (II)"
                  and r["eps_text"] == "1/255")
@@ -67,7 +67,7 @@ def test_audit_report_worst_case_and_resume(tmp_path, tiny_checkpoints, trained_
 
     # Re-running resumes from the cache (no attack recomputed) and gives the same report.
     cache_before = (out / "audit-cache.json").read_text()
-    code, text = run(["audit", a, b, *AUDIT, "--attacks", "fgsm,pgd20,autoattack,tm1-pgd20", "--out", str(out)])
+    code, text = run(["audit", a, b, *AUDIT, "--attacks", "fgsm,pgd20,apgd-ce,tm1-pgd20", "--out", str(out)])
     assert code == 0, text
     assert (out / "audit-cache.json").read_text() == cache_before
     assert json.loads((out / "report.json").read_text())["rows"] == rows
@@ -159,22 +159,23 @@ def test_audit_counts_recomputed_from_attack_batch(tmp_path, trained_checkpoint,
     """Every row of an audit of a trained model equals a per-point recount made here with attack_batch."""
     from clrobust.attacks import AttackSpec, attack_batch
     from clrobust.audit import AuditSettings, run_audit
+    from clrobust.checkpoints import load as load_model
     from clrobust.data import load_dataset, to_float
-    from clrobust.loading import load_model
 
-    eps = (1 / 255, 2 / 255)
-    settings = AuditSettings(models=[str(trained_checkpoint)], eps=eps, n_samples=40, batch_size=16,
+    N = 24
+    eps = (2 / 255,)
+    settings = AuditSettings(models=[str(trained_checkpoint)], eps=eps, n_samples=N, batch_size=16,
                              attacks=("fgsm", "pgd20", "apgd-ce", "tm1-pgd20"), seed=3)
     out = tmp_path / "audit"
     report = run_audit(settings, out, progress=False)
 
     net = load_model(str(trained_checkpoint)).network
-    data = load_dataset("cifar10-mini", "test").subset(40)
+    data = load_dataset("cifar10-mini", "test").subset(N)
     specs = {"fgsm": ("fgsm", 1), "pgd20": ("pgd", 20), "apgd-ce": ("apgd", 100), "tm1-pgd20": ("rep", 20)}
 
     def correct(spec=None):
         hits = []
-        for i, lo in enumerate(range(0, 40, 16)):  # audit's batches: 16, 16, 8 (no folding)
+        for i, lo in enumerate(range(0, N, 16)):  # audit's batches: 16, then 8 (no folding)
             x, y = to_float(data.images[lo:lo + 16]), data.labels[lo:lo + 16]
             if spec is not None:
                 x = attack_batch(spec, net, x, y, batch_index=i)
@@ -184,17 +185,17 @@ def test_audit_counts_recomputed_from_attack_batch(tmp_path, trained_checkpoint,
 
     clean = correct()
     rows = {(r["attack"], r["eps"]): r for r in report["rows"]}
-    assert len(rows) == len(report["rows"]) == 2 * (4 + 1)
+    assert len(rows) == len(report["rows"]) == 4 + 1
     for e in eps:
         per = {a: correct(AttackSpec(name, e, steps, seed=3, n_classes=10)) & clean
                for a, (name, steps) in specs.items()}
         for a, hits in per.items():
             r = rows[(a, e)]
-            assert r["robust_accuracy"] == hits.sum().item() / 40, (a, e)
-            assert r["clean_accuracy"] == clean.sum().item() / 40 and r["n"] == 40
+            assert r["robust_accuracy"] == hits.sum().item() / N, (a, e)
+            assert r["clean_accuracy"] == clean.sum().item() / N and r["n"] == N
             assert r["threat_model"] == ("I" if a == "tm1-pgd20" else "II")
         worst = per["fgsm"] & per["pgd20"] & per["apgd-ce"]  # threat model II only
-        assert rows[("worst-case (II)", e)]["robust_accuracy"] == worst.sum().item() / 40
+        assert rows[("worst-case (II)", e)]["robust_accuracy"] == worst.sum().item() / N
     # The numbers are not trivial: a trained model, robust accuracy strictly between 0 and clean.
     w = rows[("worst-case (II)", 2 / 255)]["robust_accuracy"]
     assert clean.float().mean() > 0.2 and 0 < w < clean.float().mean()
@@ -228,3 +229,16 @@ def _assert_picture(path, min_side=200):
     img = mpimg.imread(str(path))
     assert img.ndim == 3 and min(img.shape[:2]) >= min_side, img.shape
     assert len(np.unique(img.reshape(-1, img.shape[-1]), axis=0)) > 20
+
+
+def test_autoattack_is_the_standard_suite_and_bounded_by_apgd(tmp_path, tiny_checkpoints, one_thread):
+    """AutoAttack's row: the reference step counts recorded, never above its own first attack (APGD-CE)."""
+    from clrobust.audit import AuditSettings, run_audit
+
+    report = run_audit(AuditSettings(models=[str(tiny_checkpoints[0])], eps=(8 / 255,), n_samples=16, batch_size=8,
+                                     attacks=("apgd-ce", "autoattack")), tmp_path / "aa", progress=False)
+    rows = {r["attack"]: r for r in report["rows"]}
+    assert set(rows) == {"apgd-ce", "autoattack", "worst-case (II)"}
+    assert rows["autoattack"]["robust_accuracy"] <= rows["apgd-ce"]["robust_accuracy"]
+    assert rows["worst-case (II)"]["robust_accuracy"] == min(r["robust_accuracy"] for r in rows.values())
+    assert "APGD-CE 100 steps, APGD-T 100 steps, FAB-T 100 steps, Square 5000" in report["autoattack"]

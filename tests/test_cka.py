@@ -4,8 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from clrobust.cka import (StreamingCKA, _hsic_biased, _hsic_unbiased, batch_bounds, disparity, flatten, linear_cka,
-                          u_centre, ugram_stack)
+from clrobust.cka import (
+    StreamingCKA,
+    _hsic_biased,
+    _hsic_unbiased,
+    batch_bounds,
+    disparity,
+    flatten,
+    linear_cka,
+    u_centre,
+    ugram_stack,
+)
 from clrobust.errors import ClrobustError
 
 

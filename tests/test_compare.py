@@ -151,9 +151,9 @@ def test_every_model_is_attacked_with_its_own_examples(tiny_checkpoints, trained
     model, so crafting every model's examples against the first one cannot pass.
     """
     from clrobust.attacks import AttackSpec, attack_batch
+    from clrobust.checkpoints import load as load_model
     from clrobust.compare import CompareSettings, run_compare
     from clrobust.data import load_dataset, to_float
-    from clrobust.loading import load_model
 
     models = [str(tiny_checkpoints[0]), str(trained_checkpoint)]
     spec = AttackSpec("pgd", 4 / 255, steps=3, seed=5)

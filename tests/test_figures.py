@@ -14,7 +14,6 @@ import pytest
 from clrobust.attacks import AttackSpec
 from clrobust.checkpoints import save_network
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -71,6 +70,7 @@ def four_models(tmp_path_factory):
             for i in range(4)]
 
 
+@pytest.mark.slow  # the four families end to end: the heaviest in-process test
 def test_all_figures_numbers_match_plots(tmp_path, four_models, monkeypatch):
     from clrobust import figures, plots
 

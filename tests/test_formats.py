@@ -21,12 +21,25 @@ import pytest
 import torch
 from torch import nn
 
-from clrobust.checkpoints import formats
-from clrobust.checkpoints.formats import CheckpointFormat, load_checkpoint
+from clrobust import checkpoints
+from clrobust.checkpoints import CheckpointFormat
+from clrobust.checkpoints.table import KUANGLIU
+from clrobust.checkpoints.thirdparty import load_checkpoint
 from clrobust.errors import ClrobustError
 from tests.reference_nets import (
-    ChannelNormalize, CifarResNet, ClaeResNet, MultiBNResNet, Norm, TorchvisionResNet, cifar_stem, lightly_backbone,
-    lightly_cifar_backbone, randomized, robustbench_normalized, solo_learn_backbone)
+    ChannelNormalize,
+    CifarResNet,
+    ClaeResNet,
+    MultiBNResNet,
+    Norm,
+    TorchvisionResNet,
+    cifar_stem,
+    lightly_backbone,
+    lightly_cifar_backbone,
+    randomized,
+    robustbench_normalized,
+    solo_learn_backbone,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -456,16 +469,16 @@ def test_register_format_extends_detection(tmp_path: Path, images: torch.Tensor)
     path = _save({"weights": sd, "epoch": 1}, tmp_path / "mine.pt")
     with pytest.raises(ClrobustError):
         load_checkpoint(path)
-    formats.register_format(CheckpointFormat(
+    checkpoints.register_format(CheckpointFormat(
         name="my-lab", source="test lab", recognise=(r"^net\.conv1\.weight$", r"^net\.proj\."),
-        prefixes=("net.",), heads=(r"^net\.proj\.",), renames=formats.KUANGLIU, normalize="cifar10"))
+        prefixes=("net.",), heads=(r"^net\.proj\.",), renames=KUANGLIU, normalize="cifar10"))
     try:
         net, report = load_checkpoint(_save(sd, tmp_path / "mine_flat.pt"))
         assert report.format == "my-lab" and len(report.dropped) == 4
         with torch.no_grad():
             close(net.features(images), ref.features(normalise(images, CIFAR)))
     finally:
-        formats.unregister_format("my-lab")
+        checkpoints.unregister_format("my-lab")
 
 
 class _Evil:
@@ -523,8 +536,8 @@ def test_inspect_and_convert_cli(tmp_path: Path, images: torch.Tensor) -> None:
 
     from click.testing import CliRunner
 
+    from clrobust.checkpoints import load as load_model
     from clrobust.cli import cli
-    from clrobust.loading import load_model
 
     built = _supcontrast()
     path = _save(built.ckpt, tmp_path / "last.pth")
@@ -549,8 +562,8 @@ def test_inspect_and_convert_cli(tmp_path: Path, images: torch.Tensor) -> None:
 
 
 def test_convert_keeps_both_batch_norms(tmp_path: Path, images: torch.Tensor) -> None:
+    from clrobust.checkpoints import load as load_model
     from clrobust.cli import main
-    from clrobust.loading import load_model
 
     built = _clae_simclr()
     path = _save(built.ckpt, tmp_path / "clae_epoch_1.pt")
@@ -560,7 +573,7 @@ def test_convert_keeps_both_batch_norms(tmp_path: Path, images: torch.Tensor) ->
 
 
 def test_inspect_groups_dropped_keys_under_their_shared_prefix():
-    from clrobust.cli_checkpoints import _grouped
+    from clrobust.cli.checkpoints import _grouped
 
     keys = [f"model.sub_block1.layer.{i}.bn1.weight" for i in range(5)] + ["fc.weight", "fc.bias"]
     assert _grouped(keys) == ["model.sub_block1.layer.* (5 keys)", "fc.weight", "fc.bias"]

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clrobust.checkpoints.formats import load_checkpoint
+from clrobust.checkpoints.thirdparty import load_checkpoint
 from clrobust.errors import ClrobustError
 from clrobust.hooks import layer_names, record
 from clrobust.models import ModelConfig, adversarial_bn, create_model, has_dual_bn
@@ -319,8 +319,8 @@ def test_inspect_convert_and_attack(tmp_path: Path, images: torch.Tensor) -> Non
     from click.testing import CliRunner
 
     from clrobust.attacks import AttackSpec, attack_batch
+    from clrobust.checkpoints import load as load_model
     from clrobust.cli import cli
-    from clrobust.loading import load_model
 
     path = tmp_path / "wrn.pt"
     torch.save(with_norm(rb_wrn_state(10, 2), prefix="model."), path)

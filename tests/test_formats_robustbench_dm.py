@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clrobust.checkpoints.formats import load_checkpoint
+from clrobust.checkpoints.thirdparty import load_checkpoint
 from clrobust.errors import ClrobustError
 from clrobust.hooks import layer_names, record
 from tests.thirdparty_nets import SD, bn_eval, close, logits, rand_bn, rand_conv

@@ -5,11 +5,11 @@ from typing import Dict, List, Tuple
 
 import pytest
 import torch
+from conftest import tiny_network
 from torch import nn
 
 from clrobust.errors import ClrobustError
 from clrobust.hooks import LayerRecorder, _summarise, execution_order, layer_names, record
-from conftest import tiny_network
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

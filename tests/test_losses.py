@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from clrobust.train.losses import nt_xent, supcon
+from clrobust.losses import nt_xent, supcon
 
 
 def ref_supcon(z1, z2, labels, t):

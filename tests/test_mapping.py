@@ -11,9 +11,17 @@ import pytest
 import torch
 from torch import nn
 
-from clrobust.checkpoints.format_table import CheckpointFormat
-from clrobust.checkpoints.mapping import (CONTAINER_KEYS, ArchGuess, canonical_key, find_state_dict, infer_arch,
-                                          key_overlap, map_state, unwrap)
+from clrobust.checkpoints.mapping import (
+    CONTAINER_KEYS,
+    ArchGuess,
+    canonical_key,
+    find_state_dict,
+    infer_arch,
+    key_overlap,
+    map_state,
+    unwrap,
+)
+from clrobust.checkpoints.table import CheckpointFormat
 from clrobust.errors import ClrobustError
 from clrobust.models import ModelConfig, create_model
 

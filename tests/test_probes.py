@@ -18,7 +18,6 @@ from clrobust.attacks import AttackSpec, attack_batch
 from clrobust.data import ImageData, load_dataset, to_float
 from clrobust.probes import clear_memory_cache, extract_features, fit_probe, pool_flatten, probe_layers
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -85,8 +84,6 @@ def _gaussians(n: int, seed: int, scales: Sequence[float], offsets: Sequence[flo
 
 #: Columns of very different scale and offset: standardisation matters for the penalised fit.
 PROBE_SCALES, PROBE_OFFSETS = (1, 10, 0.1, 100, 3, 0.5), (0, 5, -10, 300, 1, 2)
-#: fit_linear sees raw float32 features: moderate ones.
-RAW_SCALES, RAW_OFFSETS = (1, 2, 0.5, 1, 3, 1), (1, 0, 1, -1, 0.5, 0)
 
 
 def _sklearn_logreg(x: np.ndarray, y: np.ndarray, weight_decay: float) -> LogisticRegression:
@@ -160,52 +157,44 @@ def test_fit_probe_equals_sklearn_on_standardised_features(weight_decay, lbfgs_r
     assert 0.5 < accs["train"] < 0.95  # overlapping classes: neither chance nor separable
 
 
-@pytest.mark.parametrize("weight_decay", [1e-4, 0.05])
-def test_fit_linear_equals_sklearn_on_raw_features(weight_decay):
-    from clrobust.train.trainer import fit_linear
+def test_probe_written_into_a_linear_layer_gives_the_same_scores():
+    """``to_linear`` folds the standardisation into nn.Linear: same scores (float32) and predictions."""
+    from clrobust.linear_probe import fit_linear_probe
 
-    # No constant column here: on raw features it would duplicate the bias, a direction float32
-    # L-BFGS barely moves along (the penalised optimum is well defined but badly conditioned).
-    x, y = _gaussians(300, 0, RAW_SCALES, RAW_OFFSETS, constant=False)
-    held_x, held_y = _gaussians(200, 1, RAW_SCALES, RAW_OFFSETS, constant=False)
-    head = torch.nn.Linear(x.shape[1], 4)
-    torch.nn.init.zeros_(head.weight)
-    torch.nn.init.zeros_(head.bias)
-    fit_linear(head, torch.tensor(x, dtype=torch.float32), torch.as_tensor(y), weight_decay=weight_decay)
-    ref = _sklearn_logreg(x, y, weight_decay)  # no standardisation: fit_linear takes features as they are
-    scale = np.abs(ref.coef_).max()
-    # float32 and torch's default L-BFGS tolerances: agreement to a few parts in a thousand.
-    np.testing.assert_allclose(head.weight.detach().numpy(), ref.coef_, rtol=0, atol=5e-3 * scale)
-    np.testing.assert_allclose(_centred(head.bias.detach().numpy()), _centred(ref.intercept_), rtol=0,
-                               atol=5e-3 * scale)
-    for xt, yt in ((x, y), (held_x, held_y)):
+    x, y = _gaussians(300, 0, PROBE_SCALES, PROBE_OFFSETS)
+    held_x, _ = _gaussians(200, 1, PROBE_SCALES, PROBE_OFFSETS)
+    probe = fit_linear_probe(x, y, 4, weight_decay=1e-3, seed=1)
+    layer = probe.to_linear(torch.nn.Linear(x.shape[1], 4))
+    for xt in (x, held_x):
+        want = probe.logits(xt)
         with torch.no_grad():
-            pred = head(torch.tensor(xt, dtype=torch.float32)).argmax(1).numpy()
-        assert (pred != ref.predict(xt)).sum() <= 1  # a near-tie may fall either way in float32
-        assert abs((pred == yt).mean() - ref.score(xt, yt)) <= 1 / len(yt)
+            got = layer(torch.tensor(xt, dtype=torch.float32)).double()
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3 * float(want.abs().max()))
+        assert torch.equal(got.argmax(1), want.argmax(1))
+    with pytest.raises(Exception, match="classifier is"):
+        probe.to_linear(torch.nn.Linear(x.shape[1], 3))
 
 
-def test_ensure_classifier_is_fit_linear_on_frozen_features():
+def test_ensure_classifier_is_the_linear_probe_on_frozen_features():
     from conftest import tiny_network
 
-    from clrobust.loading import LoadedModel, ensure_classifier
-    from clrobust.train.trainer import fit_linear
+    from clrobust.checkpoints import LoadedModel
+    from clrobust.heads import ensure_classifier
+    from clrobust.linear_probe import fit_linear_probe
 
     net = tiny_network(2)
     train = load_dataset("cifar10-mini", "train").subset(96)
-    lm = LoadedModel("headless", Path("headless.safetensors"), net, {"has_classifier": False})
+    lm = LoadedModel("headless", Path("headless.safetensors"), net, has_classifier=False)
     info = ensure_classifier(lm, train, seed=0, progress=False)
     with torch.no_grad():
         feats = net.features(to_float(train.images))
-    head = torch.nn.Linear(feats.shape[1], 10)
-    torch.nn.init.zeros_(head.weight)
-    torch.nn.init.zeros_(head.bias)
-    fit_linear(head, feats, train.labels)  # checked against sklearn above
+    head = fit_linear_probe(feats, train.labels, 10, seed=0).to_linear(torch.nn.Linear(feats.shape[1], 10))
     assert torch.equal(net.classifier.weight, head.weight) and torch.equal(net.classifier.bias, head.bias)
     with torch.no_grad():
         acc = float((net(to_float(train.images)).argmax(1) == train.labels).float().mean())
     assert info["probe_train_accuracy"] == pytest.approx(acc) and acc > 0.2  # a fit, not the zero head
-    assert lm.metadata["has_classifier"] is True
+    assert info["probe_train_images"] == 96 and "linear probe" in info["classifier"]
+    assert lm.has_classifier is True
     assert ensure_classifier(lm, train, progress=False) == {"classifier": "own linear head"}
 
 
@@ -250,7 +239,7 @@ def _recorded_features(net: torch.nn.Module, data: ImageData, layers: Sequence[s
 
 
 def test_probe_layers_equals_features_recorded_here_and_sklearn(tiny_checkpoints):
-    from clrobust.loading import load_model
+    from clrobust.checkpoints import load as load_model
 
     net = load_model(str(tiny_checkpoints[0])).network
     train = load_dataset("cifar10-mini", "train").subset(160)  # more points than feature dims: not separable
@@ -289,7 +278,7 @@ def test_probe_layers_equals_features_recorded_here_and_sklearn(tiny_checkpoints
 
 
 def test_probe_layers_tiny_model_and_cache(tmp_path, tiny_checkpoints):
-    from clrobust.loading import load_model
+    from clrobust.checkpoints import load as load_model
 
     net = load_model(str(tiny_checkpoints[0])).network
     train = load_dataset("cifar10-mini", "train").subset(40)
@@ -377,7 +366,7 @@ def test_probe_layers_cli(tmp_path, tiny_checkpoints):
     _assert_csv_is_json(out / "probes.csv", data)
     _assert_real_png(out / "probes.png")
     # The JSON's numbers are probe_layers' on the same images, attack and seed (its features still in memory).
-    from clrobust.loading import load_model
+    from clrobust.checkpoints import load as load_model
 
     r = probe_layers(load_model(str(tiny_checkpoints[1])).network, load_dataset("cifar10-mini", "train").subset(32),
                      load_dataset("cifar10-mini", "test").subset(16), "stem,avgpool",

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 import clrobust.train.trainer as trainer_module
-from clrobust.checkpoints import load_network
+from clrobust.checkpoints.native import load_network
 from clrobust.errors import ClrobustError
+from clrobust.losses import nt_xent
 from clrobust.models import adversarial_bn
 from clrobust.train import TrainConfig, Trainer
-from clrobust.train.losses import nt_xent
 
 TINY = dict(width=4, proj_dim=16, n_train=32, batch_size=16, epochs=1, classifier_epochs=1,
             eval_samples=8, eval_steps=1, attack_steps=2)

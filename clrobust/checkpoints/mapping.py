@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from clrobust.checkpoints.format_table import IN_MODEL_NORMALIZE, CheckpointFormat
+from clrobust.checkpoints.table import IN_MODEL_NORMALIZE, CheckpointFormat
 from clrobust.errors import ClrobustError
 from clrobust.models.registry import architecture
 
@@ -24,9 +24,10 @@ CONTAINER_KEYS = ("state_dict", "model", "net", "encoder", "backbone", "online_b
 
 _ENCODER_KEY = re.compile(r"^(stem|layer\d+\.\d+|bn)\.")
 #: (blocks per stage, bottleneck) -> clrobust architecture.
-_DEPTHS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34",
-           ((3, 4, 6, 3), True): "resnet50"}
-_KNOWN_DEPTHS = {((3, 4, 23, 3), True): "ResNet-101", ((3, 8, 36, 3), True): "ResNet-152"}
+_DEPTHS: Dict[Tuple[Tuple[int, ...], bool], str] = {
+    ((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34", ((3, 4, 6, 3), True): "resnet50"}
+_KNOWN_DEPTHS: Dict[Tuple[Tuple[int, ...], bool], str] = {
+    ((3, 4, 23, 3), True): "ResNet-101", ((3, 8, 36, 3), True): "ResNet-152"}
 
 
 def find_state_dict(obj: Any) -> Tuple[Dict[str, torch.Tensor], Optional[str], List[str]]:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 
 import torch
 
 from clrobust.errors import ClrobustError
 from clrobust.models import ModelConfig, Network, create_model
+
+if TYPE_CHECKING:
+    from clrobust.checkpoints.report import LoadReport
 
 FORMAT = "clrobust-v1"
 
@@ -117,3 +120,41 @@ def _use_adversarial_bn(net: Network, weights: Path) -> None:
         raise ClrobustError(f"{str(weights)!r} has no adversarial batch-norm; drop --adversarial-bn.")
     for m in duals:
         m.route_adversarial = True
+
+
+def load_native(path: Union[str, Path], normalize: Optional[str] = None,
+                adversarial_bn: bool = False) -> Tuple[Network, Dict[str, Any], "LoadReport"]:
+    """Load a native checkpoint with an optional normalisation override; (network, metadata, report).
+
+    What the file says about itself is read from its metadata: whether its classifier
+    is real (``has_classifier``; a converted head-less encoder has none) and the
+    format it was converted from (``source_format``).
+    """
+    from clrobust.checkpoints.report import LoadReport
+    from clrobust.checkpoints.table import parse_normalize
+
+    net, meta = load_network(path, adversarial_bn=adversarial_bn)
+    if normalize is not None:
+        norm = parse_normalize(normalize)
+        net.normalize.enabled = norm is not None
+        if norm is not None:
+            net.normalize.mean.copy_(torch.tensor(norm[0]).view(1, -1, 1, 1))
+            net.normalize.std.copy_(torch.tensor(norm[1]).view(1, -1, 1, 1))
+    c = net.config
+    assert c.width is not None  # filled in ModelConfig.__post_init__
+    origin = f"user (--normalize {normalize})" if normalize is not None else \
+        meta.get("normalize", {}).get("origin", "clrobust checkpoint config")
+    enabled = net.normalize.enabled
+    info = {"mean": net.normalize.mean.flatten().tolist() if enabled else None,
+            "std": net.normalize.std.flatten().tolist() if enabled else None, "origin": origin}
+    source_format = str(meta.get("source_format", "clrobust"))
+    report = LoadReport(
+        path=str(path), format="clrobust",
+        source="clrobust native (safetensors + json)" + (f", converted from {source_format}"
+                                                         if source_format != "clrobust" else ""),
+        arch=c.arch, width=c.width, stem=c.stem, num_classes=c.num_classes,
+        params=sum(p.numel() for p in net.parameters()),
+        encoder_params=sum(p.numel() for p in net.encoder.parameters()), container=None,
+        has_classifier=bool(meta.get("has_classifier", True)), dual_bn=c.dual_bn, adversarial_bn=adversarial_bn,
+        normalize=info)
+    return net, meta, report

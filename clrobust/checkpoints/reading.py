@@ -14,14 +14,14 @@ import pickle
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, List, Tuple, Union
 
 import torch
 
 from clrobust.errors import ClrobustError
 
 #: Harmless classes some projects pickle beside their weights (SupContrast's ``opt``).
-SAFE_GLOBALS = [argparse.Namespace]
+SAFE_GLOBALS: List[Union[Callable[..., Any], Tuple[Callable[..., Any], str]]] = [argparse.Namespace]
 
 _GLOBAL_RE = re.compile(r"GLOBAL\s+([\w.]+)")
 _WEIGHTS_ONLY_RE = re.compile(r"WeightsUnpickler error:\s*([^\n]+)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -124,7 +124,7 @@ def _load_cifar(name: str, split: str, root: Optional[str]) -> ImageData:
     from torchvision import datasets
 
     path = _require_root(name, root)
-    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    cls: Any = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     folder = cls.base_folder
     if not (path / folder).is_dir() and path.name == folder:
         path = path.parent  # accept the extracted folder itself as the root

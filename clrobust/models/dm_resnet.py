@@ -49,7 +49,7 @@ def dm_preact_resnet(num_blocks: Sequence[int], width: int = DM_PREACT_WIDTH, st
 
 
 def _dm_preact_names() -> Dict[str, Callable[..., nn.Module]]:
-    names = {}
+    names: Dict[str, Callable[..., nn.Module]] = {}
     for depth, blocks in DM_PREACT_DEPTHS.items():
         for suffix, relu in (("", False), ("-relu", True)):
             names[f"dm-preact-resnet{depth}{suffix}"] = functools.partial(dm_preact_resnet, blocks, relu=relu)

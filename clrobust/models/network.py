@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import nn
@@ -13,6 +13,9 @@ from clrobust.models.registry import default_width
 
 class Normalize(nn.Module):
     """(x - mean) / std with buffers, so models take inputs in [0, 1] as attacks expect."""
+
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
 
     def __init__(self, mean: Optional[Sequence[float]], std: Optional[Sequence[float]]):
         super().__init__()
@@ -83,7 +86,7 @@ class Network(nn.Module):
         self.config = config
         self.normalize = Normalize(config.mean, config.std)
         self.encoder = encoder
-        dim = encoder.feature_dim
+        dim = cast(int, encoder.feature_dim)  # an int attribute of every clrobust encoder
         self.projector = (ProjectionHead(dim, config.proj_hidden or dim, config.proj_dim)
                           if config.proj_dim else None)
         self.classifier = nn.Linear(dim, config.num_classes)

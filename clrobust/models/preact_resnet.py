@@ -141,6 +141,7 @@ class PreActResNet(StagedEncoder):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.run_stages(self.stem(x))
         if self.bn is not None:
+            assert self.relu is not None  # built together with self.bn
             x = self.relu(self.bn(x))
         return self.avgpool(x)
 

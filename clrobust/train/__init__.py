@@ -1,7 +1,5 @@
-"""Training: contrastive and supervised losses, augmentations and the scenario trainer."""
+"""Training: augmentations and the scenario trainer (the losses live in :mod:`clrobust.losses`)."""
 
-from clrobust.train.losses import nt_xent, supcon
-from clrobust.train.trainer import ADV_METHODS, SCENARIOS, SCHEMES, TrainConfig, Trainer, fit_linear, train
+from clrobust.train.trainer import ADV_METHODS, SCENARIOS, SCHEMES, TrainConfig, Trainer, train
 
-__all__ = ["ADV_METHODS", "SCENARIOS", "SCHEMES", "TrainConfig", "Trainer", "fit_linear", "nt_xent",
-           "supcon", "train"]
+__all__ = ["ADV_METHODS", "SCENARIOS", "SCHEMES", "TrainConfig", "Trainer", "train"]

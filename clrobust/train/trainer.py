@@ -19,7 +19,7 @@ import csv
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -27,14 +27,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from clrobust.attacks import AttackSpec, format_eps, pgd_maximize
-from clrobust.checkpoints import load_network, save_network
-from clrobust.data import CIFAR10_MEAN, CIFAR10_STD, ImageData, load_dataset, to_float
+from clrobust.checkpoints import load, save_network
+from clrobust.data import CIFAR10_MEAN, CIFAR10_STD, load_dataset, to_float
 from clrobust.errors import ClrobustError
+from clrobust.linear_probe import fit_linear_probe
+from clrobust.losses import nt_xent, supcon
 from clrobust.models import ModelConfig, Network, adversarial_bn, create_model
 from clrobust.provenance import command_line, versions
 from clrobust.robustness import accuracy
 from clrobust.train.augment import crop_flip_augment, simclr_augment
-from clrobust.train.losses import nt_xent, supcon
 
 SCHEMES = ("simclr", "supcon", "supervised")
 SCENARIOS = ("st", "at", "pat", "fat")
@@ -69,6 +70,7 @@ class TrainConfig:
     classifier_epochs: int = 10
     classifier_lr: Optional[float] = None
     init: Optional[str] = None
+    init_load: Dict[str, Any] = field(default_factory=dict)  # how --init is read (LoadOptions fields)
     seed: int = 0
     eval_samples: Optional[int] = None
     eval_steps: int = 20
@@ -143,12 +145,9 @@ class Trainer:
         cfg = self.cfg
         train = self.train_data
         if cfg.init:
-            from clrobust.zoo import resolve
-
-            _, path = resolve(cfg.init)
-            net, _ = load_network(path)
+            net = load(cfg.init, **cfg.init_load).network
             if net.config.num_classes != train.num_classes:
-                net.classifier = nn.Linear(net.encoder.feature_dim, train.num_classes)
+                net.classifier = nn.Linear(cast(int, net.encoder.feature_dim), train.num_classes)
                 net.config.num_classes = train.num_classes
             return net
         config = ModelConfig(arch=cfg.arch, width=cfg.width, num_classes=train.num_classes,
@@ -158,6 +157,7 @@ class Trainer:
         return create_model(config)
 
     def _optimizer(self, params, lr: float, epochs: int, kind: str):
+        opt: torch.optim.Optimizer
         if kind == "adam":
             opt = torch.optim.Adam(params, lr=lr, weight_decay=1e-6)
         else:
@@ -198,6 +198,7 @@ class Trainer:
     def _phase(self, phase: str, epochs: int, resume_state: Optional[dict]) -> None:
         cfg = self.cfg
         net = self.net
+        assert cfg.lr is not None and cfg.classifier_lr is not None  # filled in TrainConfig.__post_init__
         if phase == "pretrain":
             if cfg.scheme in CONTRASTIVE:
                 params = [p for n, p in net.named_parameters() if not n.startswith("classifier")]
@@ -252,12 +253,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def _contrastive_loss(self, z1: torch.Tensor, z2: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        assert self.cfg.temperature is not None  # filled in TrainConfig.__post_init__
         if self.cfg.scheme == "simclr":
             return nt_xent(z1, z2, self.cfg.temperature)
         return supcon(z1, z2, y, self.cfg.temperature)
 
     def _contrastive_step(self, x: torch.Tensor, y: torch.Tensor, augment: nn.Module) -> torch.Tensor:
         cfg, net = self.cfg, self.net
+        assert cfg.attack_alpha is not None  # filled in TrainConfig.__post_init__
         v1, v2 = augment(x), augment(x)
         n = len(x)
         if not cfg.adversarial_pretraining:
@@ -287,6 +290,7 @@ class Trainer:
 
     def _supervised_step(self, x: torch.Tensor, y: torch.Tensor, augment: nn.Module) -> torch.Tensor:
         cfg, net = self.cfg, self.net
+        assert cfg.attack_alpha is not None  # filled in TrainConfig.__post_init__
         x = augment(x)
         if cfg.adversarial_pretraining and cfg.eps > 0:
             with frozen_bn_stats(net):
@@ -296,6 +300,7 @@ class Trainer:
 
     def _pat_step(self, x: torch.Tensor, y: torch.Tensor, augment: nn.Module) -> torch.Tensor:
         cfg, net = self.cfg, self.net
+        assert cfg.attack_alpha is not None  # filled in TrainConfig.__post_init__
         x = augment(x)
         x_adv = pgd_maximize(lambda xa: F.cross_entropy(net(xa), y), x, cfg.eps, cfg.attack_alpha,
                              cfg.attack_steps)
@@ -316,7 +321,7 @@ class Trainer:
             self._phase(cfg.scenario, cfg.classifier_epochs, resume_state)
 
     def fit_linear_probe(self) -> None:
-        """Fit the classifier on frozen, un-augmented train features (full-batch L-BFGS, seeded)."""
+        """Fit the classifier on frozen, un-augmented train features (:mod:`clrobust.linear_probe`)."""
         net = self.net
         net.eval()
         feats = []
@@ -326,10 +331,9 @@ class Trainer:
         f = torch.cat(feats)
         y = self.train_data.labels
         head = net.classifier
-        nn.init.zeros_(head.weight)
-        nn.init.zeros_(head.bias)
-        fit_linear(head, f, y, weight_decay=1e-4)
-        acc = (head(f).argmax(1) == y).float().mean().item()
+        fit_linear_probe(f, y, self.train_data.num_classes, weight_decay=1e-4, seed=self.cfg.seed).to_linear(head)
+        with torch.no_grad():
+            acc = (head(f).argmax(1) == y).float().mean().item()
         self.history.append({"phase": "linear-probe", "epoch": 1, "loss": float("nan"), "train_acc": acc})
 
     # ------------------------------------------------------------------ eval & outputs
@@ -369,23 +373,6 @@ class Trainer:
             w.writeheader()
             for row in self.history:
                 w.writerow(row)
-
-
-def fit_linear(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor,
-               weight_decay: float = 1e-4, max_iter: int = 300) -> nn.Linear:
-    """Multinomial logistic regression on fixed features by full-batch L-BFGS (deterministic)."""
-    features = features.detach()
-    opt = torch.optim.LBFGS(head.parameters(), lr=1, max_iter=max_iter, history_size=20,
-                            line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(head(features), labels) + weight_decay * head.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return head
 
 
 def train(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True) -> Dict[str, Any]:

@@ -1,4 +1,7 @@
-"""Contrastive losses, vectorised: NT-Xent (SimCLR) and SupCon (Khosla et al. 2020)."""
+"""Contrastive losses, vectorised: NT-Xent (SimCLR) and SupCon (Khosla et al. 2020).
+
+Used by training and by the label-free representation attack, so they live below both.
+"""
 
 from __future__ import annotations
 

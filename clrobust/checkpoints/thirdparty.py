@@ -1,126 +1,29 @@
-"""Load third-party checkpoints (SupContrast, solo-learn, MoCo, ACL, CLAE ...) as clrobust Networks.
+"""A third-party checkpoint (SupContrast, solo-learn, MoCo, ACL, CLAE, RobustBench ...) as a clrobust Network.
 
 >>> net, report = load_checkpoint("last.pth")            # format and architecture detected
 >>> print(report.format, report.arch, report.dropped[:2])
 
-Detection and key mapping are driven by the table in ``format_table.py``;
-extend it with :func:`register_format`.
+Reading is :mod:`~clrobust.checkpoints.reading`, detection :mod:`~clrobust.checkpoints.detect`,
+key mapping :mod:`~clrobust.checkpoints.mapping`, all driven by the table in
+:mod:`~clrobust.checkpoints.table`. The rest of clrobust goes through
+:func:`clrobust.checkpoints.load`.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from clrobust.checkpoints.format_table import (
-    ACL_NAMES, DM_PREACT_NAMES, DM_WRN_NAMES, FORMATS, IN_MODEL_NORMALIZE, KUANGLIU, NORMALIZATIONS, PREACT_NAMES,
-    TORCHVISION, WRN_NAMES, CheckpointFormat, format_names, get_format, register_format, unregister_format)
-from clrobust.checkpoints.mapping import Mapped, find_state_dict, infer_arch, key_overlap, map_state, unwrap
+from clrobust.checkpoints.detect import detect_format
+from clrobust.checkpoints.mapping import Mapped, find_state_dict, infer_arch, map_state, unwrap
 from clrobust.checkpoints.reading import read_checkpoint_file
+from clrobust.checkpoints.report import LoadReport
+from clrobust.checkpoints.table import NORMALIZATIONS, CheckpointFormat, Norm, get_format, parse_normalize
 from clrobust.errors import ClrobustError
 from clrobust.models import DualBatchNorm2d, ModelConfig, Network, architecture, create_model
 from clrobust.models.resnet import STEMS
-
-Norm = Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]
-
-
-@dataclass
-class LoadReport:
-    """What :func:`load_checkpoint` found and did."""
-
-    path: str
-    format: str
-    source: str
-    arch: str
-    width: int
-    stem: str
-    num_classes: int
-    params: int
-    encoder_params: int
-    container: Optional[str]
-    has_classifier: bool
-    dual_bn: bool
-    adversarial_bn: bool
-    normalize: Dict[str, Any]
-    dropped: List[str] = field(default_factory=list)
-    missing: List[str] = field(default_factory=list)
-    unexpected: List[str] = field(default_factory=list)
-    notes: List[str] = field(default_factory=list)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
-
-
-# ----------------------------------------------------------------------------- detection
-
-def _conditions_met(fmt: CheckpointFormat, keys: Sequence[str], top: Sequence[str]) -> int:
-    met = sum(any(re.search(p, k) for k in keys) for p in fmt.recognise) + sum(t in top for t in fmt.top_keys)
-    if met:  # an absent key counts only beside a present one: no credit for unrelated files
-        met += sum(not any(re.search(p, k) for k in keys) for p in fmt.reject)
-    return met
-
-
-def detect_format(state: Dict[str, torch.Tensor], top_keys: Sequence[str] = ()) -> CheckpointFormat:
-    """The most specific format whose every condition holds (ties: earlier in the table).
-
-    Args:
-        state: the unwrapped state dict.
-        top_keys: the file's top-level keys.
-
-    Raises:
-        ClrobustError: no format matches; the message lists the closest ones.
-    """
-    keys = list(state)
-    best: Optional[CheckpointFormat] = None
-    for fmt in FORMATS:
-        if _conditions_met(fmt, keys, top_keys) == fmt.n_conditions:
-            if best is None or fmt.n_conditions > best.n_conditions:
-                best = fmt
-    if best is not None:
-        return best
-    ranked = closest_formats(state, top_keys)
-    hint = ", ".join(f"{name} ({score:.0%})" for name, score in ranked[:3])
-    sample = ", ".join(keys[:4]) + (", ..." if len(keys) > 4 else "")
-    raise ClrobustError(f"unrecognised checkpoint layout (keys: {sample}); closest known formats: {hint}; "
-                        "pass --format NAME to force one, or add yours with "
-                        "clrobust.checkpoints.formats.register_format.")
-
-
-def closest_formats(state: Dict[str, torch.Tensor], top_keys: Sequence[str] = ()) -> List[Tuple[str, float]]:
-    """Every format with a similarity score in [0, 1]: conditions met and keys mapped onto encoder names."""
-    keys = list(state)
-    scores = []
-    for fmt in FORMATS:
-        cond = _conditions_met(fmt, keys, top_keys) / max(fmt.n_conditions, 1)
-        scores.append((fmt.name, 0.5 * cond + 0.5 * key_overlap(fmt, state)))
-    return sorted(scores, key=lambda s: -s[1])
-
-
-# ----------------------------------------------------------------------------- normalisation
-
-def parse_normalize(spec: str) -> Norm:
-    """A normalisation preset name or six numbers ``m1,m2,m3,s1,s2,s3`` -> (mean, std) or None.
-
-    Raises:
-        ClrobustError: unknown name, wrong count or a non-positive std.
-    """
-    text = spec.strip().lower()
-    if text in NORMALIZATIONS:
-        return NORMALIZATIONS[text]
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 6:
-        raise ClrobustError(f"--normalize {spec!r} is neither a preset ({', '.join(NORMALIZATIONS)}) nor six "
-                            "numbers 'm1,m2,m3,s1,s2,s3'.")
-    if min(values[3:]) <= 0:
-        raise ClrobustError(f"--normalize {spec!r}: the three std values must be positive.")
-    return tuple(values[:3]), tuple(values[3:])
 
 
 def _resolve_normalize(user: Optional[str], mapped: Mapped, fmt: CheckpointFormat) -> Tuple[Norm, Dict[str, Any]]:
@@ -138,8 +41,6 @@ def _resolve_normalize(user: Optional[str], mapped: Mapped, fmt: CheckpointForma
     info = {"mean": list(norm[0]) if norm else None, "std": list(norm[1]) if norm else None, "origin": origin}
     return norm, info
 
-
-# ----------------------------------------------------------------------------- loading
 
 def load_checkpoint(path: Union[str, Path], arch: Optional[str] = None, normalize: Optional[str] = None,
                     strict: bool = True, trust: bool = False, adversarial_bn: bool = False,
@@ -165,14 +66,15 @@ def load_checkpoint(path: Union[str, Path], arch: Optional[str] = None, normaliz
     Raises:
         ClrobustError: unreadable or unsafe file, unknown layout, missing weights.
     """
-    from clrobust.checkpoints.native import is_native
+    from clrobust.checkpoints.native import is_native, load_native
 
     if arch is not None:
         architecture(arch)  # a ClrobustError naming the known architectures
     if stem is not None and stem not in STEMS:
         raise ClrobustError(f"unknown --stem {stem!r}; choose {', '.join(STEMS)}.")
     if is_native(path):
-        return _load_native(Path(path), normalize, adversarial_bn)
+        net, _meta, native_report = load_native(Path(path), normalize, adversarial_bn)
+        return net, native_report
     obj = read_checkpoint_file(path, trust=trust)
     raw, container, top = find_state_dict(obj)
     state = unwrap(raw)
@@ -256,33 +158,3 @@ def _route_adversarial(net: Network, path: Union[str, Path]) -> None:
         raise ClrobustError(f"{str(path)!r} has no adversarial batch-norm; drop --adversarial-bn.")
     for m in duals:
         m.route_adversarial = True
-
-
-def _load_native(path: Path, normalize: Optional[str], adversarial_bn: bool) -> Tuple[Network, LoadReport]:
-    from clrobust.checkpoints.native import load_network
-
-    net, _meta = load_network(path, adversarial_bn=adversarial_bn)
-    if normalize is not None:
-        norm = parse_normalize(normalize)
-        net.normalize.enabled = norm is not None
-        if norm is not None:
-            net.normalize.mean.copy_(torch.tensor(norm[0]).view(1, -1, 1, 1))
-            net.normalize.std.copy_(torch.tensor(norm[1]).view(1, -1, 1, 1))
-    c = net.config
-    origin = f"user (--normalize {normalize})" if normalize is not None else "clrobust checkpoint config"
-    enabled = net.normalize.enabled
-    info = {"mean": net.normalize.mean.flatten().tolist() if enabled else None,
-            "std": net.normalize.std.flatten().tolist() if enabled else None, "origin": origin}
-    report = LoadReport(
-        path=str(path), format="clrobust", source="clrobust native (safetensors + json)", arch=c.arch,
-        width=c.width, stem=c.stem, num_classes=c.num_classes, params=sum(p.numel() for p in net.parameters()),
-        encoder_params=sum(p.numel() for p in net.encoder.parameters()), container=None, has_classifier=True,
-        dual_bn=c.dual_bn, adversarial_bn=adversarial_bn, normalize=info)
-    return net, report
-
-
-__all__ = [
-    "ACL_NAMES", "DM_PREACT_NAMES", "DM_WRN_NAMES", "FORMATS", "IN_MODEL_NORMALIZE", "KUANGLIU", "NORMALIZATIONS", "PREACT_NAMES", "TORCHVISION",
-    "WRN_NAMES", "CheckpointFormat", "LoadReport", "closest_formats", "detect_format", "format_names", "get_format",
-    "load_checkpoint", "parse_normalize", "register_format", "unregister_format",
-]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import site
+import sys
+import sysconfig
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -14,11 +17,19 @@ DEFAULT_PAIR = ("simclr-st", "simclr-at")
 
 
 def zoo_dir() -> Path:
-    """``$CLROBUST_ZOO`` if set, else the repository's ``checkpoints/`` folder."""
+    """Where the zoo is: ``$CLROBUST_ZOO`` if set, else the clone's ``checkpoints/`` folder (a
+    development install), else the copy an installed wheel brings (``<prefix>/share/clrobust/checkpoints``)."""
     env = os.environ.get("CLROBUST_ZOO")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "checkpoints"
+    clone = Path(__file__).resolve().parents[2] / "checkpoints"
+    if (clone / "manifest.json").exists():
+        return clone
+    for prefix in (sysconfig.get_path("data"), sys.prefix, site.getuserbase()):
+        installed = Path(prefix) / "share" / "clrobust" / "checkpoints"
+        if (installed / "manifest.json").exists():
+            return installed
+    return clone
 
 
 def manifest(directory: Optional[Path] = None) -> Dict[str, Any]:
@@ -94,7 +105,7 @@ def rebuild_manifest(directory: Path) -> Dict[str, Any]:
                                          "supervised-at", "simclr-pat", "simclr-fat", "simclr-clae",
                                          "simclr-at-eps2", "simclr-at-eps16"])}
     models.sort(key=lambda e: (order.get(e["name"], 99), e["name"]))
-    data = {"description": "clrobust embedded zoo, trained on cifar10-mini (4,660 train images); "
+    data: Dict[str, Any] = {"description": "clrobust embedded zoo, trained on cifar10-mini (4,660 train images); "
                            "accuracies on its 846 test images. Retrain: bash analyses/train_zoo.sh",
             "models": models}
     (directory / "manifest.json").write_text(json.dumps(data, indent=2) + "\n")

@@ -6,30 +6,39 @@ from pathlib import Path
 
 import click
 
-from clrobust.cli import data_options, progress_option, seed_option
+from clrobust.cli.options import (
+    EPS_LIST,
+    data_options,
+    device_option,
+    load_options,
+    model_options,
+    out_options,
+    probe_train_option,
+    progress_option,
+    seed_option,
+)
 
 
 @click.command()
 @click.argument("models", nargs=-1, required=True)
 @data_options
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
-@click.option("--eps", "eps_text", default="2/255,4/255,8/255", show_default=True,
+@click.option("--eps", "eps_text", default="2/255,4/255,8/255", show_default=True, type=EPS_LIST,
               help="Comma-separated L-inf radii (8/255 or 0.0314 each); '' for none.")
-@click.option("--l2-eps", "l2_text", default="", help="Comma-separated L2 radii, e.g. 0.5.")
+@click.option("--l2-eps", "l2_text", default="", type=EPS_LIST, help="Comma-separated L2 radii, e.g. 0.5.")
 @click.option("--attacks", default="fgsm,pgd20,apgd-ce,autoattack,tm1-pgd20", show_default=True,
               help="fgsm, pgd20, apgd-ce, autoattack (threat model II, end to end) and tm1-pgd20 "
                    "(threat model I: label-free representation attack, then the linear head).")
 @click.option("--n-samples", default=200, show_default=True, type=int, help="Test images (the first N).")
 @click.option("--batch-size", default=100, show_default=True, type=int)
-@click.option("--probe-train", default=None, type=int,
-              help="Train images for the linear probe of head-less encoders [all].")
+@model_options
+@probe_train_option()
 @seed_option
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--out", default="audit-out", show_default=True, type=click.Path(file_okay=False))
-@click.option("--overwrite", is_flag=True, help="Replace a finished or different audit in --out.")
+@device_option
+@out_options("audit-out", "a finished or different audit")
 @progress_option
-def audit(models, data, data_root, split, eps_text, l2_text, attacks, n_samples, batch_size, probe_train, seed,
-          device, out, overwrite, progress):
+def audit(models, data, data_root, split, eps_text, l2_text, attacks, n_samples, batch_size, arch, stem, fmt,
+          normalize, adversarial_bn, allow_missing, trust, probe_train, seed, device, out, overwrite, progress):
     """Robust accuracy of one or many models, as a RobustBench-style table.
 
     For every model and eps: clean accuracy; FGSM, PGD-20, APGD-CE and AutoAttack
@@ -52,12 +61,12 @@ def audit(models, data, data_root, split, eps_text, l2_text, attacks, n_samples,
     settings = AuditSettings(models=list(models), data=data, data_root=data_root, split=split,
                              eps=parse_eps_list(eps_text), l2_eps=parse_eps_list(l2_text, "L2"),
                              attacks=[a.strip() for a in attacks.split(",") if a.strip()], n_samples=n_samples,
-                             batch_size=batch_size, seed=seed, device=device, probe_train=probe_train)
+                             batch_size=batch_size, seed=seed, device=device, probe_train=probe_train,
+                             load_options=load_options(arch, stem, fmt, normalize, adversarial_bn, allow_missing,
+                                                       trust))
     dist = Dist.from_env(device)
     report = run_audit(settings, Path(out), overwrite=overwrite, progress=progress, dist=dist)
     if dist is None or dist.is_main:
         click.echo(markdown_table(report))
         click.echo(f"report in {out}/")
 
-
-COMMANDS = [audit]

@@ -3,7 +3,7 @@
 Every rule below is applied by the same generic code (``mapping.py``), so adding
 a source means adding an entry, not a branch::
 
-    from clrobust.checkpoints.formats import CheckpointFormat, register_format, KUANGLIU
+    from clrobust.checkpoints import CheckpointFormat, register_format, KUANGLIU
 
     register_format(CheckpointFormat(
         name="my-lab", source="My lab's SimCLR",
@@ -314,3 +314,28 @@ def get_format(name: str) -> CheckpointFormat:
 
 def format_names() -> Sequence[str]:
     return [f.name for f in FORMATS]
+
+
+#: (mean, std) of an input normalisation, or None for none.
+Norm = Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]
+
+
+def parse_normalize(spec: str) -> Norm:
+    """A normalisation preset name or six numbers ``m1,m2,m3,s1,s2,s3`` -> (mean, std) or None.
+
+    Raises:
+        ClrobustError: unknown name, wrong count or a non-positive std.
+    """
+    text = spec.strip().lower()
+    if text in NORMALIZATIONS:
+        return NORMALIZATIONS[text]
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 6:
+        raise ClrobustError(f"--normalize {spec!r} is neither a preset ({', '.join(NORMALIZATIONS)}) nor six "
+                            "numbers 'm1,m2,m3,s1,s2,s3'.")
+    if min(values[3:]) <= 0:
+        raise ClrobustError(f"--normalize {spec!r}: the three std values must be positive.")
+    return tuple(values[:3]), tuple(values[3:])

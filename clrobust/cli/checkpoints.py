@@ -9,43 +9,22 @@ from typing import Any, Dict, List, Optional
 
 import click
 
+from clrobust.cli.options import load_options, model_options
 from clrobust.errors import ClrobustError
-from clrobust.models.resnet import STEMS
 
 
-def load_options(f):
-    """Options shared by inspect and convert."""
-    f = click.option("--trust-checkpoint", "trust", is_flag=True,
-                     help="Allow full unpickling (can run code hidden in the file): only for trusted sources.")(f)
-    f = click.option("--allow-missing", is_flag=True,
-                     help="Load even when encoder weights are missing or mis-shaped (they stay random).")(f)
-    f = click.option("--normalize", default=None,
-                     help="Input normalisation: cifar10, cifar10-kuangliu, cifar10-dm, cifar100, imagenet, half, "
-                          "none, or "
-                          "'m1,m2,m3,s1,s2,s3' [from the checkpoint, else the format's default].")(f)
-    f = click.option("--format", "fmt", default=None,
-                     help="Force a checkpoint format by name instead of detecting it.")(f)
-    f = click.option("--stem", type=click.Choice(list(STEMS)), default=None,
-                     help="Stem [from the first conv's kernel and the format].")(f)
-    f = click.option("--arch", default=None,
-                     help="Architecture: resnet18, resnet34, resnet50, preact-resnet18, preact-resnet18-v1, "
-                          "wrn-DEPTH-WIDEN (e.g. wrn-28-10), dm-wrn-DEPTH-WIDEN[-relu] or "
-                          "dm-preact-resnet18/34[-relu] [inferred from tensor shapes].")(f)
-    return f
+def _load(checkpoint: str, arch, stem, fmt, normalize, adversarial_bn, allow_missing, trust):
+    from clrobust.checkpoints import load
 
-
-def _load(checkpoint: str, arch, stem, fmt, normalize, allow_missing, trust, adversarial_bn=False):
-    from clrobust.checkpoints.formats import load_checkpoint
-
-    return load_checkpoint(checkpoint, arch=arch, normalize=normalize, strict=not allow_missing, trust=trust,
-                           adversarial_bn=adversarial_bn, format=fmt, stem=stem)
+    lm = load(checkpoint, **load_options(arch, stem, fmt, normalize, adversarial_bn, allow_missing, trust).kwargs())
+    return lm, lm.report
 
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@load_options
+@model_options
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
-def inspect(checkpoint, arch, stem, fmt, normalize, allow_missing, trust, as_json):
+def inspect(checkpoint, arch, stem, fmt, normalize, adversarial_bn, allow_missing, trust, as_json):
     """Show what a checkpoint is and how clrobust would load it.
 
     Prints the detected format, architecture, parameter count, input
@@ -59,10 +38,11 @@ def inspect(checkpoint, arch, stem, fmt, normalize, allow_missing, trust, as_jso
       clrobust inspect solo-learn.ckpt --json
       clrobust inspect model.pt --arch resnet50 --normalize imagenet
     """
-    from clrobust.checkpoints.formats import format_names
+    from clrobust.checkpoints import format_names
     from clrobust.hooks import layer_names
 
-    net, report = _load(checkpoint, arch, stem, fmt, normalize, allow_missing, trust)
+    lm, report = _load(checkpoint, arch, stem, fmt, normalize, adversarial_bn, allow_missing, trust)
+    net = lm.network
     info = report.to_dict()
     info["layers"] = {"blocks": layer_names(net, "blocks"), "all": layer_names(net, "all")}
     if as_json:
@@ -137,15 +117,16 @@ def _listing(title: str, names: List[str], limit: int = 400, count: Optional[int
 @click.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.argument("out", type=click.Path(dir_okay=False))
-@load_options
+@model_options
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def convert(checkpoint, out, arch, stem, fmt, normalize, allow_missing, trust, overwrite):
+def convert(checkpoint, out, arch, stem, fmt, normalize, adversarial_bn, allow_missing, trust, overwrite):
     """Convert a third-party checkpoint to clrobust's format (OUT.safetensors + OUT.json).
 
     The result loads without pickle and records the source file, its detected
     format, the dropped heads and the input normalisation. Dual-BN checkpoints
     keep both batch norms: the clean one is used unless a loader asks for the
-    adversarial one (load_model(..., adversarial_bn=True)).
+    adversarial one (clrobust.checkpoints.load(..., adversarial_bn=True)). A head-less
+    encoder stays head-less: commands fit a linear probe for it, never use a random head.
 
     \b
     Examples:
@@ -158,9 +139,11 @@ def convert(checkpoint, out, arch, stem, fmt, normalize, allow_missing, trust, o
     target = _out_path(out)
     if target.with_name(target.name + ".safetensors").exists() and not overwrite:
         raise ClrobustError(f"{str(target) + '.safetensors'!r} exists; choose another OUT or pass --overwrite.")
-    net, report = _load(checkpoint, arch, stem, fmt, normalize, allow_missing, trust)
-    meta = {"source_format": report.format, "source": str(checkpoint), "load_report": report.to_dict()}
-    weights = save_network(target, net, meta)
+    lm, report = _load(checkpoint, arch, stem, fmt, normalize, adversarial_bn, allow_missing, trust)
+    # What the file says about itself travels with the converted weights.
+    meta = {"source_format": lm.source_format, "source": lm.metadata.get("source", str(checkpoint)),
+            "has_classifier": lm.has_classifier, "normalize": lm.normalize, "load_report": report.to_dict()}
+    weights = save_network(target, lm.network, meta)
     click.echo(f"saved {weights}: {report.format} {report.arch} width {report.width} stem {report.stem}, "
                f"{report.params:,} parameters, dropped {len(report.dropped)} head key(s)")
 
@@ -172,5 +155,3 @@ def _out_path(out: str) -> Path:
             p = p.with_name(p.name[: -len(suffix)])
     return p
 
-
-COMMANDS = [inspect, convert]

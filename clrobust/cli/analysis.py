@@ -6,27 +6,19 @@ from pathlib import Path
 
 import click
 
-from clrobust.cli import data_options, progress_option, seed_option
+from clrobust.cli.options import (
+    attack_options,
+    attack_spec,
+    data_options,
+    device_option,
+    load_options,
+    model_options,
+    out_options,
+    progress_option,
+    seed_option,
+)
 from clrobust.errors import ClrobustError
-
-ATTACK_CHOICES = ["pgd", "fgsm", "pgd-l2", "apgd", "autoattack", "rep", "none"]
-
-
-def attack_options(f):
-    f = click.option("--alpha", default=None, type=float, help="Attack step size [2.5 eps / steps].")(f)
-    f = click.option("--steps", default=10, show_default=True, type=int, help="Attack iterations.")(f)
-    f = click.option("--eps", default="8/255", show_default=True, help="Attack radius: 8/255 or 0.0314 (L2: 0.5).")(f)
-    f = click.option("--attack", type=click.Choice(ATTACK_CHOICES), default="pgd", show_default=True,
-                     help="Attack crafted end to end against each model (threat model II), or 'rep' "
-                          "(label-free, threat model I).")(f)
-    return f
-
-
-def _spec(attack: str, eps: str, steps: int, alpha, seed: int):
-    from clrobust.attacks import AttackSpec, parse_eps
-
-    norm = "L2" if attack == "pgd-l2" else "Linf"
-    return AttackSpec(attack, parse_eps(eps, norm), steps, alpha, seed=seed)
+from clrobust.figures import FAMILIES
 
 
 @click.command("probe-layers")
@@ -36,19 +28,21 @@ def _spec(attack: str, eps: str, steps: int, alpha, seed: int):
               help="blocks, all, or comma-separated glob patterns such as 'layer3.*,avgpool'.")
 @attack_options
 @click.option("--n-train", default=2000, show_default=True, type=int,
-              help="Train images the probes are fitted on (the first N of the train split).")
+              help="Train images the probes are fitted on (the first N of the train split); also the "
+                   "probe of a model without a classifier of its own.")
 @click.option("--n-samples", default=512, show_default=True, type=int,
               help="Test images the probes are evaluated on, clean and adversarial (the first N).")
 @click.option("--batch-size", default=128, show_default=True, type=int)
+@model_options
 @seed_option
-@click.option("--device", default="cpu", show_default=True)
+@device_option
 @click.option("--cache/--no-cache", default=True, show_default=True,
               help="Keep the layer features in OUT/features/*.npz so a re-run reuses them.")
-@click.option("--out", default="probe-layers-out", show_default=True, type=click.Path(file_okay=False))
-@click.option("--overwrite", is_flag=True, help="Replace results already in --out.")
+@out_options("probe-layers-out")
 @progress_option
-def probe_layers(model, data, data_root, layers, attack, eps, steps, alpha, n_train, n_samples, batch_size, seed,
-                 device, cache, out, overwrite, progress):
+def probe_layers(model, data, data_root, layers, attack, eps, steps, alpha, n_train, n_samples, batch_size, arch,
+                 stem, fmt, normalize, adversarial_bn, allow_missing, trust, seed, device, cache, out, overwrite,
+                 progress):
     """A linear probe at every layer of MODEL: train, clean test and adversarial test accuracy.
 
     MODEL is a zoo name or a checkpoint path. Every layer is recorded once per batch;
@@ -70,10 +64,12 @@ def probe_layers(model, data, data_root, layers, attack, eps, steps, alpha, n_tr
     """
     from clrobust.probes import run_probe_layers
 
-    spec = _spec(attack, eps, steps, alpha, seed)
+    spec = attack_spec(attack, eps, steps, alpha, seed)
     res = run_probe_layers(model, Path(out), data=data, data_root=data_root, layers=layers, attack=spec,
                            n_train=n_train, n_samples=n_samples, batch_size=batch_size, seed=seed, device=device,
-                           cache=cache, overwrite=overwrite, progress=progress)
+                           cache=cache, overwrite=overwrite, progress=progress,
+                           load_options=load_options(arch, stem, fmt, normalize, adversarial_bn, allow_missing,
+                                                     trust))
     click.echo(f"{'layer':<14}{'dim':>6}{'train':>8}{'clean':>8}{'adv':>8}")
     for i, name in enumerate(res["layers"]):
         click.echo(f"{name:<14}{res['feature_dims'][i]:>6}{res['train_accuracy'][i]:>8.1%}"
@@ -84,25 +80,26 @@ def probe_layers(model, data, data_root, layers, attack, eps, steps, alpha, n_tr
 
 
 @click.command("figures")
-@click.argument("family", type=click.Choice(["st-clean-vs-adv", "at-probes", "eps-sweep", "cross-model", "all"]))
+@click.argument("family", type=click.Choice([*FAMILIES, "all"]))
 @data_options
 @click.option("--layers", default="blocks", show_default=True, help="blocks, all, or glob patterns.")
 @attack_options
 @click.option("--n-samples", default=512, show_default=True, type=int, help="Test images (the first N).")
 @click.option("--n-train", default=1000, show_default=True, type=int,
-              help="Train images for the at-probes linear probes.")
+              help="Train images for the linear probes (at-probes, and models without a classifier).")
 @click.option("--batch-size", default=128, show_default=True, type=int)
 @click.option("--models", default=None,
               help="Replace models: NAME=PATH items (comma-separated) swap a default zoo model everywhere; "
                    "a plain comma-separated list gives one family's models in order.")
+@model_options
 @seed_option
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--out", default="figures-out", show_default=True, type=click.Path(file_okay=False))
-@click.option("--overwrite", is_flag=True, help="Replace figures already in --out.")
+@device_option
+@out_options("figures-out", "figures")
 @click.option("--check", is_flag=True, help="Print whether the paper's findings hold in these numbers.")
 @progress_option
 def figures(family, data, data_root, layers, attack, eps, steps, alpha, n_samples, n_train, batch_size, models,
-            seed, device, out, overwrite, check, progress):
+            arch, stem, fmt, normalize, adversarial_bn, allow_missing, trust, seed, device, out, overwrite, check,
+            progress):
     """Draw the paper's figures (PNG, PDF and the numbers as JSON) into --out.
 
     \b
@@ -120,15 +117,18 @@ def figures(family, data, data_root, layers, attack, eps, steps, alpha, n_sample
       clrobust figures cross-model --models a.safetensors,b.safetensors,c.safetensors,d.safetensors
       clrobust figures all --models simclr-st=runs/my-st.safetensors
     """
-    from clrobust.figures import FAMILIES, FigureSettings, make_figures, parse_models
+    from clrobust.figures import FigureSettings, make_figures, parse_models
 
     fams = list(FAMILIES) if family == "all" else [family]
     subs, positional = parse_models(models, fams)
     if batch_size < 4:
         raise ClrobustError("--batch-size must be at least 4 (unbiased HSIC needs 4 samples per batch).")
     settings = FigureSettings(data=data, data_root=data_root, layers=layers,
-                              attack=_spec(attack, eps, steps, alpha, seed), n_samples=n_samples, n_train=n_train,
-                              batch_size=batch_size, seed=seed, device=device, models=subs, positional=positional)
+                              attack=attack_spec(attack, eps, steps, alpha, seed), n_samples=n_samples,
+                              n_train=n_train, batch_size=batch_size, seed=seed, device=device, models=subs,
+                              positional=positional,
+                              load_options=load_options(arch, stem, fmt, normalize, adversarial_bn, allow_missing,
+                                                        trust))
     res = make_figures(fams, settings, Path(out), overwrite=overwrite, progress=progress, check=check)
     for f, d in res["figures"].items():
         s = d["summary"]
@@ -144,5 +144,3 @@ def figures(family, data, data_root, layers, attack, eps, steps, alpha, n_sample
             click.echo(finding.line())
     click.echo(f"{len(res['files'])} files in {out}/")
 
-
-COMMANDS = [probe_layers, figures]

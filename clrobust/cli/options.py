@@ -1,0 +1,136 @@
+"""Options shared by the commands, declared once: models, data, attack, device, seed, output, progress.
+
+Choices come from the registries they name (attacks, data sets, stems, schemes ...),
+never from copied lists.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import click
+
+from clrobust.attacks import ATTACKS, parse_eps, parse_eps_list
+from clrobust.checkpoints import LoadOptions
+from clrobust.data import DATASETS
+from clrobust.errors import ClrobustError
+from clrobust.models.resnet import STEMS
+
+F = Callable[..., Any]
+
+
+class EpsType(click.ParamType):
+    """An attack radius written as ``8/255`` or ``0.0314`` (``many``: a comma-separated list).
+
+    The text is checked here and kept as written; the command parses it with the
+    attack's norm (:func:`clrobust.attacks.parse_eps`), so an L-inf radius above 1
+    is refused with a hint (``8`` most likely meant ``8/255``).
+    """
+
+    name = "eps"
+
+    def __init__(self, many: bool = False) -> None:
+        self.many = many
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> str:
+        text = str(value).strip()
+        try:
+            (parse_eps_list if self.many else parse_eps)(text, "L2")  # syntax and sign; the norm comes later
+        except ClrobustError as exc:
+            self.fail(str(exc), param, ctx)
+        return text
+
+
+EPS = EpsType()
+EPS_LIST = EpsType(many=True)
+
+
+def model_options(f: F) -> F:
+    """How model files are read: the same on every command that takes models."""
+    f = click.option("--trust-checkpoint", "trust", is_flag=True,
+                     help="Allow full unpickling (can run code hidden in the file): only for trusted sources.")(f)
+    f = click.option("--allow-missing", is_flag=True,
+                     help="Load even when encoder weights are missing or mis-shaped (they stay random).")(f)
+    f = click.option("--adversarial-bn", is_flag=True,
+                     help="Evaluate dual-BN networks (CLAE, ACL, AdvCL) through their adversarial batch norm.")(f)
+    f = click.option("--normalize", default=None,
+                     help="Input normalisation: a preset (cifar10, cifar10-kuangliu, cifar10-dm, cifar100, "
+                          "imagenet, half, none) or 'm1,m2,m3,s1,s2,s3' [from the file, else its format's].")(f)
+    f = click.option("--format", "fmt", default=None,
+                     help="Force a third-party checkpoint format by name instead of detecting it "
+                          "(`clrobust inspect` shows the detected one).")(f)
+    f = click.option("--stem", type=click.Choice(list(STEMS)), default=None,
+                     help="Stem of third-party ResNets [from the first conv's kernel and the format].")(f)
+    f = click.option("--arch", default=None,
+                     help="Architecture of third-party files: resnet18/34/50, preact-resnet18(-v1), "
+                          "wrn-DEPTH-WIDEN, dm-wrn-DEPTH-WIDEN[-relu], dm-preact-resnet18/34[-relu] "
+                          "[inferred from tensor shapes].")(f)
+    return f
+
+
+def load_options(arch: Optional[str], stem: Optional[str], fmt: Optional[str], normalize: Optional[str],
+                 adversarial_bn: bool, allow_missing: bool, trust: bool) -> LoadOptions:
+    """The :class:`LoadOptions` of :func:`model_options`' values."""
+    return LoadOptions(arch=arch, format=fmt, normalize=normalize, trust=trust, adversarial_bn=adversarial_bn,
+                       strict=not allow_missing, stem=stem)
+
+
+def data_options(f: F) -> F:
+    f = click.option("--data-root", type=click.Path(file_okay=False), default=None,
+                     help="Folder of cifar10/cifar100 (official python format) or of an image folder.")(f)
+    f = click.option("--data", default="cifar10-mini", show_default=True,
+                     help=f"Data set: {', '.join(DATASETS)} (cifar10-mini is embedded).")(f)
+    return f
+
+
+def attack_options(f: F) -> F:
+    """--attack, --eps, --steps, --alpha of the attack crafted against each model."""
+    f = click.option("--alpha", default=None, type=float, help="Attack step size [2.5 eps / steps].")(f)
+    f = click.option("--steps", default=10, show_default=True, type=int, help="Attack iterations.")(f)
+    f = click.option("--eps", default="8/255", show_default=True, type=EPS,
+                     help="Attack radius: 8/255 or 0.0314 (L2: 0.5).")(f)
+    f = click.option("--attack", type=click.Choice(list(ATTACKS)), default="pgd", show_default=True,
+                     help="Attack crafted against each model: end to end through its classifier "
+                          "(threat model II), or 'rep', the label-free representation attack (threat model I).")(f)
+    return f
+
+
+def attack_spec(attack: str, eps: str, steps: int, alpha: Optional[float], seed: int) -> Any:
+    """The :class:`~clrobust.attacks.AttackSpec` of :func:`attack_options`' values."""
+    from clrobust.attacks import L2_ATTACKS, AttackSpec
+
+    norm = "L2" if attack in L2_ATTACKS else "Linf"
+    return AttackSpec(attack, parse_eps(eps, norm), steps, alpha, seed=seed)
+
+
+def probe_train_option(default: Optional[int] = None, name: str = "--probe-train") -> Callable[[F], F]:
+    """Train images a linear probe is fitted on (head-less encoders, per-layer probes)."""
+    shown = "all" if default is None else str(default)
+    return click.option(name, "probe_train", default=default, type=int,
+                        help=f"Train images (the first N) a linear probe is fitted on, for models without a "
+                             f"classifier of their own [{shown}].")
+
+
+def seed_option(f: F) -> F:
+    return click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2 ** 63 - 1),
+                        help="Seed for data order, augmentations, probe initialisation and attack random "
+                             "starts.")(f)
+
+
+def device_option(f: F) -> F:
+    return click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")(f)
+
+
+def out_options(default: str, what: str = "results") -> Callable[[F], F]:
+    """--out (a folder) and --overwrite."""
+    def deco(f: F) -> F:
+        f = click.option("--overwrite", is_flag=True, help=f"Replace {what} already in --out.")(f)
+        f = click.option("--out", default=default, show_default=True, type=click.Path(file_okay=False),
+                         help="Output folder.")(f)
+        return f
+    return deco
+
+
+def progress_option(f: F) -> F:
+    return click.option("--progress/--no-progress", default=True, show_default=True,
+                        help="Show progress bars.")(f)

@@ -1,0 +1,53 @@
+"""A linear classifier for every model: its own head, or a probe fitted on frozen train features.
+
+End-to-end attacks (threat model II) and accuracies need a classifier. A model whose
+file has none (a head-less encoder, or a head that does not fit the data set) gets
+the one linear-probe estimator of :mod:`clrobust.linear_probe`, fitted on the
+frozen pooled features of the train split, never a random head.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from clrobust.checkpoints import LoadedModel
+from clrobust.data import ImageData
+from clrobust.linear_probe import fit_linear_probe
+
+#: Batch size of the feature pass before a probe fit.
+FEATURE_BATCH = 256
+
+
+def ensure_classifier(lm: LoadedModel, train: Optional[ImageData], seed: int = 0,
+                      progress: bool = True) -> Dict[str, Any]:
+    """Give a head-less model a linear probe fitted on frozen features of ``train``; describe its classifier.
+
+    Models with a classifier of their own are left alone. The probe is deterministic
+    given ``seed``, so every process of a multi-process run fits the same one.
+
+    Returns:
+        ``{"classifier": description}`` (+ ``probe_train_accuracy`` and ``probe_train_images``
+        when a probe was fitted).
+    """
+    if lm.has_classifier:
+        return {"classifier": "own linear head"}
+    if train is None:
+        raise ValueError("a head-less model needs train data to fit its probe")
+    net = lm.network
+    device = next(net.parameters()).device
+    feats = []
+    total = -(-len(train) // FEATURE_BATCH)
+    with torch.no_grad():
+        for x, _ in tqdm(train.batches(FEATURE_BATCH), total=total, desc=f"{lm.label}: probe features",
+                         disable=not progress, unit="batch", leave=False):
+            feats.append(net.features(x.to(device)).cpu())
+    f = torch.cat(feats)
+    probe = fit_linear_probe(f, train.labels, net.config.num_classes, seed=seed)
+    probe.to_linear(net.classifier)
+    lm.has_classifier = True
+    acc = probe.accuracy(f, train.labels)
+    return {"classifier": f"linear probe fitted on {len(train)} frozen train features ({probe.description()})",
+            "probe_train_accuracy": acc, "probe_train_images": len(train)}

@@ -1,0 +1,95 @@
+"""The seams between commands: what a file says about itself survives convert, labels stay distinct
+and file-system safe, and a mistyped model name is reported before anything about --out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_network
+
+from clrobust.checkpoints import distinct_labels, load
+from clrobust.errors import ClrobustError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _supcontrast_file(tmp_path: Path) -> Path:
+    """A head-less SupContrast checkpoint (encoder + projection head, no classifier)."""
+    net = tiny_network(3)
+    sd = {f"encoder.{k.replace('stem.conv.', 'conv1.').replace('stem.bn.', 'bn1.')}": v
+          for k, v in net.encoder.state_dict().items()}
+    sd.update({"head.0.weight": torch.randn(32, 32), "head.0.bias": torch.randn(32),
+               "head.2.weight": torch.randn(16, 32), "head.2.bias": torch.randn(16)})
+    path = tmp_path / "last.pth"
+    torch.save({"opt": argparse.Namespace(model="resnet18"), "model": sd, "epoch": 3}, path)
+    return path
+
+
+def test_converted_headless_encoder_gets_a_probe_not_a_random_head(tmp_path, capsys):
+    from clrobust.attacks import AttackSpec
+    from clrobust.cli import main
+    from clrobust.compare import CompareSettings, run_compare
+
+    src = _supcontrast_file(tmp_path)
+    direct = load(str(src))
+    assert not direct.has_classifier and direct.source_format == "supcontrast"
+    main(["convert", str(src), str(tmp_path / "conv")])
+    conv = load(str(tmp_path / "conv.safetensors"))
+    # What the file says about itself survives convert.
+    assert not conv.has_classifier and conv.source_format == "supcontrast"
+    assert conv.normalize["mean"] == pytest.approx(direct.normalize["mean"])
+    assert conv.report.format == "clrobust" and "converted from supcontrast" in conv.report.source
+    capsys.readouterr()
+    main(["inspect", str(tmp_path / "conv.safetensors")])
+    assert "classifier     none" in capsys.readouterr().out
+
+    settings = CompareSettings(models=[str(tmp_path / "conv.safetensors")], attack=AttackSpec("pgd", 8 / 255, 1),
+                               n_samples=16, batch_size=8)
+    res = run_compare(settings, progress=False)
+    info = res["models"]["conv"]
+    assert "linear probe" in info["classifier"] and info["probe_train_accuracy"] > 0.2
+    assert res["accuracy"]["conv"]["clean"] > 0.1
+
+
+def test_models_of_one_name_get_distinct_file_system_safe_labels(tmp_path, tiny_checkpoints):
+    from clrobust.attacks import AttackSpec
+    from clrobust.audit import AuditSettings, run_audit
+    from clrobust.compare import CompareSettings, compare_layers
+
+    other = tmp_path / "runs" / tiny_checkpoints[0].name
+    other.parent.mkdir()
+    shutil.copy(tiny_checkpoints[1], other)
+    shutil.copy(tiny_checkpoints[1].with_suffix(".json"), other.with_suffix(".json"))
+    models = [str(tiny_checkpoints[0]), str(other)]
+    settings = CompareSettings(models=models, attack=AttackSpec("pgd", 8 / 255, 1), n_samples=8, batch_size=8)
+    res = compare_layers(settings, tmp_path / "cmp", progress=False)
+    assert list(res["layers"]) == ["tiny0", "tiny0-2"]
+    names = [p.name for p in (tmp_path / "cmp").iterdir()]
+    assert "cka_tiny0-clean_vs_tiny0-2-clean.png" in names and not any("#" in n for n in names)
+    report = run_audit(AuditSettings(models=models, eps=(8 / 255,), attacks=("fgsm",), n_samples=8,
+                                     batch_size=8), tmp_path / "audit", progress=False)
+    assert list(report["models"]) == ["tiny0", "tiny0-2"]
+    assert {r["model"] for r in report["rows"]} == {"tiny0", "tiny0-2"}
+    assert distinct_labels(["runs/a b", "a b", "#x", ""]) == ["runs_a_b", "a_b", "x", "model"]
+
+
+def test_a_mistyped_model_name_is_reported_before_out(tmp_path):
+    from clrobust.audit import AuditSettings, run_audit
+    from clrobust.compare import CompareSettings, compare_layers
+    from clrobust.probes import run_probe_layers
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("results.json", "report.json", "probes.json"):
+        (out / name).write_text(json.dumps({}))
+    with pytest.raises(ClrobustError, match="unknown model 'simclr-tt'"):
+        compare_layers(CompareSettings(models=["simclr-tt"]), out, progress=False)
+    with pytest.raises(ClrobustError, match="unknown model 'simclr-tt'"):
+        run_audit(AuditSettings(models=["simclr-tt"]), out, progress=False)
+    with pytest.raises(ClrobustError, match="unknown model 'simclr-tt'"):
+        run_probe_layers("simclr-tt", out, progress=False)
