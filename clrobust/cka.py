@@ -132,6 +132,14 @@ class StreamingCKA:
         self.n += b
         self.batches += 1
 
+    def ensure_state(self, rows: int, cols: int) -> None:
+        """Zero sums of shape (rows, cols), (rows,), (cols,) when no batch was added, so that a process
+        that owned no batch still joins every all-reduce with tensors of the right shape."""
+        if self.xy is None:
+            self.xy = torch.zeros(rows, cols, dtype=torch.float64)
+            self.xx = torch.zeros(rows, dtype=torch.float64)
+            self.yy = torch.zeros(cols, dtype=torch.float64)
+
     def state(self) -> List[Optional[torch.Tensor]]:
         """The running sums, e.g. to all-reduce across processes (None before the first batch)."""
         return [self.xy, self.xx, self.yy]

@@ -128,6 +128,8 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist=None) -> 
             r.remove()
 
     if dist is not None:
+        for e in entries:  # a process that owned no batch joins every collective all the same
+            accs[e].ensure_state(len(names[e[0][0]]), len(names[e[1][0]]))
         dist.all_reduce_cka(accs, entries)
         dist.all_reduce_counts(correct)
     t = time.perf_counter()

@@ -9,7 +9,7 @@ counts, per-point results) are all-reduced; rank 0 writes the outputs.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -19,18 +19,27 @@ import torch
 class Dist:
     rank: int
     world: int
+    #: Where this rank computes and where its collectives run (NCCL needs tensors on the rank's GPU).
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @classmethod
     def from_env(cls, device: str = "cpu") -> Optional["Dist"]:
-        """A process group from torchrun's environment, or None for a single process."""
+        """A process group from torchrun's environment, or None for a single process.
+
+        With ``device`` ``cuda``, each rank takes the GPU of its ``LOCAL_RANK`` and NCCL;
+        otherwise gloo on the CPU.
+        """
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return None
         import torch.distributed as td
 
+        dev = rank_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
         if not td.is_initialized():
-            td.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        return cls(td.get_rank(), td.get_world_size())
+            td.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        return cls(td.get_rank(), td.get_world_size(), dev)
 
     @property
     def is_main(self) -> bool:
@@ -41,10 +50,14 @@ class Dist:
         return index % self.world == self.rank
 
     def all_reduce(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Sum each tensor over the processes, in place; the collective runs on this rank's device."""
         import torch.distributed as td
 
         for t in tensors:
-            td.all_reduce(t)
+            buf = t.to(self.device)
+            td.all_reduce(buf)
+            if buf is not t:
+                t.copy_(buf.to(t.device))
 
     def all_reduce_cka(self, accs: Dict, entries: List) -> None:
         for e in entries:
@@ -61,6 +74,14 @@ class Dist:
         import torch.distributed as td
 
         td.barrier()
+
+
+def rank_device(device: str, local_rank: int) -> torch.device:
+    """The device of one rank: a bare ``cuda`` means the GPU of the rank's ``LOCAL_RANK``."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        return torch.device("cuda", local_rank)
+    return dev
 
 
 def owns(dist: Optional[Dist], index: int) -> bool:

@@ -22,10 +22,11 @@ def run(args, env=None):
     return p.returncode, p.stdout + p.stderr
 
 
-def torchrun(args):
+def torchrun(args, processes=2):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "clrobust", *args], capture_output=True, text=True, env=env)
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                        str(processes), "-m", "clrobust", *args], capture_output=True, text=True, env=env,
+                       timeout=600)
     return p.returncode, p.stdout + p.stderr
 
 
@@ -151,6 +152,22 @@ def test_two_processes_equal_one(tmp_path, tiny_checkpoints):
     assert code == 0, text
     rows1, rows2 = (json.loads((tmp_path / d / "report.json").read_text())["rows"] for d in ("a1", "a2"))
     assert rows1 == rows2
+
+
+@pytest.mark.slow
+def test_a_process_without_a_batch_joins_every_collective(tmp_path, tiny_checkpoints):
+    """3 processes, 2 batches: the third owns none, still all-reduces, and the numbers equal one process's."""
+    a = str(tiny_checkpoints[0])
+    cmp = ["compare-layers", a, "--n-samples", "16", "--batch-size", "8", "--steps", "1", "--layers", "stem,avgpool",
+           "--no-progress"]
+    code, text = run(cmp + ["--out", str(tmp_path / "one")])
+    assert code == 0, text
+    code, text = torchrun(cmp + ["--out", str(tmp_path / "three")], processes=3)
+    assert code == 0, text
+    r1, r3 = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "three"))
+    assert r3["processes"] == 3 and r1["accuracy"] == r3["accuracy"]
+    for e1, e3 in zip(r1["cka"], r3["cka"]):
+        np.testing.assert_allclose(e1["matrix"], e3["matrix"], atol=1e-9, rtol=0)
 
 
 # ----------------------------------------------------------------------------- independent recount, in process

@@ -65,6 +65,8 @@ def audit(models, data, data_root, split, eps_text, l2_text, attacks, n_samples,
                              load_options=load_options(arch, stem, fmt, normalize, adversarial_bn, allow_missing,
                                                        trust))
     dist = Dist.from_env(device)
+    if dist is not None:
+        settings.device = str(dist.device)  # each rank on its own GPU under torchrun
     report = run_audit(settings, Path(out), overwrite=overwrite, progress=progress, dist=dist)
     if dist is None or dist.is_main:
         click.echo(markdown_table(report))

@@ -76,6 +76,8 @@ def compare_layers(models, data, data_root, split, layers, attack, eps, steps, a
     from clrobust.distributed import Dist
 
     dist = Dist.from_env(device)
+    if dist is not None:
+        settings.device = str(dist.device)  # each rank on its own GPU under torchrun
     results = run(settings, Path(out), overwrite=overwrite, progress=progress, dist=dist)
     if dist is not None and not dist.is_main:
         return
