@@ -8,11 +8,11 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from conftest import tiny_network
 
 from clrobust.checkpoints import load, resolve, save_network, zoo
 from clrobust.cli import cli, main
 from clrobust.errors import ClrobustError
-from conftest import tiny_network
 
 
 def test_the_zoo_lists_every_model_of_its_manifest():
