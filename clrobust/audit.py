@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from tqdm.auto import tqdm
 
-from clrobust.attacks import AttackSpec, attack_batch, format_eps
+from clrobust.activations import Stage
+from clrobust.attacks import AttackSpec, format_eps
 from clrobust.checkpoints import LoadOptions, distinct_labels, load, resolve
-from clrobust.data import ImageData, load_dataset, to_float
-from clrobust.distributed import Dist, owns
+from clrobust.data import ImageData, load_dataset
+from clrobust.distributed import Dist
 from clrobust.errors import ClrobustError
 from clrobust.heads import ensure_classifier
 from clrobust.provenance import prepare_out_dir, versions, weights_hash, write_json
@@ -89,22 +89,17 @@ def _units(settings: AuditSettings) -> List[Tuple[str, float, str]]:
 def _correct(net, spec: Optional[AttackSpec], data: ImageData, bs: int, device: str, dist: Optional[Dist],
              desc: str, progress: bool) -> torch.Tensor:
     """Per-point correctness (int64 0/1) under ``spec`` (None = clean), all-reduced across processes."""
-    n = len(data)
-    out = torch.zeros(n, dtype=torch.int64)
-    idx = [(i, lo) for i, lo in enumerate(range(0, n, bs)) if owns(dist, i)]
-    for i, lo in tqdm(idx, desc=desc, disable=not progress, leave=False):
-        x = to_float(data.images[lo:lo + bs]).to(device)
-        y = data.labels[lo:lo + bs].to(device)
-        if spec is not None:
-            x_adv = attack_batch(spec, net, x, y, batch_index=i)
-            linf = (x_adv - x).abs().flatten(1).max(1).values
-            l2 = (x_adv - x).flatten(1).norm(dim=1)
-            bound = l2 if spec.norm == "L2" else linf
-            if (bound > spec.eps + 1e-5).any() or x_adv.min() < 0 or x_adv.max() > 1:
-                raise RuntimeError(f"{spec.name} left the {spec.norm} ball of radius {spec.eps}")
-            x = x_adv
-        with torch.no_grad():
-            out[lo:lo + len(y)] = (net(x).argmax(1) == y).long().cpu()
+    out = torch.zeros(len(data), dtype=torch.int64)
+    stage = Stage({"model": net}, None, spec, device)
+    inputs = ("clean",) if spec is None else ("adversarial",)
+    for batch in stage.batches(data, bs, inputs=inputs, dist=dist, progress=progress, desc=desc):
+        for rec in batch.recordings:
+            if spec is not None:
+                delta = (rec.inputs - batch.x).flatten(1)
+                bound = delta.norm(dim=1) if spec.norm == "L2" else delta.abs().max(1).values
+                if (bound > spec.eps + 1e-5).any() or rec.inputs.min() < 0 or rec.inputs.max() > 1:
+                    raise RuntimeError(f"{spec.name} left the {spec.norm} ball of radius {spec.eps}")
+            out[batch.start:batch.start + len(batch.y)] = (rec.logits.argmax(1) == batch.y).long().cpu()
     if dist is not None:
         dist.all_reduce([out])
     return out

@@ -99,8 +99,20 @@ class StreamingCKA:
     >>> acc.compute()                          # (layers of a) x (layers of b) array
 
     ``update_grams`` takes precomputed :func:`ugram_stack` results, so several
-    pairs that share a recording compute its Grams once per batch.
+    pairs that share a recording compute its Grams once per batch. It is the first
+    entry of the metric registry (:mod:`clrobust.metrics`).
     """
+
+    name = "linear-cka"
+    description = "minibatch linear CKA, unbiased HSIC summed over batches (float64)"
+
+    @staticmethod
+    def prepare(acts: Sequence[ArrayLike]) -> torch.Tensor:
+        """What one recording contributes to every pair it is in, once per batch: its U-centred Grams."""
+        return ugram_stack(acts)
+
+    def update_prepared(self, px: torch.Tensor, py: torch.Tensor) -> None:
+        self.update_grams(px, py)
 
     def __init__(self) -> None:
         self.xy: torch.Tensor | None = None

@@ -1,9 +1,9 @@
 """The main job: layer-by-layer CKA of models on clean and adversarial inputs.
 
-For every batch of the data: craft adversarial inputs against each model, record
-every chosen layer of every model on clean and adversarial inputs (one forward
-pass each), compute each recording's U-centred Grams once, and add every
-requested pair into its :class:`~clrobust.cka.StreamingCKA`.
+For every batch of the activations stage (:mod:`clrobust.activations`: adversarial
+inputs crafted against each model, every chosen layer recorded on clean and
+adversarial inputs in one forward pass each), compute each recording's U-centred
+Grams once and add every requested pair into its :class:`~clrobust.cka.StreamingCKA`.
 """
 
 from __future__ import annotations
@@ -15,18 +15,17 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from clrobust.attacks import AttackSpec, attack_batch
+from clrobust.activations import MIN_BATCH, Stage, batch_plan
+from clrobust.attacks import AttackSpec
 from clrobust.checkpoints import LoadedModel, LoadOptions, distinct_labels, load, resolve
-from clrobust.cka import StreamingCKA, batch_bounds, ugram_stack
 from clrobust.cka import disparity as cka_disparity
-from clrobust.data import load_dataset, to_float
-from clrobust.distributed import Dist, owns
+from clrobust.data import load_dataset
+from clrobust.distributed import Dist
 from clrobust.errors import ClrobustError
 from clrobust.heads import ensure_classifier
-from clrobust.hooks import LayerRecorder, layer_names
+from clrobust.hooks import layer_names
+from clrobust.metrics import metric
 from clrobust.provenance import prepare_out_dir, versions, write_json
 
 RESULT_FILES = ("results.json", "disparity.csv", "disparity.png", "settings.json")
@@ -47,6 +46,7 @@ class CompareSettings:
     device: str = "cpu"
     load_options: LoadOptions = field(default_factory=LoadOptions)
     probe_train: Optional[int] = None  # train images for the probe of a model without a classifier [all]
+    metric: str = "linear-cka"  # a name of clrobust.metrics.METRICS
 
 
 Entry = Tuple[Tuple[str, str], Tuple[str, str]]  # ((model, input), (model, input))
@@ -90,42 +90,26 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist=None) -> 
     timings["load"] += time.perf_counter() - t
 
     entries = planned_entries(labels)
-    accs = {e: StreamingCKA() for e in entries}
+    accs = {e: metric(settings.metric) for e in entries}
+    measure = next(iter(accs.values()))
     correct = {lab: {"clean": 0, "adversarial": 0} for lab in labels}
-    recorders = {lab: LayerRecorder(nets[lab], names[lab]) for lab in labels}
-    # Global batching; each batch keeps its index (its attack seed) whatever the process count.
-    bounds = [(i, b) for i, b in enumerate(batch_bounds(len(data), settings.batch_size)) if owns(dist, i)]
-    try:
-        for r in recorders.values():
-            r.__enter__()
-        bar = tqdm(bounds, desc="compare-layers", disable=not progress, unit="batch")
-        for bi, (lo, hi) in bar:
-            x = to_float(data.images[lo:hi]).to(settings.device)
-            y = data.labels[lo:hi].to(settings.device)
-            grams: Dict[Tuple[str, str], torch.Tensor] = {}
-            for lab in labels:
-                net = nets[lab]
-                t = time.perf_counter()
-                x_adv = attack_batch(settings.attack, net, x, y, batch_index=bi)
-                timings["attack"] += time.perf_counter() - t
-                for inp, xi in (("clean", x), ("adversarial", x_adv)):
-                    t = time.perf_counter()
-                    acts = recorders[lab].record(xi)
-                    output = recorders[lab].output
-                    assert output is not None  # set by record()
-                    pred = output.argmax(1)
-                    correct[lab][inp] += int((pred == y).sum())
-                    timings["forward"] += time.perf_counter() - t
-                    t = time.perf_counter()
-                    grams[(lab, inp)] = ugram_stack([a.cpu() for a in acts.values()])
-                    timings["cka"] += time.perf_counter() - t
+    if len(data) < MIN_BATCH:
+        raise ClrobustError(f"need at least {MIN_BATCH} samples for minibatch CKA, got {len(data)}.")
+    stage = Stage(nets, names, settings.attack, settings.device)
+    for batch in stage.batches(data, settings.batch_size, dist=dist, progress=progress, desc="compare-layers",
+                               leave=True):
+        grams: Dict[Tuple[str, str], Any] = {}
+        for rec in batch.recordings:
+            correct[rec.model][rec.input] += int((rec.logits.argmax(1) == batch.y).sum())
             t = time.perf_counter()
-            for e in entries:
-                accs[e].update_grams(grams[e[0]], grams[e[1]])
+            grams[(rec.model, rec.input)] = measure.prepare([a.cpu() for a in rec.layers.values()])
             timings["cka"] += time.perf_counter() - t
-    finally:
-        for r in recorders.values():
-            r.remove()
+        t = time.perf_counter()
+        for e in entries:
+            accs[e].update_prepared(grams[e[0]], grams[e[1]])
+        timings["cka"] += time.perf_counter() - t
+    timings["attack"] += stage.timings["attack"]
+    timings["forward"] += stage.timings["forward"]
 
     if dist is not None:
         for e in entries:  # a process that owned no batch joins every collective all the same
@@ -158,9 +142,10 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist=None) -> 
         "attack": settings.attack.to_dict(),
         "data": {"name": settings.data, "split": settings.split},
         "n_samples": n,
-        "batches": len(batch_bounds(n, settings.batch_size)),
+        "batches": len(batch_plan(n, settings.batch_size)),
         "batch_size": settings.batch_size,
-        "cka_estimator": "minibatch linear CKA, unbiased HSIC summed over batches (float64)",
+        "metric": settings.metric,
+        "cka_estimator": measure.description,
         "seed": settings.seed,
         "versions": versions(),
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
@@ -244,4 +229,4 @@ def settings_dict(s: CompareSettings) -> Dict[str, Any]:
     return {"models": list(s.models), "data": s.data, "data_root": s.data_root, "split": s.split,
             "layers": s.layers, "attack": s.attack.to_dict(), "n_samples": s.n_samples,
             "batch_size": s.batch_size, "seed": s.seed, "device": s.device, "load_options": s.load_options.kwargs(),
-            "probe_train": s.probe_train}
+            "probe_train": s.probe_train, "metric": s.metric}

@@ -98,6 +98,10 @@ class LayerRecorder:
 
     Hooks are removed on exit, errors included. A module that runs twice in one
     forward pass, a layer that produced nothing and non-finite values are errors.
+    Each output is stored as a copy, so an in-place operation later in the forward
+    pass (a torchvision ResNet's ``ReLU(inplace=True)`` or ``out += identity``)
+    cannot change what was recorded. An empty layer list records nothing and only
+    keeps the output.
     """
 
     def __init__(self, model: nn.Module, layers: Union[str, Sequence[str]] = "blocks"):
@@ -108,6 +112,7 @@ class LayerRecorder:
         if missing:
             raise ClrobustError(f"layer {missing[0]!r} does not exist; valid names: {_summarise(list(modules)[1:])}.")
         self._modules = [modules[n] for n in self.names]
+        self._active = False
         self._handles: List[torch.utils.hooks.RemovableHandle] = []
         self._out: Dict[str, torch.Tensor] = {}
         self._calls: Dict[str, int] = {}
@@ -116,6 +121,7 @@ class LayerRecorder:
     def __enter__(self) -> "LayerRecorder":
         for name, mod in zip(self.names, self._modules):
             self._handles.append(mod.register_forward_hook(self._hook(name)))
+        self._active = True
         return self
 
     def __exit__(self, *exc) -> None:
@@ -126,13 +132,14 @@ class LayerRecorder:
             h.remove()
         self._handles.clear()
         self._out.clear()
+        self._active = False
 
     def _hook(self, name: str):
         def hook(module: nn.Module, inputs, output) -> None:
             self._calls[name] = self._calls.get(name, 0) + 1
             if isinstance(output, (tuple, list)):
                 output = output[0]
-            self._out[name] = output.detach()
+            self._out[name] = output.detach().clone()
         return hook
 
     def record(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -141,7 +148,7 @@ class LayerRecorder:
         The model's own output of that pass (logits for a clrobust Network) is kept
         in ``self.output``, so callers need no second pass for predictions.
         """
-        if not self._handles:
+        if not self._active:
             raise RuntimeError("LayerRecorder.record() outside its `with` block")
         self._out, self._calls = {}, {}
         was_training = self.model.training

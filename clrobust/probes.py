@@ -1,9 +1,9 @@
 """Per-layer linear probes: how linearly decodable the labels are at every layer, clean and adversarial.
 
-For one model and a layer set, every layer is recorded in one forward pass per
-batch on the train split (clean) and on the test split, clean and adversarial
-(inputs crafted end to end against the model with :func:`clrobust.attacks.attack_batch`,
-the same batches and seeds as ``compare-layers``). Convolutional maps are average
+For one model and a layer set, the activations stage (:mod:`clrobust.activations`:
+the same batches, attack seeds and recording as ``compare-layers``) records every
+layer on the train split (clean) and on the test split, clean and adversarial
+(inputs crafted end to end against the model). Convolutional maps are average
 pooled to 2x2 and flattened. Features are computed once per setting and cached in
 memory and, optionally, as ``.npz`` on disk. A seeded multinomial logistic
 regression (standardised features, full-batch L-BFGS, float64) is fitted per layer.
@@ -25,10 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from clrobust.attacks import AttackSpec, attack_batch
-from clrobust.data import ImageData, to_float
+from clrobust.activations import INPUTS, Stage
+from clrobust.attacks import AttackSpec
+from clrobust.data import ImageData
 from clrobust.errors import ClrobustError
-from clrobust.hooks import LayerRecorder, layer_names
+from clrobust.hooks import layer_names
 from clrobust.linear_probe import fit_linear_probe
 from clrobust.provenance import weights_hash
 
@@ -100,27 +101,18 @@ def feature_key(net: nn.Module, layers: Sequence[str], train: ImageData, test: I
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _record(rec: LayerRecorder, data: ImageData, batch_size: int, desc: str, progress: bool,
-            net: Optional[nn.Module] = None, attack: Optional[AttackSpec] = None,
-            device: str = "cpu") -> Tuple[Dict[str, np.ndarray], Dict[str, int]]:
-    chunks: Dict[str, List[torch.Tensor]] = {n: [] for n in rec.names}
-    correct = {"clean": 0, "adversarial": 0}
-    n_batches = -(-len(data) // batch_size)
-    for bi in tqdm(range(n_batches), desc=desc, disable=not progress, unit="batch", leave=False):
-        lo, hi = bi * batch_size, min(len(data), (bi + 1) * batch_size)
-        x = to_float(data.images[lo:hi]).to(device)
-        y = data.labels[lo:hi].to(device)
-        if attack is not None:
-            assert net is not None  # callers pass the network with an attack
-            with torch.no_grad():
-                correct["clean"] += int((net(x).argmax(1) == y).sum())
-            x = attack_batch(attack, net, x, y, batch_index=bi)
-        for name, act in rec.record(x).items():
-            chunks[name].append(pool_flatten(act).float().cpu())
-        if attack is not None:  # the recording pass also gave the predictions
-            assert rec.output is not None  # set by record()
-            correct["adversarial"] += int((rec.output.argmax(1) == y).sum())
-    return {n: torch.cat(c).numpy() for n, c in chunks.items()}, correct
+def _pooled(stage: Stage, data: ImageData, batch_size: int, inputs: Sequence[str], desc: str, progress: bool
+            ) -> Tuple[Dict[str, Dict[str, np.ndarray]], Dict[str, int]]:
+    """Pooled features of every layer per input (``clean``, ``adversarial``), and the model's correct counts."""
+    names = stage.layers["model"]
+    chunks: Dict[str, Dict[str, List[torch.Tensor]]] = {i: {n: [] for n in names} for i in inputs}
+    correct = {i: 0 for i in inputs}
+    for batch in stage.batches(data, batch_size, inputs=inputs, progress=progress, desc=desc):
+        for rec in batch.recordings:
+            for name, act in rec.layers.items():
+                chunks[rec.input][name].append(pool_flatten(act).float().cpu())
+            correct[rec.input] += int((rec.logits.argmax(1) == batch.y).sum())
+    return {i: {n: torch.cat(c).numpy() for n, c in per.items()} for i, per in chunks.items()}, correct
 
 
 def extract_features(net: nn.Module, train: ImageData, test: ImageData, layers: Union[str, Sequence[str]],
@@ -145,13 +137,12 @@ def extract_features(net: nn.Module, train: ImageData, test: ImageData, layers: 
         feats = _load_npz(path, names)
         feats.from_cache = "disk"
     else:
-        with LayerRecorder(net, names) as rec:
-            tr, _ = _record(rec, train, batch_size, "probe features train", progress, device=device)
-            tc, _ = _record(rec, test, batch_size, "probe features test", progress, device=device)
-            ta, correct = _record(rec, test, batch_size, "probe features test adv", progress, net, attack,
-                                  device)
+        stage = Stage({"model": net}, {"model": names}, attack, device)
+        tr, _ = _pooled(stage, train, batch_size, ("clean",), "probe features train", progress)
+        te, correct = _pooled(stage, test, batch_size, INPUTS, "probe features test", progress)
         acc = {k: v / len(test) for k, v in correct.items()}
-        feats = LayerFeatures(names, tr, tc, ta, train.labels.numpy().copy(), test.labels.numpy().copy(), acc)
+        feats = LayerFeatures(names, tr["clean"], te["clean"], te["adversarial"], train.labels.numpy().copy(),
+                              test.labels.numpy().copy(), acc)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             _save_npz(path, feats)

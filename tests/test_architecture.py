@@ -2,7 +2,8 @@
 
 The floors, bottom to top (a module may import its own floor and those below):
 errors -> foundations (models, data, CKA, losses, the linear probe ...) -> attacks, hooks,
-checkpoints -> classifiers of loaded models -> jobs -> figures -> the command line.
+checkpoints -> the activations stage and classifiers of loaded models -> jobs -> figures -> the
+command line.
 A new module must be given a floor here.
 """
 
@@ -19,10 +20,11 @@ PACKAGE = Path(clrobust.__file__).resolve().parent
 
 FLOORS: List[List[str]] = [
     ["clrobust", "clrobust.errors"],
-    ["clrobust.models", "clrobust.models.*", "clrobust.data", "clrobust.cka", "clrobust.distributed",
-     "clrobust.plots", "clrobust.provenance", "clrobust.losses", "clrobust.linear_probe", "clrobust.train.augment"],
+    ["clrobust.models", "clrobust.models.*", "clrobust.data", "clrobust.cka", "clrobust.metrics",
+     "clrobust.distributed", "clrobust.plots", "clrobust.provenance", "clrobust.losses", "clrobust.linear_probe",
+     "clrobust.train.augment"],
     ["clrobust.attacks", "clrobust.hooks", "clrobust.checkpoints", "clrobust.checkpoints.*"],
-    ["clrobust.heads", "clrobust.robustness"],
+    ["clrobust.activations", "clrobust.heads", "clrobust.robustness"],
     ["clrobust.compare", "clrobust.probes", "clrobust.audit", "clrobust.train", "clrobust.train.trainer"],
     ["clrobust.figures"],
     ["clrobust.cli", "clrobust.cli.*", "clrobust.__main__"],

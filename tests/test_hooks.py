@@ -318,3 +318,40 @@ def test_blocks_is_the_default_layer_set():
     assert layer_names(net) == blocks
     assert LayerRecorder(net).names == blocks
     assert list(record(net, torch.rand(2, 3, 32, 32))) == blocks
+
+
+def test_in_place_operations_do_not_change_what_was_recorded():
+    """A torchvision ResNet (ReLU(inplace=True), ``out += identity``) records the values of a run
+    without any in-place operation."""
+    import copy as copy_mod
+
+    import torch.nn.functional as F
+    from torchvision.models import resnet18
+    from torchvision.models.resnet import BasicBlock
+
+    torch.manual_seed(0)
+    net = resnet18(weights=None, num_classes=10).eval()
+    for m in net.modules():  # non-trivial statistics, so each BN output has negative values
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.5)
+            m.bias.data.normal_(0, 0.5)
+    reference = copy_mod.deepcopy(net)
+
+    def out_of_place(block: BasicBlock, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(block.bn1(block.conv1(x)))
+        out = block.bn2(block.conv2(out))
+        identity = block.downsample(x) if block.downsample is not None else x
+        return F.relu(out + identity)
+
+    for m in reference.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+        if isinstance(m, BasicBlock):
+            m.forward = (lambda b: (lambda x: out_of_place(b, x)))(m)
+    layers = ["bn1", "layer1.0.bn1", "layer1.0.bn2", "layer1.0", "layer2.1.bn2", "layer4.1"]
+    x = torch.rand(2, 3, 32, 32)
+    got = record(net, x, names=layers)
+    want = record(reference, x, names=layers)
+    for name in layers:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0, msg=name)
+    assert got["bn1"].min() < 0 and got["layer1.0.bn2"].min() < 0  # not overwritten by the ReLU after them

@@ -93,3 +93,51 @@ def test_a_mistyped_model_name_is_reported_before_out(tmp_path):
         run_audit(AuditSettings(models=["simclr-tt"]), out, progress=False)
     with pytest.raises(ClrobustError, match="unknown model 'simclr-tt'"):
         run_probe_layers("simclr-tt", out, progress=False)
+
+
+class _CountSamples:
+    """A toy measure: how many images each layer pair has seen (every entry equals n)."""
+
+    name = "count"
+    description = "images seen per layer pair"
+
+    def __init__(self) -> None:
+        self.sums = None
+
+    def prepare(self, acts):
+        return [a.shape[0] for a in acts]
+
+    def update_prepared(self, px, py):
+        batch = torch.full((len(px), len(py)), float(px[0]), dtype=torch.float64)
+        self.sums = batch if self.sums is None else self.sums + batch
+
+    def update(self, acts_x, acts_y):
+        self.update_prepared(self.prepare(acts_x), self.prepare(acts_y))
+
+    def state(self):
+        return [self.sums]
+
+    def ensure_state(self, rows, cols):
+        if self.sums is None:
+            self.sums = torch.zeros(rows, cols, dtype=torch.float64)
+
+    def compute(self):
+        return self.sums.numpy()
+
+
+def test_compare_layers_takes_any_registered_metric(tiny_checkpoints, monkeypatch):
+    from clrobust import metrics
+    from clrobust.attacks import AttackSpec
+    from clrobust.cka import StreamingCKA
+    from clrobust.compare import CompareSettings, run_compare
+
+    assert metrics.METRICS["linear-cka"] is StreamingCKA and isinstance(metrics.metric("linear-cka"), StreamingCKA)
+    with pytest.raises(ClrobustError, match="unknown metric 'cca'; use one of: linear-cka"):
+        metrics.metric("cca")
+    monkeypatch.setitem(metrics.METRICS, "count", _CountSamples)
+    res = run_compare(CompareSettings(models=[str(tiny_checkpoints[0])], attack=AttackSpec("pgd", 8 / 255, 1),
+                                      n_samples=12, batch_size=8, layers="stem,avgpool", metric="count"),
+                      progress=False)
+    assert res["metric"] == "count" and res["cka_estimator"] == "images seen per layer pair"
+    for e in res["cka"]:
+        assert e["matrix"] == [[12.0, 12.0], [12.0, 12.0]]

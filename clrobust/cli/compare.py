@@ -19,6 +19,7 @@ from clrobust.cli.options import (
     seed_option,
 )
 from clrobust.errors import ClrobustError
+from clrobust.metrics import METRICS
 
 
 @click.command("compare-layers")
@@ -32,6 +33,8 @@ from clrobust.errors import ClrobustError
 @click.option("--n-samples", default=512, show_default=True, type=int, help="Images to use (the first N of the split).")
 @click.option("--batch-size", default=128, show_default=True, type=int,
               help="Images per batch; each batch adds one unbiased-HSIC term to minibatch CKA.")
+@click.option("--metric", type=click.Choice(list(METRICS)), default="linear-cka", show_default=True,
+              help="Similarity of two recordings, layer pair by layer pair (clrobust.metrics registry).")
 @model_options
 @probe_train_option()
 @seed_option
@@ -39,8 +42,8 @@ from clrobust.errors import ClrobustError
 @out_options("compare-layers-out")
 @progress_option
 def compare_layers(models, data, data_root, split, layers, attack, eps, steps, alpha, n_samples, batch_size,
-                   arch, stem, fmt, normalize, adversarial_bn, allow_missing, trust, probe_train, seed, device, out,
-                   overwrite, progress):
+                   metric, arch, stem, fmt, normalize, adversarial_bn, allow_missing, trust, probe_train, seed, device,
+                   out, overwrite, progress):
     """CKA between every pair of layers, on clean and adversarial inputs.
 
     MODELS are zoo names (see `clrobust zoo`) or checkpoint paths; with none, the
@@ -72,7 +75,7 @@ def compare_layers(models, data, data_root, split, layers, attack, eps, steps, a
     settings = CompareSettings(models=models, data=data, data_root=data_root, split=split, layers=layers,
                                attack=spec, n_samples=n_samples, batch_size=batch_size, seed=seed, device=device,
                                load_options=load_options(arch, stem, fmt, normalize, adversarial_bn, allow_missing,
-                                                         trust), probe_train=probe_train)
+                                                         trust), probe_train=probe_train, metric=metric)
     from clrobust.distributed import Dist
 
     dist = Dist.from_env(device)

@@ -1,0 +1,127 @@
+"""The one activations stage: batch by batch, for every model, clean and adversarial inputs, logits and layers.
+
+Every job that needs a model's outputs on a data set (compare-layers, probe-layers,
+audit, the robustness report of training) reads them from :func:`batches`, so they
+share one rule for each of these:
+
+* **batching**: :func:`batch_plan`: batches of ``batch_size`` in data order; a last
+  batch smaller than 4 images is folded into the one before it (unbiased HSIC needs 4);
+* **attack seeds**: each batch's adversarial inputs are crafted against each model
+  with :func:`~clrobust.attacks.attack_batch` seeded by the batch's *global* index;
+* **sharding**: under torchrun, process ``rank`` takes batches ``rank, rank + N, ...``
+  of the same global plan, so the union of the work is the single-process run;
+* **recording**: one forward pass per model and input records every chosen layer
+  (:class:`~clrobust.hooks.LayerRecorder`, copies when the model computes in place)
+  and gives the logits of that same pass.
+
+Recordings are produced lazily, one model and input at a time, so a consumer holds
+one recording in memory, not every model's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from clrobust.attacks import AttackSpec, attack_batch
+from clrobust.cka import batch_bounds
+from clrobust.data import ImageData, to_float
+from clrobust.distributed import Dist, owns
+from clrobust.hooks import LayerRecorder
+
+#: The inputs a model can be recorded on.
+INPUTS = ("clean", "adversarial")
+#: A last batch smaller than this is folded into the previous one.
+MIN_BATCH = 4
+
+
+def batch_plan(n: int, batch_size: int) -> List[Tuple[int, int]]:
+    """(start, stop) of every batch over ``n`` images: the one batching rule of every job."""
+    if n < MIN_BATCH:
+        return [(0, n)] if n else []
+    return batch_bounds(n, batch_size, MIN_BATCH)
+
+
+@dataclass
+class Recording:
+    """One model on one input of one batch."""
+
+    model: str
+    input: str
+    inputs: torch.Tensor
+    layers: Dict[str, torch.Tensor]
+    logits: torch.Tensor
+
+
+@dataclass
+class Batch:
+    """A batch of the plan: its global index, images in [0, 1], labels, and its recordings (lazy)."""
+
+    index: int
+    start: int
+    x: torch.Tensor
+    y: torch.Tensor
+    recordings: Iterator[Recording]
+
+
+class Stage:
+    """Record ``models`` (label -> network in eval mode) on the clean and adversarial versions of a data set.
+
+    Args:
+        models: label -> network; each is attacked and recorded on its own.
+        layers: label -> layer names to record (missing or empty: logits only).
+        attack: the attack crafted against each model for the ``adversarial`` input.
+        device: where images go.
+    """
+
+    def __init__(self, models: Mapping[str, nn.Module], layers: Optional[Mapping[str, Sequence[str]]] = None,
+                 attack: Optional[AttackSpec] = None, device: str = "cpu") -> None:
+        self.models = dict(models)
+        self.layers = {lab: list((layers or {}).get(lab, [])) for lab in self.models}
+        self.attack = attack
+        self.device = device
+        self.timings = {"attack": 0.0, "forward": 0.0}
+
+    def batches(self, data: ImageData, batch_size: int, inputs: Sequence[str] = INPUTS,
+                dist: Optional[Dist] = None, progress: bool = False, desc: str = "batches",
+                leave: bool = False) -> Iterator[Batch]:
+        """The batches this process owns, each with its recordings for every model and input (in that order)."""
+        unknown = [i for i in inputs if i not in INPUTS]
+        if unknown:
+            raise ValueError(f"unknown input {unknown[0]!r}; use {INPUTS}")
+        if "adversarial" in inputs and self.attack is None:
+            raise ValueError("adversarial inputs need an attack")
+        plan = [(i, b) for i, b in enumerate(batch_plan(len(data), batch_size)) if owns(dist, i)]
+        recorders = {lab: LayerRecorder(net, self.layers[lab]) for lab, net in self.models.items()}
+        try:
+            for r in recorders.values():
+                r.__enter__()
+            for index, (lo, hi) in tqdm(plan, desc=desc, disable=not progress, unit="batch", leave=leave):
+                x = to_float(data.images[lo:hi]).to(self.device)
+                y = data.labels[lo:hi].to(self.device)
+                yield Batch(index, lo, x, y, self._recordings(recorders, index, x, y, inputs))
+        finally:
+            for r in recorders.values():
+                r.remove()
+
+    def _recordings(self, recorders: Dict[str, LayerRecorder], index: int, x: torch.Tensor, y: torch.Tensor,
+                    inputs: Sequence[str]) -> Iterator[Recording]:
+        for lab, net in self.models.items():
+            for inp in inputs:
+                xi = x
+                if inp == "adversarial":
+                    assert self.attack is not None  # checked in batches()
+                    t = time.perf_counter()
+                    xi = attack_batch(self.attack, net, x, y, batch_index=index)
+                    self.timings["attack"] += time.perf_counter() - t
+                t = time.perf_counter()
+                acts = recorders[lab].record(xi)
+                output = recorders[lab].output
+                assert output is not None  # set by record()
+                self.timings["forward"] += time.perf_counter() - t
+                yield Recording(lab, inp, xi, acts, output)
