@@ -138,7 +138,7 @@ def run_audit(settings: AuditSettings, out: Path, overwrite: bool = False, progr
         if not lm.has_classifier and train is None:
             train = load_dataset(settings.data, "train", settings.data_root).subset(settings.probe_train)
         info = ensure_classifier(lm, train, settings.seed, progress and main)
-        models_info[lm.label] = {"source": lm.source, **info}
+        models_info[lm.label] = {**lm.describe(), **info}
         weights = weights_hash(net)
         mres = cache["results"].setdefault(lm.label, {})
         if mres.get("weights", weights) != weights:

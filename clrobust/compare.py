@@ -132,7 +132,7 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist=None) -> 
     accuracy = {lab: {"clean": correct[lab]["clean"] / n, "adversarial": correct[lab]["adversarial"] / n}
                 for lab in labels}
     return {
-        "models": {lab: {"source": lm.source, "training": lm.metadata.get("training", {}),
+        "models": {lab: {**lm.describe(), "training": lm.metadata.get("training", {}),
                          **classifiers.get(lab, {"classifier": "own linear head"})}
                    for lab, lm in zip(labels, loaded)},
         "layers": names,
@@ -200,6 +200,12 @@ def summary_table(results: Dict[str, Any]) -> str:
         k = max(1, len(d) // 3)
         lines.append(f"{lab:<22}{a['clean']:>10.1%}{a['adversarial']:>10.1%}{d[0]:>12.3f}"
                      f"{d[len(d) // 2]:>10.3f}{d[-1]:>11.3f}{float(np.mean(d[-k:])):>15.3f}")
+    for lab, info in results.get("models", {}).items():
+        if "probe_train_accuracy" in info:
+            lines.append(f"{lab}: classifier is a {info['classifier'].split(' (')[0]} "
+                         f"(probe train accuracy {info['probe_train_accuracy']:.1%})")
+        if info.get("batch_norm") in ("clean", "adversarial"):
+            lines.append(f"{lab}: dual batch norm, evaluated through the {info['batch_norm']} one")
     return "\n".join(lines)
 
 

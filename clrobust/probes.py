@@ -309,7 +309,7 @@ def run_probe_layers(model: str, out: Path, data: str = "cifar10-mini", data_roo
     classifier = ensure_classifier(lm, train, seed, progress)  # the end-to-end attack needs a real head
     r = probe_layers(lm.network, train, test, layers, attack, batch_size, seed, progress,
                      out / "features" if cache else None, device)
-    res = {"model": {"label": lm.label, "source": lm.source, "training": lm.metadata.get("training", {}),
+    res = {"model": {"label": lm.label, **lm.describe(), "training": lm.metadata.get("training", {}),
                      **classifier},
            "data": {"name": data, "train_split": "train", "test_split": "test"}, "layer_set": layers,
            **r.to_dict(), "versions": versions()}

@@ -382,9 +382,11 @@ def test_format_roundtrip(case: Case, tmp_path: Path, images: torch.Tensor) -> N
         flat = _flat(built.ckpt)
         cls_key = next(k for k in flat if re.search(r"(linear|fc|classifier|head|classification_head)\.weight$", k))
         torch.testing.assert_close(net.classifier.weight, flat[cls_key])
+    # Dual-BN networks are evaluated through the branch their authors evaluate robustness with.
+    assert report.adversarial_bn == (fmt in ("acl", "advcl"))
     with torch.no_grad():
         got = net.features(images)
-    want = built.features(images)
+    want = built.features(images, adv=True) if report.adversarial_bn else built.features(images)
     close(got, want)
 
 
@@ -403,12 +405,17 @@ def test_heads_are_dropped_and_reported(tmp_path: Path) -> None:
     assert "queue" in report.dropped and any(k.startswith("encoder_k.") for k in report.dropped)
 
 
-@pytest.mark.parametrize("builder", [_acl, _clae_simclr, _advcl], ids=["acl", "clae", "advcl"])
-def test_dual_bn_clean_by_default_adversarial_on_request(builder: Callable[[], Built], tmp_path: Path,
-                                                         images: torch.Tensor) -> None:
+@pytest.mark.parametrize("builder,default", [(_acl, "adversarial"), (_clae_simclr, "clean"),
+                                             (_advcl, "adversarial")], ids=["acl", "clae", "advcl"])
+def test_dual_bn_authors_branch_by_default_either_on_request(builder: Callable[[], Built], default: str,
+                                                             tmp_path: Path, images: torch.Tensor) -> None:
     built = builder()
     path = _save(built.ckpt, tmp_path / "dual.pt")
-    clean, _ = load_checkpoint(path)
+    _, auto = load_checkpoint(path)
+    assert auto.adversarial_bn == (default == "adversarial")
+    assert any(f"through the {default} batch norm" in n and "authors" in n for n in auto.notes)
+    clean, chosen = load_checkpoint(path, adversarial_bn=False)
+    assert not chosen.adversarial_bn and any("chosen by the user" in n for n in chosen.notes)
     adv, report = load_checkpoint(path, adversarial_bn=True)
     assert report.adversarial_bn
     with torch.no_grad():
@@ -570,6 +577,17 @@ def test_convert_keeps_both_batch_norms(tmp_path: Path, images: torch.Tensor) ->
     main(["convert", str(path), str(tmp_path / "clae")])
     adv = load_model(str(tmp_path / "clae.safetensors"), adversarial_bn=True)
     close(adv.network.features(images).detach(), built.features(images, adv=True))
+    clean = load_model(str(tmp_path / "clae.safetensors"))  # CLAE's authors evaluate the clean BN
+    assert not clean.report.adversarial_bn
+    close(clean.network.features(images).detach(), built.features(images))
+    # ACL's default branch (adversarial) survives convert, and --bn overrides it there too.
+    acl = _acl()
+    main(["convert", str(_save(acl.ckpt, tmp_path / "acl.pt")), str(tmp_path / "acl")])
+    converted = load_model(str(tmp_path / "acl.safetensors"))
+    assert converted.report.adversarial_bn and converted.source_format == "acl"
+    close(converted.network.features(images).detach(), acl.features(images, adv=True))
+    main(["convert", str(tmp_path / "acl.pt"), str(tmp_path / "acl-clean"), "--bn", "clean"])
+    close(load_model(str(tmp_path / "acl-clean.safetensors")).network.features(images).detach(), acl.features(images))
 
 
 def test_inspect_groups_dropped_keys_under_their_shared_prefix():

@@ -41,7 +41,7 @@ class LoadOptions:
     format: Optional[str] = None
     normalize: Optional[str] = None
     trust: bool = False
-    adversarial_bn: bool = False
+    adversarial_bn: Optional[bool] = None
     strict: bool = True
     stem: Optional[str] = None
 
@@ -67,6 +67,17 @@ class LoadedModel:
         return int(self.network.config.num_classes)
 
     @property
+    def batch_norm(self) -> str:
+        """``single``, or which batch norm of a dual-BN network is used (``clean`` / ``adversarial``)."""
+        if not self.network.config.dual_bn:
+            return "single"
+        return "adversarial" if self.report is not None and self.report.adversarial_bn else "clean"
+
+    def describe(self) -> Dict[str, Any]:
+        """What result files record about the model: where it came from, its format, its batch norm."""
+        return {"source": self.source, "source_format": self.source_format, "batch_norm": self.batch_norm}
+
+    @property
     def source(self) -> str:
         """``zoo:NAME`` for zoo models, else the checkpoint path (for result files)."""
         try:
@@ -77,7 +88,8 @@ class LoadedModel:
 
 
 def load(name_or_path: str, *, device: str = "cpu", arch: Optional[str] = None, format: Optional[str] = None,
-         normalize: Optional[str] = None, trust: bool = False, adversarial_bn: bool = False, strict: bool = True,
+         normalize: Optional[str] = None, trust: bool = False, adversarial_bn: Optional[bool] = None,
+         strict: bool = True,
          stem: Optional[str] = None) -> LoadedModel:
     """Load a zoo model, a native checkpoint or a third-party file, in eval mode on ``device``.
 
@@ -89,7 +101,9 @@ def load(name_or_path: str, *, device: str = "cpu", arch: Optional[str] = None, 
         format: force a third-party format by name instead of detecting it.
         normalize: input normalisation override: a preset or ``m1,m2,m3,s1,s2,s3``.
         trust: allow full unpickling (only for files from a trusted source).
-        adversarial_bn: evaluate a dual-BN network through its adversarial batch norm.
+        adversarial_bn: evaluate a dual-BN network through its adversarial (True) or clean (False)
+            batch norm; None: the one its authors evaluate robustness with (ACL, AdvCL: adversarial;
+            CLAE: clean; a converted file: what it was converted with).
         strict: refuse third-party files whose encoder weights are missing or mis-shaped.
         stem: stem override for third-party ResNets.
 

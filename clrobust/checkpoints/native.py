@@ -117,22 +117,26 @@ def _use_adversarial_bn(net: Network, weights: Path) -> None:
 
     duals = [m for m in net.modules() if isinstance(m, DualBatchNorm2d)]
     if not duals:
-        raise ClrobustError(f"{str(weights)!r} has no adversarial batch-norm; drop --adversarial-bn.")
+        raise ClrobustError(f"{str(weights)!r} has no adversarial batch-norm; drop --bn adversarial.")
     for m in duals:
         m.route_adversarial = True
 
 
 def load_native(path: Union[str, Path], normalize: Optional[str] = None,
-                adversarial_bn: bool = False) -> Tuple[Network, Dict[str, Any], "LoadReport"]:
+                adversarial_bn: Optional[bool] = None) -> Tuple[Network, Dict[str, Any], "LoadReport"]:
     """Load a native checkpoint with an optional normalisation override; (network, metadata, report).
 
     What the file says about itself is read from its metadata: whether its classifier
-    is real (``has_classifier``; a converted head-less encoder has none) and the
-    format it was converted from (``source_format``).
+    is real (``has_classifier``; a converted head-less encoder has none), the format it
+    was converted from (``source_format``) and, for dual-BN networks, the batch norm
+    robustness is evaluated with (``robust_bn``, used when ``adversarial_bn`` is None).
     """
     from clrobust.checkpoints.report import LoadReport
     from clrobust.checkpoints.table import parse_normalize
 
+    chosen = adversarial_bn
+    if adversarial_bn is None:
+        adversarial_bn = read_metadata(path).get("robust_bn", "clean") == "adversarial"
     net, meta = load_network(path, adversarial_bn=adversarial_bn)
     if normalize is not None:
         norm = parse_normalize(normalize)
@@ -157,4 +161,7 @@ def load_native(path: Union[str, Path], normalize: Optional[str] = None,
         encoder_params=sum(p.numel() for p in net.encoder.parameters()), container=None,
         has_classifier=bool(meta.get("has_classifier", True)), dual_bn=c.dual_bn, adversarial_bn=adversarial_bn,
         normalize=info)
+    if c.dual_bn:
+        report.notes.append(f"evaluated through the {'adversarial' if adversarial_bn else 'clean'} batch norm"
+                            + (" (chosen by the user)" if chosen is not None else " (the file's default; --bn)"))
     return net, meta, report

@@ -106,6 +106,9 @@ class CheckpointFormat:
             whose shapes match another family's (``dm-``: ``wrn-28-10`` becomes ``dm-wrn-28-10``).
         bn_branches: patterns of extra batch-norm copies (dual/triple BN), branch 0 = clean.
         adversarial_branch: the branch loaded as the adversarial BN.
+        robust_bn: the branch its authors evaluate robustness with, used unless the user
+            chooses (``clean`` or ``adversarial``; ACL and AdvCL use the adversarial BN, CLAE
+            the clean one).
         split_bn: running statistics may hold ``C x splits`` values (averaged on load).
         notes: caveats shown by ``clrobust inspect``.
     """
@@ -123,12 +126,15 @@ class CheckpointFormat:
     arch_prefix: str = ""
     bn_branches: Tuple[BNBranch, ...] = ()
     adversarial_branch: int = 1
+    robust_bn: str = "clean"
     split_bn: bool = False
     notes: Tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(f"format {self.name!r}: unknown normalisation {self.normalize!r}")
+        if self.robust_bn not in ("clean", "adversarial"):
+            raise ValueError(f"format {self.name!r}: robust_bn must be 'clean' or 'adversarial'")
         if self.small_stem not in ("cifar", "cifar-pad2", "cifar-norelu"):
             raise ValueError(f"format {self.name!r}: small_stem must be 'cifar', 'cifar-pad2' or 'cifar-norelu'")
 
@@ -203,13 +209,15 @@ FORMATS: List[CheckpointFormat] = [
     CheckpointFormat(
         "acl", "ACL (VITA-Group), dual BN",
         recognise=(r"\.bn_list\.1\.",), top_keys=("state_dict", "optim"), renames=ACL_NAMES,
-        heads=(r"^fc\.",), bn_branches=_MULTI_BN, normalize="imagenet",
-        notes=("bn_list.0 is the clean BN, bn_list.1 the adversarial one.",)),
+        heads=(r"^fc\.",), bn_branches=_MULTI_BN, normalize="imagenet", robust_bn="adversarial",
+        notes=("bn_list.0 is the clean BN, bn_list.1 the adversarial one; ACL evaluates robustness "
+               "through the adversarial one.",)),
     CheckpointFormat(
         "advcl", "AdvCL, triple BN",
         recognise=(r"\.bn_list\.2\.",), top_keys=("model",), renames=ACL_NAMES,
-        heads=(r"^head_(proj|pred|ce)", r"^fc_"), bn_branches=_MULTI_BN,
-        notes=("bn_list.0 clean, bn_list.1 PGD (loaded as adversarial BN), bn_list.2 PGD-CE (dropped).",)),
+        heads=(r"^head_(proj|pred|ce)", r"^fc_"), bn_branches=_MULTI_BN, robust_bn="adversarial",
+        notes=("bn_list.0 clean, bn_list.1 PGD (loaded as adversarial BN), bn_list.2 PGD-CE (dropped); "
+               "AdvCL evaluates robustness through the adversarial BN.",)),
     CheckpointFormat(
         "clae-simclr", "CLAE (SimCLR), dual BN",
         recognise=(r"_adv\.", r"^encoder\.conv1\.weight$"), prefixes=("encoder.",),

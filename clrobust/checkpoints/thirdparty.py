@@ -43,7 +43,7 @@ def _resolve_normalize(user: Optional[str], mapped: Mapped, fmt: CheckpointForma
 
 
 def load_checkpoint(path: Union[str, Path], arch: Optional[str] = None, normalize: Optional[str] = None,
-                    strict: bool = True, trust: bool = False, adversarial_bn: bool = False,
+                    strict: bool = True, trust: bool = False, adversarial_bn: Optional[bool] = None,
                     format: Optional[str] = None, stem: Optional[str] = None) -> Tuple[Network, LoadReport]:
     """Load any supported checkpoint as a clrobust :class:`Network` in eval mode.
 
@@ -55,7 +55,8 @@ def load_checkpoint(path: Union[str, Path], arch: Optional[str] = None, normaliz
             ``cifar10-dm``, ``cifar100``, ``imagenet``, ``half``, ``none``) or ``m1,m2,m3,s1,s2,s3``.
         strict: refuse when encoder weights are missing or mis-shaped.
         trust: allow full unpickling (only for files from a trusted source).
-        adversarial_bn: use the adversarial batch norm of a dual/triple-BN checkpoint.
+        adversarial_bn: use the adversarial (True) or the clean (False) batch norm of a dual/triple-BN
+            checkpoint; None: the branch the format's authors evaluate robustness with.
         format: force a format by name instead of detecting it.
         stem: force one of :data:`clrobust.models.resnet.STEMS` (``cifar``, ``cifar-pad2``,
             ``cifar-norelu``, ``imagenet``).
@@ -94,10 +95,18 @@ def load_checkpoint(path: Union[str, Path], arch: Optional[str] = None, normaliz
     elif mapped.classifier:
         mapped.unexpected += [mapped.sources[k] for k in mapped.classifier]
         classifier = {}
+    chosen = adversarial_bn
+    if adversarial_bn is None:
+        adversarial_bn = guess.dual_bn and fmt.robust_bn == "adversarial"
     if adversarial_bn:
         _route_adversarial(net, path)
     net.eval()
     notes = list(fmt.notes) + mapped.notes
+    if guess.dual_bn:
+        branch = "adversarial" if adversarial_bn else "clean"
+        notes.append(f"evaluated through the {branch} batch norm" + (
+            " (chosen by the user)" if chosen is not None else
+            f", the one {fmt.name}'s authors evaluate robustness with (choose with --bn)"))
     if not classifier:
         notes.append("no linear classifier in the file: the classifier is randomly initialised "
                      "(train one before attacking end-to-end).")
@@ -155,6 +164,6 @@ def _load_encoder(net: Network, mapped: Mapped, fmt: CheckpointFormat, strict: b
 def _route_adversarial(net: Network, path: Union[str, Path]) -> None:
     duals = [m for m in net.modules() if isinstance(m, DualBatchNorm2d)]
     if not duals:
-        raise ClrobustError(f"{str(path)!r} has no adversarial batch-norm; drop --adversarial-bn.")
+        raise ClrobustError(f"{str(path)!r} has no adversarial batch-norm; drop --bn adversarial.")
     for m in duals:
         m.route_adversarial = True

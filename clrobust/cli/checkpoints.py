@@ -13,10 +13,10 @@ from clrobust.cli.options import load_options, model_options
 from clrobust.errors import ClrobustError
 
 
-def _load(checkpoint: str, arch, stem, fmt, normalize, adversarial_bn, allow_missing, trust):
+def _load(checkpoint: str, arch, stem, fmt, normalize, bn, allow_missing, trust):
     from clrobust.checkpoints import load
 
-    lm = load(checkpoint, **load_options(arch, stem, fmt, normalize, adversarial_bn, allow_missing, trust).kwargs())
+    lm = load(checkpoint, **load_options(arch, stem, fmt, normalize, bn, allow_missing, trust).kwargs())
     return lm, lm.report
 
 
@@ -24,7 +24,7 @@ def _load(checkpoint: str, arch, stem, fmt, normalize, adversarial_bn, allow_mis
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
-def inspect(checkpoint, arch, stem, fmt, normalize, adversarial_bn, allow_missing, trust, as_json):
+def inspect(checkpoint, arch, stem, fmt, normalize, bn, allow_missing, trust, as_json):
     """Show what a checkpoint is and how clrobust would load it.
 
     Prints the detected format, architecture, parameter count, input
@@ -41,7 +41,7 @@ def inspect(checkpoint, arch, stem, fmt, normalize, adversarial_bn, allow_missin
     from clrobust.checkpoints import format_names
     from clrobust.hooks import layer_names
 
-    lm, report = _load(checkpoint, arch, stem, fmt, normalize, adversarial_bn, allow_missing, trust)
+    lm, report = _load(checkpoint, arch, stem, fmt, normalize, bn, allow_missing, trust)
     net = lm.network
     info = report.to_dict()
     info["layers"] = {"blocks": layer_names(net, "blocks"), "all": layer_names(net, "all")}
@@ -119,13 +119,14 @@ def _listing(title: str, names: List[str], limit: int = 400, count: Optional[int
 @click.argument("out", type=click.Path(dir_okay=False))
 @model_options
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def convert(checkpoint, out, arch, stem, fmt, normalize, adversarial_bn, allow_missing, trust, overwrite):
+def convert(checkpoint, out, arch, stem, fmt, normalize, bn, allow_missing, trust, overwrite):
     """Convert a third-party checkpoint to clrobust's format (OUT.safetensors + OUT.json).
 
     The result loads without pickle and records the source file, its detected
     format, the dropped heads and the input normalisation. Dual-BN checkpoints
     keep both batch norms: the clean one is used unless a loader asks for the
-    adversarial one (clrobust.checkpoints.load(..., adversarial_bn=True)). A head-less
+    adversarial one (clrobust.checkpoints.load(..., adversarial_bn=True)); the branch the
+    conversion used (--bn, by default the authors') is the converted file's default. A head-less
     encoder stays head-less: commands fit a linear probe for it, never use a random head.
 
     \b
@@ -139,10 +140,11 @@ def convert(checkpoint, out, arch, stem, fmt, normalize, adversarial_bn, allow_m
     target = _out_path(out)
     if target.with_name(target.name + ".safetensors").exists() and not overwrite:
         raise ClrobustError(f"{str(target) + '.safetensors'!r} exists; choose another OUT or pass --overwrite.")
-    lm, report = _load(checkpoint, arch, stem, fmt, normalize, adversarial_bn, allow_missing, trust)
+    lm, report = _load(checkpoint, arch, stem, fmt, normalize, bn, allow_missing, trust)
     # What the file says about itself travels with the converted weights.
     meta = {"source_format": lm.source_format, "source": lm.metadata.get("source", str(checkpoint)),
-            "has_classifier": lm.has_classifier, "normalize": lm.normalize, "load_report": report.to_dict()}
+            "has_classifier": lm.has_classifier, "normalize": lm.normalize,
+            "robust_bn": "adversarial" if report.adversarial_bn else "clean", "load_report": report.to_dict()}
     weights = save_network(target, lm.network, meta)
     click.echo(f"saved {weights}: {report.format} {report.arch} width {report.width} stem {report.stem}, "
                f"{report.params:,} parameters, dropped {len(report.dropped)} head key(s)")

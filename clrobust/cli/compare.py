@@ -42,7 +42,7 @@ from clrobust.metrics import METRICS
 @out_options("compare-layers-out")
 @progress_option
 def compare_layers(models, data, data_root, split, layers, attack, eps, steps, alpha, n_samples, batch_size,
-                   metric, arch, stem, fmt, normalize, adversarial_bn, allow_missing, trust, probe_train, seed, device,
+                   metric, arch, stem, fmt, normalize, bn, allow_missing, trust, probe_train, seed, device,
                    out, overwrite, progress):
     """CKA between every pair of layers, on clean and adversarial inputs.
 
@@ -74,7 +74,7 @@ def compare_layers(models, data, data_root, split, layers, attack, eps, steps, a
         raise ClrobustError("--batch-size must be at least 4 (unbiased HSIC needs 4 samples per batch).")
     settings = CompareSettings(models=models, data=data, data_root=data_root, split=split, layers=layers,
                                attack=spec, n_samples=n_samples, batch_size=batch_size, seed=seed, device=device,
-                               load_options=load_options(arch, stem, fmt, normalize, adversarial_bn, allow_missing,
+                               load_options=load_options(arch, stem, fmt, normalize, bn, allow_missing,
                                                          trust), probe_train=probe_train, metric=metric)
     from clrobust.distributed import Dist
 

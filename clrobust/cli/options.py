@@ -51,8 +51,10 @@ def model_options(f: F) -> F:
                      help="Allow full unpickling (can run code hidden in the file): only for trusted sources.")(f)
     f = click.option("--allow-missing", is_flag=True,
                      help="Load even when encoder weights are missing or mis-shaped (they stay random).")(f)
-    f = click.option("--adversarial-bn", is_flag=True,
-                     help="Evaluate dual-BN networks (CLAE, ACL, AdvCL) through their adversarial batch norm.")(f)
+    f = click.option("--bn", "bn", type=click.Choice(["auto", "clean", "adversarial"]), default="auto",
+                     show_default=True,
+                     help="Batch norm of dual-BN networks (ACL, AdvCL, CLAE): auto is the one their authors "
+                          "evaluate robustness with (ACL, AdvCL: adversarial; CLAE: clean).")(f)
     f = click.option("--normalize", default=None,
                      help="Input normalisation: a preset (cifar10, cifar10-kuangliu, cifar10-dm, cifar100, "
                           "imagenet, half, none) or 'm1,m2,m3,s1,s2,s3' [from the file, else its format's].")(f)
@@ -69,8 +71,9 @@ def model_options(f: F) -> F:
 
 
 def load_options(arch: Optional[str], stem: Optional[str], fmt: Optional[str], normalize: Optional[str],
-                 adversarial_bn: bool, allow_missing: bool, trust: bool) -> LoadOptions:
+                 bn: str, allow_missing: bool, trust: bool) -> LoadOptions:
     """The :class:`LoadOptions` of :func:`model_options`' values."""
+    adversarial_bn = None if bn == "auto" else bn == "adversarial"
     return LoadOptions(arch=arch, format=fmt, normalize=normalize, trust=trust, adversarial_bn=adversarial_bn,
                        strict=not allow_missing, stem=stem)
 
