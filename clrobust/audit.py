@@ -28,7 +28,7 @@ from clrobust.checkpoints import LoadOptions, distinct_labels, load, resolve
 from clrobust.data import ImageData, load_dataset
 from clrobust.distributed import Dist
 from clrobust.errors import ClrobustError
-from clrobust.heads import ensure_classifier
+from clrobust.heads import choose_classifier, ensure_classifier
 from clrobust.provenance import prepare_out_dir, versions, weights_hash, write_json
 
 #: attack name -> (torchattacks-backed spec name, default steps)
@@ -55,6 +55,7 @@ class AuditSettings:
     device: str = "cpu"
     probe_train: Optional[int] = None
     load_options: LoadOptions = field(default_factory=LoadOptions)
+    classifier: str = "auto"  # auto: own head when it fits, else a probe; probe: always a probe
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -132,9 +133,7 @@ def run_audit(settings: AuditSettings, out: Path, overwrite: bool = False, progr
         lm = load(name, device=settings.device, **settings.load_options.kwargs())
         lm.label = label  # two files of the same name stay two models
         net = lm.network
-        if net.config.num_classes != data.num_classes:
-            raise ClrobustError(f"model {lm.label!r} has {net.config.num_classes} classes, "
-                                f"{settings.data} has {data.num_classes}.")
+        choose_classifier(lm, data.num_classes, settings.data, settings.classifier)
         if not lm.has_classifier and train is None:
             train = load_dataset(settings.data, "train", settings.data_root).subset(settings.probe_train)
         info = ensure_classifier(lm, train, settings.seed, progress and main)

@@ -23,7 +23,7 @@ from clrobust.cka import disparity as cka_disparity
 from clrobust.data import load_dataset
 from clrobust.distributed import Dist
 from clrobust.errors import ClrobustError
-from clrobust.heads import ensure_classifier
+from clrobust.heads import choose_classifier, ensure_classifier
 from clrobust.hooks import layer_names
 from clrobust.metrics import metric
 from clrobust.provenance import prepare_out_dir, versions, write_json
@@ -47,6 +47,7 @@ class CompareSettings:
     load_options: LoadOptions = field(default_factory=LoadOptions)
     probe_train: Optional[int] = None  # train images for the probe of a model without a classifier [all]
     metric: str = "linear-cka"  # a name of clrobust.metrics.METRICS
+    classifier: str = "auto"  # auto: own head when it fits, else a probe; probe: always a probe
 
 
 Entry = Tuple[Tuple[str, str], Tuple[str, str]]  # ((model, input), (model, input))
@@ -77,10 +78,8 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist=None) -> 
     names = {lab: layer_names(net, settings.layers) for lab, net in nets.items()}
     data = load_dataset(settings.data, settings.split, settings.data_root).subset(settings.n_samples)
     for lab, lm in zip(labels, loaded):
-        nc = lm.network.config.num_classes
-        if nc != data.num_classes:
-            raise ClrobustError(f"model {lab!r} has {nc} classes but {settings.data} has {data.num_classes}; "
-                                "compare it on its own data set.")
+        lm.label = lab
+        choose_classifier(lm, data.num_classes, settings.data, settings.classifier)
     settings.attack.n_classes = data.num_classes
     classifiers: Dict[str, Any] = {}
     if any(not lm.has_classifier for lm in loaded):
@@ -235,4 +234,4 @@ def settings_dict(s: CompareSettings) -> Dict[str, Any]:
     return {"models": list(s.models), "data": s.data, "data_root": s.data_root, "split": s.split,
             "layers": s.layers, "attack": s.attack.to_dict(), "n_samples": s.n_samples,
             "batch_size": s.batch_size, "seed": s.seed, "device": s.device, "load_options": s.load_options.kwargs(),
-            "probe_train": s.probe_train, "metric": s.metric}
+            "probe_train": s.probe_train, "metric": s.metric, "classifier": s.classifier}

@@ -73,6 +73,7 @@ class FigureSettings:
     models: Dict[str, str] = field(default_factory=dict)
     positional: Optional[List[str]] = None
     load_options: LoadOptions = field(default_factory=LoadOptions)
+    classifier: str = "auto"
 
 
 def parse_models(text: Optional[str], families: Sequence[str]) -> Tuple[Dict[str, str], Optional[List[str]]]:
@@ -256,7 +257,8 @@ def compute_figures(families: Sequence[str], settings: FigureSettings, progress:
     cs = CompareSettings(models=specs, data=settings.data, data_root=settings.data_root, split="test",
                          layers=settings.layers, attack=replace(settings.attack), n_samples=settings.n_samples,
                          batch_size=settings.batch_size, seed=settings.seed, device=settings.device,
-                         load_options=settings.load_options, probe_train=settings.n_train)
+                         load_options=settings.load_options, probe_train=settings.n_train,
+                         classifier=settings.classifier)
     results = run_compare(cs, progress=progress)
     labels = dict(zip(specs, list(results["layers"])))
     out: Dict[str, Dict[str, Any]] = {}
@@ -271,7 +273,7 @@ def compute_probes(family: str, settings: FigureSettings, progress: bool = True,
     """Per-layer linear probes of every model of ``family`` (train split fit, test clean / adversarial)."""
     from clrobust.checkpoints import load
     from clrobust.data import load_dataset
-    from clrobust.heads import ensure_classifier
+    from clrobust.heads import choose_classifier, ensure_classifier
     from clrobust.probes import probe_layers
 
     train = load_dataset(settings.data, "train", settings.data_root).subset(settings.n_train)
@@ -279,6 +281,7 @@ def compute_probes(family: str, settings: FigureSettings, progress: bool = True,
     res = {}
     for role, spec in family_models(family, settings):
         lm = load(spec, device=settings.device, **settings.load_options.kwargs())
+        choose_classifier(lm, test.num_classes, settings.data, settings.classifier)
         ensure_classifier(lm, train, settings.seed, progress)  # the attack needs a real head
         r = probe_layers(lm.network, train, test, settings.layers, replace(settings.attack), settings.batch_size,
                          settings.seed, progress, cache_dir, settings.device)

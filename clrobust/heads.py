@@ -8,14 +8,44 @@ frozen pooled features of the train split, never a random head.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, cast
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from clrobust.checkpoints import LoadedModel
 from clrobust.data import ImageData
+from clrobust.errors import ClrobustError
 from clrobust.linear_probe import fit_linear_probe
+
+#: ``--classifier``: ``auto`` keeps a model's own head when it fits the data set (head-less
+#: models get a probe); ``probe`` always drops the head and fits a probe.
+CLASSIFIER_MODES = ("auto", "probe")
+
+
+def choose_classifier(lm: LoadedModel, num_classes: int, data_name: str, mode: str = "auto") -> None:
+    """Decide whether ``lm`` keeps its own head on a data set of ``num_classes`` classes.
+
+    With ``probe`` (or a head-less model whose placeholder head has another size) the
+    head is replaced by an untrained one of the right size and the model is marked
+    head-less, so :func:`ensure_classifier` fits the probe.
+
+    Raises:
+        ClrobustError: ``auto`` with a real head of another size (an ImageNet head on CIFAR).
+    """
+    if mode not in CLASSIFIER_MODES:
+        raise ClrobustError(f"unknown --classifier {mode!r}; use one of: {', '.join(CLASSIFIER_MODES)}.")
+    net = lm.network
+    if mode == "auto" and lm.has_classifier and lm.num_classes != num_classes:
+        raise ClrobustError(f"model {lm.label!r} has a {lm.num_classes}-class head but {data_name} has "
+                            f"{num_classes} classes; pass --classifier probe to fit a linear probe on its "
+                            "features instead, or use the data set it was trained on.")
+    if mode == "probe" or lm.num_classes != num_classes:
+        old = net.classifier
+        net.classifier = nn.Linear(cast(int, net.encoder.feature_dim), num_classes).to(old.weight.device)
+        net.config.num_classes = num_classes
+        lm.has_classifier = False
 
 #: Batch size of the feature pass before a probe fit.
 FEATURE_BATCH = 256

@@ -292,11 +292,11 @@ def run_probe_layers(model: str, out: Path, data: str = "cifar10-mini", data_roo
                      layers: str = "blocks", attack: Optional[AttackSpec] = None, n_train: Optional[int] = 2000,
                      n_samples: Optional[int] = 512, batch_size: int = 128, seed: int = 0, device: str = "cpu",
                      cache: bool = True, overwrite: bool = False, progress: bool = True,
-                     load_options: Optional["LoadOptions"] = None) -> Dict[str, Any]:
+                     load_options: Optional["LoadOptions"] = None, classifier: str = "auto") -> Dict[str, Any]:
     """The ``probe-layers`` job: load ``model`` (zoo name or path), probe every layer, write the outputs."""
     from clrobust.checkpoints import LoadOptions, load, resolve
     from clrobust.data import load_dataset
-    from clrobust.heads import ensure_classifier
+    from clrobust.heads import choose_classifier, ensure_classifier
     from clrobust.provenance import prepare_out_dir, versions, write_json
 
     resolve(model)  # a mistyped model name is reported before anything about --out
@@ -306,11 +306,12 @@ def run_probe_layers(model: str, out: Path, data: str = "cifar10-mini", data_roo
     lm = load(model, device=device, **load_options.kwargs())
     train = load_dataset(data, "train", data_root).subset(n_train)
     test = load_dataset(data, "test", data_root).subset(n_samples)
-    classifier = ensure_classifier(lm, train, seed, progress)  # the end-to-end attack needs a real head
+    choose_classifier(lm, test.num_classes, data, classifier)
+    head = ensure_classifier(lm, train, seed, progress)  # the end-to-end attack needs a real head
     r = probe_layers(lm.network, train, test, layers, attack, batch_size, seed, progress,
                      out / "features" if cache else None, device)
     res = {"model": {"label": lm.label, **lm.describe(), "training": lm.metadata.get("training", {}),
-                     **classifier},
+                     **head},
            "data": {"name": data, "train_split": "train", "test_split": "test"}, "layer_set": layers,
            **r.to_dict(), "versions": versions()}
     a = r.attack
@@ -321,6 +322,6 @@ def run_probe_layers(model: str, out: Path, data: str = "cifar10-mini", data_roo
                                                    "layers": layers, "attack": attack.to_dict(), "n_train": n_train,
                                                    "n_samples": n_samples, "batch_size": batch_size, "seed": seed,
                                                    "device": device, "cache": cache,
-                                                   "load_options": load_options.kwargs()},
+                                                   "load_options": load_options.kwargs(), "classifier": classifier},
                                        "seed": seed, "versions": res["versions"]})
     return res

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import tiny_network
 
-from clrobust.checkpoints import distinct_labels, load
+from clrobust.checkpoints import distinct_labels, load, save_network
 from clrobust.errors import ClrobustError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -141,3 +141,28 @@ def test_compare_layers_takes_any_registered_metric(tiny_checkpoints, monkeypatc
     assert res["metric"] == "count" and res["cka_estimator"] == "images seen per layer pair"
     for e in res["cka"]:
         assert e["matrix"] == [[12.0, 12.0], [12.0, 12.0]]
+
+
+def test_a_head_of_another_data_set_needs_classifier_probe(tmp_path, capsys):
+    """An ImageNet-sized head on CIFAR: refused with the fix named; --classifier probe fits a probe instead."""
+    from clrobust.cli import main
+    from clrobust.data import CIFAR10_MEAN, CIFAR10_STD
+    from clrobust.models import ModelConfig, create_model
+
+    torch.manual_seed(0)
+    net = create_model(ModelConfig(arch="resnet18", width=4, num_classes=1000, mean=CIFAR10_MEAN, std=CIFAR10_STD))
+    path = save_network(tmp_path / "imagenet-head", net.eval(), {})
+    args = ["compare-layers", str(path), "--n-samples", "8", "--batch-size", "8", "--steps", "1",
+            "--probe-train", "64", "--no-progress", "--layers", "stem,avgpool"]
+    with pytest.raises(SystemExit) as info:
+        main(args + ["--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "1000-class head" in err and "--classifier probe" in err
+    main(args + ["--out", str(tmp_path / "b"), "--classifier", "probe"])
+    out = capsys.readouterr().out
+    res = json.loads((tmp_path / "b" / "results.json").read_text())
+    info = res["models"]["imagenet-head"]
+    assert "linear probe fitted on 64" in info["classifier"] and 0 < info["probe_train_accuracy"] <= 1
+    assert "imagenet-head: classifier is a linear probe fitted on 64 frozen train features" in out
+    settings = json.loads((tmp_path / "b" / "settings.json").read_text())["command"]
+    assert settings["classifier"] == "probe" and settings["probe_train"] == 64

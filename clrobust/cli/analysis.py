@@ -9,6 +9,7 @@ import click
 from clrobust.cli.options import (
     attack_options,
     attack_spec,
+    classifier_option,
     data_options,
     device_option,
     load_options,
@@ -34,6 +35,7 @@ from clrobust.figures import FAMILIES
               help="Test images the probes are evaluated on, clean and adversarial (the first N).")
 @click.option("--batch-size", default=128, show_default=True, type=int)
 @model_options
+@classifier_option
 @seed_option
 @device_option
 @click.option("--cache/--no-cache", default=True, show_default=True,
@@ -41,7 +43,7 @@ from clrobust.figures import FAMILIES
 @out_options("probe-layers-out")
 @progress_option
 def probe_layers(model, data, data_root, layers, attack, eps, steps, alpha, n_train, n_samples, batch_size, arch,
-                 stem, fmt, normalize, bn, allow_missing, trust, seed, device, cache, out, overwrite,
+                 stem, fmt, normalize, bn, allow_missing, trust, classifier, seed, device, cache, out, overwrite,
                  progress):
     """A linear probe at every layer of MODEL: train, clean test and adversarial test accuracy.
 
@@ -69,7 +71,7 @@ def probe_layers(model, data, data_root, layers, attack, eps, steps, alpha, n_tr
                            n_train=n_train, n_samples=n_samples, batch_size=batch_size, seed=seed, device=device,
                            cache=cache, overwrite=overwrite, progress=progress,
                            load_options=load_options(arch, stem, fmt, normalize, bn, allow_missing,
-                                                     trust))
+                                                     trust), classifier=classifier)
     click.echo(f"{'layer':<14}{'dim':>6}{'train':>8}{'clean':>8}{'adv':>8}")
     for i, name in enumerate(res["layers"]):
         click.echo(f"{name:<14}{res['feature_dims'][i]:>6}{res['train_accuracy'][i]:>8.1%}"
@@ -92,13 +94,14 @@ def probe_layers(model, data, data_root, layers, attack, eps, steps, alpha, n_tr
               help="Replace models: NAME=PATH items (comma-separated) swap a default zoo model everywhere; "
                    "a plain comma-separated list gives one family's models in order.")
 @model_options
+@classifier_option
 @seed_option
 @device_option
 @out_options("figures-out", "figures")
 @click.option("--check", is_flag=True, help="Print whether the paper's findings hold in these numbers.")
 @progress_option
 def figures(family, data, data_root, layers, attack, eps, steps, alpha, n_samples, n_train, batch_size, models,
-            arch, stem, fmt, normalize, bn, allow_missing, trust, seed, device, out, overwrite, check,
+            arch, stem, fmt, normalize, bn, allow_missing, trust, classifier, seed, device, out, overwrite, check,
             progress):
     """Draw the paper's figures (PNG, PDF and the numbers as JSON) into --out.
 
@@ -128,7 +131,7 @@ def figures(family, data, data_root, layers, attack, eps, steps, alpha, n_sample
                               n_train=n_train, batch_size=batch_size, seed=seed, device=device, models=subs,
                               positional=positional,
                               load_options=load_options(arch, stem, fmt, normalize, bn, allow_missing,
-                                                        trust))
+                                                        trust), classifier=classifier)
     res = make_figures(fams, settings, Path(out), overwrite=overwrite, progress=progress, check=check)
     for f, d in res["figures"].items():
         s = d["summary"]

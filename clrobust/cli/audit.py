@@ -8,6 +8,7 @@ import click
 
 from clrobust.cli.options import (
     EPS_LIST,
+    classifier_option,
     data_options,
     device_option,
     load_options,
@@ -32,13 +33,14 @@ from clrobust.cli.options import (
 @click.option("--n-samples", default=200, show_default=True, type=int, help="Test images (the first N).")
 @click.option("--batch-size", default=100, show_default=True, type=int)
 @model_options
+@classifier_option
 @probe_train_option()
 @seed_option
 @device_option
 @out_options("audit-out", "a finished or different audit")
 @progress_option
 def audit(models, data, data_root, split, eps_text, l2_text, attacks, n_samples, batch_size, arch, stem, fmt,
-          normalize, bn, allow_missing, trust, probe_train, seed, device, out, overwrite, progress):
+          normalize, bn, allow_missing, trust, classifier, probe_train, seed, device, out, overwrite, progress):
     """Robust accuracy of one or many models, as a RobustBench-style table.
 
     For every model and eps: clean accuracy; FGSM, PGD-20, APGD-CE and AutoAttack
@@ -63,7 +65,7 @@ def audit(models, data, data_root, split, eps_text, l2_text, attacks, n_samples,
                              attacks=[a.strip() for a in attacks.split(",") if a.strip()], n_samples=n_samples,
                              batch_size=batch_size, seed=seed, device=device, probe_train=probe_train,
                              load_options=load_options(arch, stem, fmt, normalize, bn, allow_missing,
-                                                       trust))
+                                                       trust), classifier=classifier)
     dist = Dist.from_env(device)
     if dist is not None:
         settings.device = str(dist.device)  # each rank on its own GPU under torchrun

@@ -9,6 +9,7 @@ import click
 from clrobust.cli.options import (
     attack_options,
     attack_spec,
+    classifier_option,
     data_options,
     device_option,
     load_options,
@@ -36,13 +37,14 @@ from clrobust.metrics import METRICS
 @click.option("--metric", type=click.Choice(list(METRICS)), default="linear-cka", show_default=True,
               help="Similarity of two recordings, layer pair by layer pair (clrobust.metrics registry).")
 @model_options
+@classifier_option
 @probe_train_option()
 @seed_option
 @device_option
 @out_options("compare-layers-out")
 @progress_option
 def compare_layers(models, data, data_root, split, layers, attack, eps, steps, alpha, n_samples, batch_size,
-                   metric, arch, stem, fmt, normalize, bn, allow_missing, trust, probe_train, seed, device,
+                   metric, arch, stem, fmt, normalize, bn, allow_missing, trust, classifier, probe_train, seed, device,
                    out, overwrite, progress):
     """CKA between every pair of layers, on clean and adversarial inputs.
 
@@ -75,7 +77,8 @@ def compare_layers(models, data, data_root, split, layers, attack, eps, steps, a
     settings = CompareSettings(models=models, data=data, data_root=data_root, split=split, layers=layers,
                                attack=spec, n_samples=n_samples, batch_size=batch_size, seed=seed, device=device,
                                load_options=load_options(arch, stem, fmt, normalize, bn, allow_missing,
-                                                         trust), probe_train=probe_train, metric=metric)
+                                                         trust), probe_train=probe_train, metric=metric,
+                               classifier=classifier)
     from clrobust.distributed import Dist
 
     dist = Dist.from_env(device)

@@ -78,6 +78,17 @@ def load_options(arch: Optional[str], stem: Optional[str], fmt: Optional[str], n
                        strict=not allow_missing, stem=stem)
 
 
+def classifier_option(f: F) -> F:
+    """--classifier: a model's own head, or a linear probe fitted on its frozen features."""
+    from clrobust.heads import CLASSIFIER_MODES
+
+    return click.option("--classifier", type=click.Choice(list(CLASSIFIER_MODES)), default="auto",
+                        show_default=True,
+                        help="auto: a model's own linear head when it fits the data set, a linear probe on "
+                             "frozen train features otherwise (head-less encoders); probe: always drop the "
+                             "head and fit the probe (e.g. an ImageNet head on CIFAR).")(f)
+
+
 def data_options(f: F) -> F:
     f = click.option("--data-root", type=click.Path(file_okay=False), default=None,
                      help="Folder of cifar10/cifar100 (official python format) or of an image folder.")(f)
