@@ -218,15 +218,12 @@ def markdown_table(report: Dict[str, Any]) -> str:
 
 
 def _plot(report: Dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from clrobust.plots import new_figure
 
     rows = [r for r in report["rows"] if r["norm"] == "Linf"]
     if not rows:
         return
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = new_figure(figsize=(7, 4.2))
     for m in dict.fromkeys(r["model"] for r in rows):
         for attack, style in (("worst-case (II)", "-"), ("tm1-pgd20", ":")):
             pts = sorted((r["eps"], r["robust_accuracy"]) for r in rows if r["model"] == m and r["attack"] == attack)
@@ -243,4 +240,3 @@ def _plot(report: Dict[str, Any], path: Path) -> None:
     ax.set_title(f"Robust accuracy vs eps ({report['n_samples']} {report['data']['name']} images)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

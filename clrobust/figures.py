@@ -294,8 +294,6 @@ def compute_probes(family: str, settings: FigureSettings, progress: bool = True,
 
 def draw_family(data: Dict[str, Any], out: Path) -> List[Path]:
     """Draw one figure from its numbers to ``out``.png and ``out``.pdf; returns the paths."""
-    import matplotlib.pyplot as plt
-
     from clrobust import plots
 
     family = data["family"]
@@ -303,11 +301,11 @@ def draw_family(data: Dict[str, Any], out: Path) -> List[Path]:
         roles = list(data["models"])
         n = len(roles)
         if family == "st-clean-vs-adv":
-            fig, axes = plt.subplots(n, 2, figsize=(10, 4.4 * n), squeeze=False)
+            fig, axes = plots.new_figure(n, 2, figsize=(10, 4.4 * n), squeeze=False)
             where = {(p["role"], p["input"]): axes[roles.index(p["role"]), 0 if p["input"] == "clean" else 1]
                      for p in data["panels"]}
         else:
-            fig, axes = plt.subplots(3, n, figsize=(5.2 * n, 13), squeeze=False,
+            fig, axes = plots.new_figure(3, n, figsize=(5.2 * n, 13), squeeze=False,
                                      gridspec_kw={"height_ratios": [1, 1, 0.7]})
             where = {(p["role"], p["input"]): axes[0 if p["input"] == "clean" else 1, roles.index(p["role"])]
                      for p in data["panels"]}
@@ -329,11 +327,11 @@ def draw_family(data: Dict[str, Any], out: Path) -> List[Path]:
                                  f"fit on {pr['n_train']} train images",
                                  chance=1.0 / pr["n_classes"])
     elif family == "eps-sweep":
-        fig, ax = plt.subplots(figsize=(8, 4.8))
+        fig, ax = plots.new_figure(figsize=(8, 4.8))
         c = data["curves"]
         plots.disparity_axes(ax, c["disparity"], c["layers"], data["title"], c["legend"])
     else:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 5.2), squeeze=False)
+        fig, axes = plots.new_figure(1, 2, figsize=(11, 5.2), squeeze=False)
         for ax, p in zip(axes[0], data["panels"]):
             plots.heatmap(ax, np.asarray(p["matrix"]), p["row_layers"], p["col_layers"], p["title"],
                           f"{p['rows']['model']} - adversarial", f"{p['cols']['model']} - adversarial")
@@ -346,7 +344,6 @@ def draw_family(data: Dict[str, Any], out: Path) -> List[Path]:
     paths = [Path(str(out) + ".png"), Path(str(out) + ".pdf")]
     fig.savefig(paths[0], dpi=120)
     fig.savefig(paths[1])
-    plt.close(fig)
     return paths
 
 

@@ -1,21 +1,31 @@
-"""Figures from arrays; nothing here computes a result."""
+"""Figures from arrays; nothing here computes a result.
+
+Figures are :class:`matplotlib.figure.Figure` objects saved straight to files: no
+pyplot state, and matplotlib's backend is neither chosen nor changed by clrobust
+(importing it in a notebook leaves the notebook's backend alone).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
+
+def new_figure(nrows: int = 1, ncols: int = 1, *, figsize: Tuple[float, float], **kw: Any) -> Tuple[Any, Any]:
+    """(figure, axes) drawn off-screen, as ``plt.subplots`` gives them, without touching pyplot."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kw)
 
 
 def heatmap(ax, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str,
             row_label: str = "", col_label: str = "", cbar: bool = True) -> None:
     """A CKA heatmap on ``ax``, colour scale fixed to [0, 1], first layer at the bottom-left."""
+    import seaborn as sns
+
     sns.heatmap(matrix[::-1], ax=ax, vmin=0, vmax=1, cmap="magma", square=True, cbar=cbar,
                 xticklabels=list(cols), yticklabels=list(rows)[::-1], cbar_kws={"label": "linear CKA"})
     ax.set_title(title, fontsize=9)
@@ -27,11 +37,10 @@ def heatmap(ax, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], ti
 def save_heatmap(path: Path, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str,
                  row_label: str = "", col_label: str = "") -> None:
     size = max(4.5, 0.32 * max(len(rows), len(cols)) + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig, ax = new_figure(figsize=(size + 1, size))
     heatmap(ax, matrix, rows, cols, title, row_label, col_label)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def disparity_axes(ax, curves: Dict[str, Sequence[float]], layers: Dict[str, Sequence[str]],
@@ -58,11 +67,10 @@ def disparity_axes(ax, curves: Dict[str, Sequence[float]], layers: Dict[str, Seq
 
 def save_disparity(path: Path, curves: Dict[str, Sequence[float]], layers: Dict[str, Sequence[str]],
                    title: str, legend: Optional[Dict[str, str]] = None) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = new_figure(figsize=(7, 4.2))
     disparity_axes(ax, curves, layers, title, legend)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def probe_axes(ax, layers: Sequence[str], curves: Dict[str, Sequence[float]], title: str,

@@ -276,15 +276,12 @@ def write_probe_outputs(result: Dict[str, Any], out: Path, title: str) -> List[P
         for i, name in enumerate(result["layers"]):
             w.writerow([i, name, result["feature_dims"][i], f"{result['train_accuracy'][i]:.6f}",
                         f"{result['clean_accuracy'][i]:.6f}", f"{result['adversarial_accuracy'][i]:.6f}"])
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plots.new_figure(figsize=(7, 4.2))
     plots.probe_axes(ax, result["layers"], {"train": result["train_accuracy"], "clean": result["clean_accuracy"],
                                             "adversarial": result["adversarial_accuracy"]}, title,
                      chance=1.0 / result["n_classes"])
     fig.tight_layout()
     fig.savefig(out / "probes.png", dpi=110)
-    plt.close(fig)
     return [out / n for n in PROBE_FILES[:3]]
 
 

@@ -166,3 +166,20 @@ def test_a_head_of_another_data_set_needs_classifier_probe(tmp_path, capsys):
     assert "imagenet-head: classifier is a linear probe fitted on 64 frozen train features" in out
     settings = json.loads((tmp_path / "b" / "settings.json").read_text())["command"]
     assert settings["classifier"] == "probe" and settings["probe_train"] == 64
+
+
+def test_drawing_leaves_the_users_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+    import numpy as np
+
+    from clrobust import plots
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # as a user's notebook or script might have chosen
+    try:
+        plots.save_heatmap(tmp_path / "h.png", np.eye(3), ["a", "b", "c"], ["a", "b", "c"], "t")
+        plots.save_disparity(tmp_path / "d.png", {"m": [0.1, 0.2, 0.3]}, {"m": ["a", "b", "c"]}, "t")
+        assert matplotlib.get_backend() == "svg"
+        assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "d.png").stat().st_size
+    finally:
+        matplotlib.use(before)
