@@ -36,7 +36,6 @@ AUDIT_ATTACKS: Dict[str, Tuple[str, int]] = {
     "fgsm": ("fgsm", 1), "pgd20": ("pgd", 20), "apgd-ce": ("apgd", 100), "autoattack": ("autoattack", 100),
     "tm1-pgd20": ("rep", 20),
 }
-L2_NAMES = {"pgd20": "pgd-l2"}
 REPORT_FILES = ("report.json", "report.csv", "report.md", "robust_accuracy_vs_eps.png")
 
 

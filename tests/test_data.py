@@ -123,7 +123,7 @@ def test_image_folder_pixels_crop_and_modes(tmp_path):
     assert load_dataset("imagefolder", "test", str(tmp_path), image_size=16).images.shape == (4, 3, 16, 16)
 
 
-def test_subset_shard_and_batches():
+def test_subset_and_batches():
     data = load_dataset("cifar10-mini", "test")
     sub = data.subset(10)
     assert torch.equal(sub.images, data.images[:10]) and torch.equal(sub.labels, data.labels[:10])
@@ -131,10 +131,6 @@ def test_subset_shard_and_batches():
     assert data.subset(None) is data and data.subset(10_000) is data
     with pytest.raises(ClrobustError, match="at least 1"):
         data.subset(0)
-    shards = [sub.shard(r, 3) for r in range(3)]
-    assert [len(s) for s in shards] == [3, 3, 4]  # contiguous, covering every image once
-    assert torch.equal(torch.cat([s.images for s in shards]), sub.images)
-    assert torch.equal(torch.cat([s.labels for s in shards]), sub.labels)
     batches = list(sub.batches(4))
     assert [len(y) for _, y in batches] == [4, 4, 2]
     assert torch.equal(torch.cat([x for x, _ in batches]), sub.images.float() / 255)

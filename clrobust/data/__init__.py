@@ -53,12 +53,6 @@ class ImageData:
             raise ClrobustError(f"--n-samples must be at least 1, got {n}.")
         return ImageData(self.name, self.split, self.images[:n], self.labels[:n], self.classes)
 
-    def shard(self, rank: int, world: int) -> "ImageData":
-        """The contiguous part of the data that process ``rank`` of ``world`` handles."""
-        n = len(self)
-        lo, hi = n * rank // world, n * (rank + 1) // world
-        return ImageData(self.name, self.split, self.images[lo:hi], self.labels[lo:hi], self.classes)
-
     def batches(self, batch_size: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         """Float batches in [0, 1] with their labels, in order."""
         for i in range(0, len(self), batch_size):

@@ -120,7 +120,6 @@ class PreActResNet(StagedEncoder):
         if len(num_blocks) != len(widths):
             raise ValueError("num_blocks and widths need one entry per stage")
         self.stem = PreActStem(stem_width)
-        self.stem_kind = "cifar"
         self.width = stem_width
         in_planes = stem_width
         for i, (n, planes) in enumerate(zip(num_blocks, widths)):

@@ -6,7 +6,7 @@ hook on any named module sees exactly one call per forward pass.
 
 from __future__ import annotations
 
-from typing import Iterator, List, Optional, Type, Union
+from typing import Iterator, List, Type, Union
 
 import torch
 from torch import nn
@@ -140,7 +140,6 @@ class ResNet(StagedEncoder):
             self.stem = Stem(width, 7, 2, 3, True, dual_bn)
         else:
             raise ValueError(f"unknown stem {stem!r}")
-        self.stem_kind = stem
         self.width = width
         in_planes = width
         for i, n in enumerate(num_blocks):
@@ -171,6 +170,3 @@ def resnet34(width: int = 64, **kw) -> ResNet:
 def resnet50(width: int = 64, **kw) -> ResNet:
     return ResNet(Bottleneck, [3, 4, 6, 3], width, **kw)
 
-
-def optional(x: Optional[int], default: int) -> int:
-    return default if x is None else x
