@@ -259,3 +259,28 @@ def test_autoattack_is_the_standard_suite_and_bounded_by_apgd(tmp_path, tiny_che
     assert rows["autoattack"]["robust_accuracy"] <= rows["apgd-ce"]["robust_accuracy"]
     assert rows["worst-case (II)"]["robust_accuracy"] == min(r["robust_accuracy"] for r in rows.values())
     assert "APGD-CE 100 steps, APGD-T 100 steps, FAB-T 100 steps, Square 5000" in report["autoattack"]
+
+
+def test_worst_case_is_the_per_point_and_of_threat_model_ii_with_clean(tmp_path, tiny_checkpoints, monkeypatch):
+    """Aggregation alone, on designed per-point outcomes: a point counts as robust only when it is clean-correct
+    and survives every threat-model-II attack; the label-free attack (I) never enters the worst case."""
+    from clrobust import audit
+
+    outcome = {None: [1, 1, 1, 1, 1, 0],   # clean: the last point is wrong
+               "fgsm": [0, 1, 1, 1, 1, 1],  # breaks point 0; "right" on the clean-wrong point
+               "pgd": [1, 0, 1, 1, 1, 1],   # breaks point 1
+               "apgd": [1, 1, 1, 1, 1, 1],
+               "rep": [1, 1, 0, 0, 1, 1]}   # threat model I breaks points 2, 3
+
+    def designed(net, spec, data, bs, device, dist, desc, progress):
+        return torch.tensor(outcome[None if spec is None else spec.name], dtype=torch.int64)
+
+    monkeypatch.setattr(audit, "_correct", designed)
+    report = audit.run_audit(audit.AuditSettings(models=[str(tiny_checkpoints[0])], eps=(8 / 255,), n_samples=6,
+                                                 attacks=("fgsm", "pgd20", "apgd-ce", "tm1-pgd20")),
+                             tmp_path / "a", progress=False)
+    rows = {r["attack"]: r for r in report["rows"]}
+    assert rows["fgsm"]["clean_accuracy"] == 5 / 6
+    assert rows["fgsm"]["robust_accuracy"] == 4 / 6  # point 0 broken, point 5 was never correct
+    assert rows["tm1-pgd20"]["robust_accuracy"] == 3 / 6
+    assert rows["worst-case (II)"]["robust_accuracy"] == 3 / 6  # points 2, 3, 4: not 1/6 (tm1 excluded)
