@@ -12,7 +12,6 @@ from clrobust.cli.options import (
     classifier_option,
     data_options,
     device_option,
-    load_options,
     model_options,
     out_options,
     progress_option,
@@ -42,9 +41,8 @@ from clrobust.figures import FAMILIES
               help="Keep the layer features in OUT/features/*.npz so a re-run reuses them.")
 @out_options("probe-layers-out")
 @progress_option
-def probe_layers(model, data, data_root, layers, attack, eps, steps, alpha, n_train, n_samples, batch_size, arch,
-                 stem, fmt, normalize, bn, allow_missing, trust, classifier, seed, device, cache, out, overwrite,
-                 progress):
+def probe_layers(model, data, data_root, layers, attack, eps, steps, alpha, n_train, n_samples, batch_size,
+                 load_options, classifier, seed, device, cache, out, overwrite, progress):
     """A linear probe at every layer of MODEL: train, clean test and adversarial test accuracy.
 
     MODEL is a zoo name or a checkpoint path. Every layer is recorded once per batch;
@@ -70,8 +68,7 @@ def probe_layers(model, data, data_root, layers, attack, eps, steps, alpha, n_tr
     res = run_probe_layers(model, Path(out), data=data, data_root=data_root, layers=layers, attack=spec,
                            n_train=n_train, n_samples=n_samples, batch_size=batch_size, seed=seed, device=device,
                            cache=cache, overwrite=overwrite, progress=progress,
-                           load_options=load_options(arch, stem, fmt, normalize, bn, allow_missing,
-                                                     trust), classifier=classifier)
+                           load_options=load_options, classifier=classifier)
     click.echo(f"{'layer':<14}{'dim':>6}{'train':>8}{'clean':>8}{'adv':>8}")
     for i, name in enumerate(res["layers"]):
         click.echo(f"{name:<14}{res['feature_dims'][i]:>6}{res['train_accuracy'][i]:>8.1%}"
@@ -101,7 +98,7 @@ def probe_layers(model, data, data_root, layers, attack, eps, steps, alpha, n_tr
 @click.option("--check", is_flag=True, help="Print whether the paper's findings hold in these numbers.")
 @progress_option
 def figures(family, data, data_root, layers, attack, eps, steps, alpha, n_samples, n_train, batch_size, models,
-            arch, stem, fmt, normalize, bn, allow_missing, trust, classifier, seed, device, out, overwrite, check,
+            load_options, classifier, seed, device, out, overwrite, check,
             progress):
     """Draw the paper's figures (PNG, PDF and the numbers as JSON) into --out.
 
@@ -130,8 +127,7 @@ def figures(family, data, data_root, layers, attack, eps, steps, alpha, n_sample
                               attack=attack_spec(attack, eps, steps, alpha, seed), n_samples=n_samples,
                               n_train=n_train, batch_size=batch_size, seed=seed, device=device, models=subs,
                               positional=positional,
-                              load_options=load_options(arch, stem, fmt, normalize, bn, allow_missing,
-                                                        trust), classifier=classifier)
+                              load_options=load_options, classifier=classifier)
     res = make_figures(fams, settings, Path(out), overwrite=overwrite, progress=progress, check=check)
     for f, d in res["figures"].items():
         s = d["summary"]

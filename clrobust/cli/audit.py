@@ -11,7 +11,6 @@ from clrobust.cli.options import (
     classifier_option,
     data_options,
     device_option,
-    load_options,
     model_options,
     out_options,
     probe_train_option,
@@ -39,8 +38,8 @@ from clrobust.cli.options import (
 @device_option
 @out_options("audit-out", "a finished or different audit")
 @progress_option
-def audit(models, data, data_root, split, eps_text, l2_text, attacks, n_samples, batch_size, arch, stem, fmt,
-          normalize, bn, allow_missing, trust, classifier, probe_train, seed, device, out, overwrite, progress):
+def audit(models, data, data_root, split, eps_text, l2_text, attacks, n_samples, batch_size, load_options,
+          classifier, probe_train, seed, device, out, overwrite, progress):
     """Robust accuracy of one or many models, as a RobustBench-style table.
 
     For every model and eps: clean accuracy; FGSM, PGD-20, APGD-CE and AutoAttack
@@ -64,8 +63,7 @@ def audit(models, data, data_root, split, eps_text, l2_text, attacks, n_samples,
                              eps=parse_eps_list(eps_text), l2_eps=parse_eps_list(l2_text, "L2"),
                              attacks=[a.strip() for a in attacks.split(",") if a.strip()], n_samples=n_samples,
                              batch_size=batch_size, seed=seed, device=device, probe_train=probe_train,
-                             load_options=load_options(arch, stem, fmt, normalize, bn, allow_missing,
-                                                       trust), classifier=classifier)
+                             load_options=load_options, classifier=classifier)
     dist = Dist.from_env(device)
     if dist is not None:
         settings.device = str(dist.device)  # each rank on its own GPU under torchrun

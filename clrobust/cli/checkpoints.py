@@ -9,14 +9,15 @@ from typing import Any, Dict, List, Optional
 
 import click
 
-from clrobust.cli.options import load_options, model_options
+from clrobust.checkpoints import LoadOptions
+from clrobust.cli.options import model_options
 from clrobust.errors import ClrobustError
 
 
-def _load(checkpoint: str, arch, stem, fmt, normalize, bn, allow_missing, trust):
+def _load(checkpoint: str, load_options: LoadOptions):
     from clrobust.checkpoints import load
 
-    lm = load(checkpoint, **load_options(arch, stem, fmt, normalize, bn, allow_missing, trust).kwargs())
+    lm = load(checkpoint, **load_options.kwargs())
     return lm, lm.report
 
 
@@ -24,7 +25,7 @@ def _load(checkpoint: str, arch, stem, fmt, normalize, bn, allow_missing, trust)
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
-def inspect(checkpoint, arch, stem, fmt, normalize, bn, allow_missing, trust, as_json):
+def inspect(checkpoint, load_options, as_json):
     """Show what a checkpoint is and how clrobust would load it.
 
     Prints the detected format, architecture, parameter count, input
@@ -41,7 +42,7 @@ def inspect(checkpoint, arch, stem, fmt, normalize, bn, allow_missing, trust, as
     from clrobust.checkpoints import format_names
     from clrobust.hooks import layer_names
 
-    lm, report = _load(checkpoint, arch, stem, fmt, normalize, bn, allow_missing, trust)
+    lm, report = _load(checkpoint, load_options)
     net = lm.network
     info = report.to_dict()
     info["layers"] = {"blocks": layer_names(net, "blocks"), "all": layer_names(net, "all")}
@@ -119,7 +120,7 @@ def _listing(title: str, names: List[str], limit: int = 400, count: Optional[int
 @click.argument("out", type=click.Path(dir_okay=False))
 @model_options
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def convert(checkpoint, out, arch, stem, fmt, normalize, bn, allow_missing, trust, overwrite):
+def convert(checkpoint, out, load_options, overwrite):
     """Convert a third-party checkpoint to clrobust's format (OUT.safetensors + OUT.json).
 
     The result loads without pickle and records the source file, its detected
@@ -140,7 +141,7 @@ def convert(checkpoint, out, arch, stem, fmt, normalize, bn, allow_missing, trus
     target = _out_path(out)
     if target.with_name(target.name + ".safetensors").exists() and not overwrite:
         raise ClrobustError(f"{str(target) + '.safetensors'!r} exists; choose another OUT or pass --overwrite.")
-    lm, report = _load(checkpoint, arch, stem, fmt, normalize, bn, allow_missing, trust)
+    lm, report = _load(checkpoint, load_options)
     # What the file says about itself travels with the converted weights.
     meta = {"source_format": lm.source_format, "source": lm.metadata.get("source", str(checkpoint)),
             "has_classifier": lm.has_classifier, "normalize": lm.normalize,

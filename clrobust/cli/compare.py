@@ -12,7 +12,6 @@ from clrobust.cli.options import (
     classifier_option,
     data_options,
     device_option,
-    load_options,
     model_options,
     out_options,
     probe_train_option,
@@ -44,7 +43,7 @@ from clrobust.metrics import METRICS
 @out_options("compare-layers-out")
 @progress_option
 def compare_layers(models, data, data_root, split, layers, attack, eps, steps, alpha, n_samples, batch_size,
-                   metric, arch, stem, fmt, normalize, bn, allow_missing, trust, classifier, probe_train, seed, device,
+                   metric, load_options, classifier, probe_train, seed, device,
                    out, overwrite, progress):
     """CKA between every pair of layers, on clean and adversarial inputs.
 
@@ -76,8 +75,7 @@ def compare_layers(models, data, data_root, split, layers, attack, eps, steps, a
         raise ClrobustError("--batch-size must be at least 4 (unbiased HSIC needs 4 samples per batch).")
     settings = CompareSettings(models=models, data=data, data_root=data_root, split=split, layers=layers,
                                attack=spec, n_samples=n_samples, batch_size=batch_size, seed=seed, device=device,
-                               load_options=load_options(arch, stem, fmt, normalize, bn, allow_missing,
-                                                         trust), probe_train=probe_train, metric=metric,
+                               load_options=load_options, probe_train=probe_train, metric=metric,
                                classifier=classifier)
     from clrobust.distributed import Dist
 

@@ -6,6 +6,7 @@ never from copied lists.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional
 
 import click
@@ -45,8 +46,22 @@ EPS = EpsType()
 EPS_LIST = EpsType(many=True)
 
 
+_MODEL_OPTION_NAMES = ("arch", "stem", "fmt", "normalize", "bn", "allow_missing", "trust")
+
+
 def model_options(f: F) -> F:
-    """How model files are read: the same on every command that takes models."""
+    """How model files are read: the same on every command that takes models.
+
+    The command receives them as one ``load_options`` argument (a :class:`LoadOptions`).
+    """
+    command = f
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name) for name in _MODEL_OPTION_NAMES}
+        return command(*args, load_options=load_options(**values), **kwargs)
+
+    f = wrapper
     f = click.option("--trust-checkpoint", "trust", is_flag=True,
                      help="Allow full unpickling (can run code hidden in the file): only for trusted sources.")(f)
     f = click.option("--allow-missing", is_flag=True,
