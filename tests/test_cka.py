@@ -349,3 +349,23 @@ def test_batch_bounds_minimum():
         batch_bounds(3, 16)
     with pytest.raises(ClrobustError, match=r"^need at least 5 samples for minibatch CKA, got 4\.$"):
         batch_bounds(4, 16, minimum=5)
+
+
+def test_prepared_updates_equal_plain_updates_and_metric_identity():
+    """The registry's two-step update (prepare once per recording, then pairs) sums exactly what update() sums."""
+    rng = np.random.default_rng(3)
+    xs = [rng.normal(size=(9, 5)), rng.normal(size=(9, 2, 2, 2))]
+    ys = [rng.normal(size=(9, 4))]
+    plain, prepared = StreamingCKA(), StreamingCKA()
+    for _ in range(2):
+        plain.update(xs, ys)
+        prepared.update_prepared(StreamingCKA.prepare(xs), prepared.prepare(ys))
+    for a, b in zip(plain.state(), prepared.state()):
+        assert torch.equal(a, b)
+    assert prepared.n == 18 and prepared.batches == 2
+    assert tuple(StreamingCKA.prepare(xs).shape) == (2, 81)
+    assert StreamingCKA.name == "linear-cka" and "unbiased HSIC" in StreamingCKA.description
+    empty = StreamingCKA()
+    empty.ensure_state(2, 1)
+    assert [tuple(t.shape) for t in empty.state()] == [(2, 1), (2,), (1,)]
+    assert all(t.dtype == torch.float64 and not t.any() for t in empty.state())

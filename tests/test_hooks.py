@@ -355,3 +355,17 @@ def test_in_place_operations_do_not_change_what_was_recorded():
     for name in layers:
         torch.testing.assert_close(got[name], want[name], rtol=0, atol=0, msg=name)
     assert got["bn1"].min() < 0 and got["layer1.0.bn2"].min() < 0  # not overwritten by the ReLU after them
+
+
+def test_an_empty_layer_list_records_nothing_and_keeps_the_output():
+    net = tiny_network()
+    x = torch.rand(2, 3, 32, 32)
+    rec = LayerRecorder(net, [])
+    with pytest.raises(RuntimeError, match="outside its `with` block"):
+        rec.record(x)
+    with rec:
+        assert rec.record(x) == {}
+        with torch.no_grad():
+            assert torch.equal(rec.output, net(x))
+    with pytest.raises(RuntimeError, match="outside its `with` block"):
+        rec.record(x)  # closed again after the block
