@@ -37,6 +37,8 @@ AUDIT_ATTACKS: Dict[str, Tuple[str, int]] = {
     "tm1-pgd20": ("rep", 20),
 }
 REPORT_FILES = ("report.json", "report.csv", "report.md", "robust_accuracy_vs_eps.png")
+#: Version of the layout of report.json; raised when a key changes meaning or goes away.
+SCHEMA = "clrobust.audit/1"
 
 
 @dataclass
@@ -164,7 +166,7 @@ def run_audit(settings: AuditSettings, out: Path, overwrite: bool = False, progr
             rows.append(_row(lm.label, attack, norm, eps, clean, corr))
         for (norm, eps), corr in worst.items():
             rows.append(_row(lm.label, "worst-case (II)", norm, eps, clean, corr))
-    report = {"models": models_info, "rows": rows, "n_samples": len(data),
+    report = {"schema": SCHEMA, "models": models_info, "rows": rows, "n_samples": len(data),
               "data": {"name": settings.data, "split": settings.split},
               "attacks": {a: {"spec": AUDIT_ATTACKS[a][0], "steps": AUDIT_ATTACKS[a][1]} for a in settings.attacks},
               "autoattack": "standard: APGD-CE 100 steps, APGD-T 100 steps, FAB-T 100 steps, Square 5000 "

@@ -29,6 +29,8 @@ from clrobust.metrics import metric
 from clrobust.provenance import prepare_out_dir, versions, write_json
 
 RESULT_FILES = ("results.json", "disparity.csv", "disparity.png", "settings.json")
+#: Version of the layout of results.json; raised when a key changes meaning or goes away.
+SCHEMA = "clrobust.compare-layers/1"
 INPUTS = ("clean", "adversarial")
 
 
@@ -131,6 +133,7 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist=None) -> 
     accuracy = {lab: {"clean": correct[lab]["clean"] / n, "adversarial": correct[lab]["adversarial"] / n}
                 for lab in labels}
     return {
+        "schema": SCHEMA,
         "models": {lab: {**lm.describe(), "training": lm.metadata.get("training", {}),
                          **classifiers.get(lab, {"classifier": "own linear head"})}
                    for lab, lm in zip(labels, loaded)},

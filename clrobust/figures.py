@@ -235,7 +235,8 @@ def family_data(family: str, settings: FigureSettings, results: Dict[str, Any],
         summary["cross_model_cka"] = cm
         summary["cross_model_cka_definition"] = "mean entry of the adversarial-vs-adversarial cross-model heatmap"
         title = f"Cross-model CKA (CL vs SL) on adversarial inputs, ST vs AT ({atk}; {data_text})"
-    return {"family": family, "title": title, "attack": results["attack"], "attack_text": atk,
+    return {"schema": "clrobust.figure/1", "family": family, "title": title, "attack": results["attack"],
+            "attack_text": atk,
             "data": results["data"], "n_samples": results["n_samples"], "layer_set": settings.layers,
             "seed": settings.seed, "models": models, "panels": panels, **extra, "summary": summary,
             "versions": versions()}

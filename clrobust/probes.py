@@ -258,6 +258,8 @@ def probe_layers(model: nn.Module, train_data: ImageData, test_data: ImageData,
 
 
 PROBE_FILES = ("probes.json", "probes.csv", "probes.png", "settings.json")
+#: Version of the layout of probes.json; raised when a key changes meaning or goes away.
+SCHEMA = "clrobust.probe-layers/1"
 
 
 def write_probe_outputs(result: Dict[str, Any], out: Path, title: str) -> List[Path]:
@@ -307,7 +309,7 @@ def run_probe_layers(model: str, out: Path, data: str = "cifar10-mini", data_roo
     head = ensure_classifier(lm, train, seed, progress)  # the end-to-end attack needs a real head
     r = probe_layers(lm.network, train, test, layers, attack, batch_size, seed, progress,
                      out / "features" if cache else None, device)
-    res = {"model": {"label": lm.label, **lm.describe(), "training": lm.metadata.get("training", {}),
+    res = {"schema": SCHEMA, "model": {"label": lm.label, **lm.describe(), "training": lm.metadata.get("training", {}),
                      **head},
            "data": {"name": data, "train_split": "train", "test_split": "test"}, "layer_set": layers,
            **r.to_dict(), "versions": versions()}

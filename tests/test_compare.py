@@ -189,3 +189,19 @@ def test_every_model_is_attacked_with_its_own_examples(tiny_checkpoints, trained
         want = _minibatch_cka([b[BLOCKS[i]] for b in recs["tiny0"]["adversarial"]],
                               [b[BLOCKS[j]] for b in recs["trained"]["adversarial"]])
         assert ent["matrix"][i][j] == pytest.approx(want, abs=1e-9)
+
+
+def test_result_files_name_their_schema(tmp_path, tiny_checkpoints):
+    """Every result file says which layout it has, so a reader can refuse one it does not know."""
+    from clrobust.attacks import AttackSpec
+    from clrobust.audit import AuditSettings, run_audit
+    from clrobust.compare import CompareSettings, compare_layers
+
+    res = compare_layers(CompareSettings(models=[str(tiny_checkpoints[0])], attack=AttackSpec("fgsm", 8 / 255, 1),
+                                         n_samples=8, batch_size=8, layers="stem,avgpool"),
+                         tmp_path / "c", progress=False)
+    assert res["schema"] == json.loads((tmp_path / "c" / "results.json").read_text())["schema"] \
+        == "clrobust.compare-layers/1"
+    run_audit(AuditSettings(models=[str(tiny_checkpoints[0])], eps=(8 / 255,), attacks=("fgsm",), n_samples=8,
+                            batch_size=8), tmp_path / "a", progress=False)
+    assert json.loads((tmp_path / "a" / "report.json").read_text())["schema"] == "clrobust.audit/1"

@@ -183,3 +183,21 @@ def test_drawing_leaves_the_users_matplotlib_backend_alone(tmp_path):
         assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "d.png").stat().st_size
     finally:
         matplotlib.use(before)
+
+
+def test_train_init_reads_a_third_party_file_with_the_init_options(tmp_path):
+    """`train --init FILE` goes through the one door: a SupContrast file, its format and normalisation given."""
+    from clrobust.checkpoints.native import read_metadata
+    from clrobust.cli import main
+
+    src = _supcontrast_file(tmp_path)
+    out = tmp_path / "fat"
+    main(["train", "--scheme", "simclr", "--scenario", "fat", "--init", str(src), "--init-format", "supcontrast",
+          "--init-normalize", "half", "--n-train", "32", "--batch-size", "16", "--classifier-epochs", "1",
+          "--eval-samples", "8", "--attack-steps", "1", "--no-progress", "--out", str(out)])
+    meta = read_metadata(out.with_suffix(".safetensors"))
+    assert meta["training"]["init_load"]["format"] == "supcontrast"
+    assert meta["training"]["init_load"]["normalize"] == "half"
+    trained = load(str(out.with_suffix(".safetensors")))
+    assert trained.network.normalize.mean.flatten().tolist() == pytest.approx([0.5] * 3)
+    assert trained.network.config.arch == "resnet18" and trained.network.config.width == 4

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from clrobust.attacks import parse_eps
-from clrobust.cli.options import EPS, data_options, progress_option, seed_option
+from clrobust.cli.options import EPS, data_options, load_options, progress_option, seed_option
 from clrobust.errors import ClrobustError
 from clrobust.train.trainer import ADV_METHODS, AUGMENTS, SCENARIOS, SCHEMES
 
@@ -40,6 +40,14 @@ from clrobust.train.trainer import ADV_METHODS, AUGMENTS, SCENARIOS, SCHEMES
 @click.option("--classifier-epochs", default=10, show_default=True, type=int,
               help="Epochs of adversarial classifier training (pat) or fine-tuning (fat).")
 @click.option("--init", default=None, help="Start from this zoo model or checkpoint's encoder (skips pre-training).")
+@click.option("--init-format", default=None,
+              help="How --init is read (the model options of the other commands; here --arch is the trained "
+                   "architecture): force its third-party format.")
+@click.option("--init-normalize", default=None, help="How --init is read: its input normalisation.")
+@click.option("--init-bn", type=click.Choice(["auto", "clean", "adversarial"]), default="auto", show_default=True,
+              help="How --init is read: the batch norm of a dual-BN checkpoint.")
+@click.option("--init-trust-checkpoint", is_flag=True,
+              help="How --init is read: allow full unpickling (only for trusted sources).")
 @data_options
 @click.option("--n-train", default=None, type=int, help="Use only the first N training images.")
 @click.option("--eval-samples", default=None, type=int, help="Test images for the final evaluation [all].")
@@ -50,8 +58,8 @@ from clrobust.train.trainer import ADV_METHODS, AUGMENTS, SCENARIOS, SCHEMES
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint at OUT.")
 @progress_option
 def train(scheme, scenario, adv_method, arch, width, epochs, batch_size, lr, temperature, eps, attack_steps,
-          attack_alpha, clae_weight, augment, classifier_epochs, init, data, data_root, n_train, eval_samples, seed,
-          out, resume, overwrite, progress):
+          attack_alpha, clae_weight, augment, classifier_epochs, init, init_format, init_normalize, init_bn,
+          init_trust_checkpoint, data, data_root, n_train, eval_samples, seed, out, resume, overwrite, progress):
     """Train an encoder under one scheme and scenario, then its linear classifier.
 
     Writes a safetensors checkpoint with a JSON beside it recording the settings,
@@ -72,7 +80,9 @@ def train(scheme, scenario, adv_method, arch, width, epochs, batch_size, lr, tem
                       epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature, eps=parse_eps(eps),
                       attack_steps=attack_steps, attack_alpha=attack_alpha, clae_weight=clae_weight,
                       augment=augment, classifier_epochs=classifier_epochs, init=init, data=data, data_root=data_root,
-                      n_train=n_train, eval_samples=eval_samples, seed=seed)
+                      n_train=n_train, eval_samples=eval_samples, seed=seed,
+                      init_load=load_options(None, None, init_format, init_normalize, init_bn, False,
+                                             init_trust_checkpoint).kwargs() if init else {})
     out_path = Path(out)
     for suffix in (".safetensors", ".json"):
         if out_path.name.endswith(suffix):
