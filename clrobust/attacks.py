@@ -35,7 +35,8 @@ def parse_eps(text: "str | float", norm: str = "Linf") -> float:
         s = str(text).strip()
         try:
             s = re.sub(r"\s+", "", s)
-            value = float(Fraction(s)) if re.fullmatch(r"[0-9.]+\s*/\s*[0-9.]+", s) else float(s)
+            ratio = re.fullmatch(r"([0-9.]+)/([0-9.]+)", s)
+            value = float(Fraction(ratio.group(1)) / Fraction(ratio.group(2))) if ratio else float(s)
         except (ValueError, ZeroDivisionError):
             raise ClrobustError(f"bad eps {text!r}: give a number such as 8/255 or 0.0314.") from None
     if not math.isfinite(value) or value < 0:
@@ -54,7 +55,7 @@ def parse_eps_list(text: str, norm: str = "Linf") -> List[float]:
 def format_eps(eps: float) -> str:
     """``8/255`` when eps is a multiple of 1/255, else the decimal."""
     k = eps * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and eps > 0 else f"{eps:g}"
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) >= 1 else f"{eps:g}"
 
 
 @dataclass

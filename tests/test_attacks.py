@@ -36,13 +36,14 @@ def re_text(text: object) -> str:
 
 @pytest.mark.parametrize("text,value", [("8/255", 8 / 255), ("0.0314", 0.0314), (" 4 / 255 ", 4 / 255),
                                         ("0", 0.0), (0.5, 0.5), ("1", 1.0), (1, 1.0), (0, 0.0),
-                                        ("8\t/\n255", 8 / 255), ("1e-2", 0.01), (".5", 0.5), ("255/255", 1.0)])
+                                        ("8\t/\n255", 8 / 255), ("1e-2", 0.01), (".5", 0.5), ("255/255", 1.0),
+                                        ("2.5/255", 2.5 / 255), ("0.5/2", 0.25)])
 def test_parse_eps(text, value):
     got = parse_eps(text)
     assert got == pytest.approx(value, rel=1e-15, abs=0) and isinstance(got, float)
 
 
-@pytest.mark.parametrize("text", ["abc", "1/0", "8/255/2", "", "0.5/2", "8/255x"])
+@pytest.mark.parametrize("text", ["abc", "1/0", "8/255/2", "", "./2", "8/255x", "0/0"])
 def test_parse_eps_rejects_non_numbers(text):
     with pytest.raises(ClrobustError, match=rf"^bad eps {re_text(text)}: give a number such as 8/255 or 0\.0314\.$"):
         parse_eps(text)
@@ -76,7 +77,8 @@ def test_eps_list():
 
 @pytest.mark.parametrize("eps,text", [(8 / 255, "8/255"), (1 / 255, "1/255"), (1.0, "255/255"), (0.5, "0.5"),
                                       (0, "0"), (0.0, "0"), ((8 + 5e-7) / 255, "8/255"),
-                                      ((8 + 5e-6) / 255, "0.0313726"), (0.25, "0.25"), (1.5, "1.5")])
+                                      ((8 + 5e-6) / 255, "0.0313726"), (0.25, "0.25"), (1.5, "1.5"),
+                                      (1e-9, "1e-09"), (2.5 / 255, "0.00980392")])
 def test_format_eps(eps, text):
     assert format_eps(eps) == text
 

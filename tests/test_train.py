@@ -232,6 +232,13 @@ def test_preactivation_architectures_train_and_reload(tmp_path, arch, one_thread
         assert torch.allclose(net(x), trainer.net(x), atol=1e-6)
 
 
+def test_adversarial_scenarios_need_an_eps_above_zero():
+    for scenario in ("at", "pat", "fat"):
+        with pytest.raises(ClrobustError, match=f"--eps 0 with scenario '{scenario}' would train without any attack"):
+            TrainConfig(scheme="simclr", scenario=scenario, eps=0.0)
+    assert TrainConfig(scheme="simclr", scenario="st", eps=0.0).eps == 0.0  # ST ignores eps
+
+
 def test_nonsense_combinations_are_refused():
     with pytest.raises(ClrobustError, match="does not apply to 'supervised'"):
         TrainConfig(scheme="supervised", scenario="pat")

@@ -100,6 +100,10 @@ class TrainConfig:
             raise ClrobustError(f"unknown --augment {self.augment!r}; use simclr or crop-flip.")
         if self.attack_steps < 1:
             raise ClrobustError("--attack-steps must be at least 1.")
+        if self.scenario != "st" and not self.eps > 0:
+            raise ClrobustError(f"--eps {self.eps:g} with scenario {self.scenario!r} would train without any "
+                                "attack while recording an adversarial one; use --scenario st for standard "
+                                "training, or give an eps above 0.")
         if self.temperature is None:
             self.temperature = 0.5 if self.scheme == "simclr" else 0.1
         if self.attack_alpha is None:
