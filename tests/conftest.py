@@ -25,6 +25,19 @@ def tiny_network(seed: int = 0, width: int = 4, **kw):
     return net.eval()
 
 
+def supcontrast_file(path, seed: int = 3):
+    """A head-less SupContrast checkpoint (kuangliu encoder keys + projection head, no classifier) at ``path``."""
+    import argparse
+
+    net = tiny_network(seed)
+    sd = {f"encoder.{k.replace('stem.conv.', 'conv1.').replace('stem.bn.', 'bn1.')}": v
+          for k, v in net.encoder.state_dict().items()}
+    sd.update({"head.0.weight": torch.randn(32, 32), "head.0.bias": torch.randn(32),
+               "head.2.weight": torch.randn(16, 32), "head.2.bias": torch.randn(16)})
+    torch.save({"opt": argparse.Namespace(model="resnet18"), "model": sd, "epoch": 3}, path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory):
     """Two tiny clrobust checkpoints (different seeds); returns their .safetensors paths."""

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import tiny_network
+from tests.conftest import supcontrast_file
 
 
 def run(args, env=None):
@@ -112,13 +111,7 @@ def test_audit_bad_eps_and_attack_are_one_line_errors(tmp_path, tiny_checkpoints
 @pytest.mark.slow
 def test_headless_checkpoint_gets_a_linear_probe(tmp_path):
     """A SupContrast-layout checkpoint has no classifier: audit fits a probe on train features."""
-    net = tiny_network(3)
-    sd = {f"encoder.{k.replace('stem.conv.', 'conv1.').replace('stem.bn.', 'bn1.')}": v
-          for k, v in net.encoder.state_dict().items()}
-    sd.update({"head.0.weight": torch.randn(32, 32), "head.0.bias": torch.randn(32),
-               "head.2.weight": torch.randn(16, 32), "head.2.bias": torch.randn(16)})
-    path = tmp_path / "supcon_last.pth"
-    torch.save({"opt": argparse.Namespace(model="resnet18"), "model": sd, "epoch": 3}, path)
+    path = supcontrast_file(tmp_path / "supcon_last.pth")
     out = tmp_path / "audit"
     code, text = run(["audit", str(path), "--n-samples", "16", "--batch-size", "8", "--eps", "8/255",
                       "--attacks", "fgsm", "--probe-train", "96", "--no-progress", "--out", str(out)])

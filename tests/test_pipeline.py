@@ -3,14 +3,13 @@ and file-system safe, and a mistyped model name is reported before anything abou
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_network
+from conftest import supcontrast_file
 
 from clrobust.checkpoints import distinct_labels, load, save_network
 from clrobust.errors import ClrobustError
@@ -19,15 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _supcontrast_file(tmp_path: Path) -> Path:
-    """A head-less SupContrast checkpoint (encoder + projection head, no classifier)."""
-    net = tiny_network(3)
-    sd = {f"encoder.{k.replace('stem.conv.', 'conv1.').replace('stem.bn.', 'bn1.')}": v
-          for k, v in net.encoder.state_dict().items()}
-    sd.update({"head.0.weight": torch.randn(32, 32), "head.0.bias": torch.randn(32),
-               "head.2.weight": torch.randn(16, 32), "head.2.bias": torch.randn(16)})
-    path = tmp_path / "last.pth"
-    torch.save({"opt": argparse.Namespace(model="resnet18"), "model": sd, "epoch": 3}, path)
-    return path
+    return supcontrast_file(tmp_path / "last.pth")
 
 
 def test_converted_headless_encoder_gets_a_probe_not_a_random_head(tmp_path, capsys):
