@@ -38,6 +38,37 @@ def supcontrast_file(path, seed: int = 3):
     return path
 
 
+def hooked_forward(net, x, names):
+    """One forward pass of ``net`` on ``x`` with plain forward hooks written here (not clrobust's recorder):
+    ``({name: output of net.encoder's module name}, logits)``."""
+    outputs = {}
+    modules = dict(net.encoder.named_modules())
+    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: outputs.__setitem__(n, o.detach().clone()))
+               for n in names]
+    try:
+        with torch.no_grad():
+            logits = net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: outputs[n] for n in names}, logits
+
+
+def assert_real_png(path, min_side=300, max_side=None, min_colours=20, ink=True):
+    """A readable PNG of a sensible size with a drawing on it (many colours, not a blank canvas)."""
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    img = mpimg.imread(str(path))
+    h, w = img.shape[:2]
+    assert img.ndim == 3 and min(h, w) >= min_side, (path.name, img.shape)
+    assert max_side is None or max(h, w) <= max_side, (path.name, img.shape)
+    rgb = img[..., :3].reshape(-1, 3)
+    assert len(np.unique(rgb, axis=0)) >= min_colours, path.name
+    if ink:
+        assert 0.005 < (rgb.min(1) < 0.9).mean() < 0.9, path.name  # some ink, on a light background
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory):
     """Two tiny clrobust checkpoints (different seeds); returns their .safetensors paths."""

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-import torch
+from conftest import assert_real_png, hooked_forward
 
 
 def run(args):
@@ -73,13 +73,9 @@ def test_compare_layers_outputs(tmp_path, tiny_checkpoints):
 
 
 @pytest.mark.slow
-def _assert_picture(path, min_side=200):
+def _assert_picture(path):
     """A real figure: a sensible size and more than a blank canvas."""
-    import matplotlib.image as mpimg
-
-    img = mpimg.imread(str(path))
-    assert img.ndim == 3 and min(img.shape[:2]) >= min_side, (path.name, img.shape)
-    assert len(np.unique(img.reshape(-1, img.shape[-1]), axis=0)) > 20, path.name
+    assert_real_png(path, min_side=200, min_colours=21, ink=False)
 
 
 @pytest.mark.slow
@@ -131,16 +127,7 @@ def _minibatch_cka(xs, ys) -> float:
 
 def _record(net, x, names):
     """Every named encoder module's output on ``x``, through hooks written here, as float64 (N, D) arrays."""
-    out = {}
-    mods = dict(net.encoder.named_modules())
-    handles = [mods[n].register_forward_hook(lambda m, i, o, n=n: out.__setitem__(n, o.detach().clone()))
-               for n in names]
-    try:
-        with torch.no_grad():
-            logits = net(x)
-    finally:
-        for h in handles:
-            h.remove()
+    out, logits = hooked_forward(net, x, names)
     return {n: out[n].reshape(len(x), -1).double().numpy() for n in names}, logits
 
 

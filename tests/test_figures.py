@@ -10,6 +10,7 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 import pytest
+from conftest import assert_real_png
 
 from clrobust.attacks import AttackSpec
 from clrobust.checkpoints import save_network
@@ -17,16 +18,8 @@ from clrobust.checkpoints import save_network
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _assert_real_png(path: Path, min_side: int = 300, max_side: int = 4000) -> None:
-    """A readable PNG of a sensible size with a drawing on it (many colours, not a blank canvas)."""
-    import matplotlib.image as mpimg
-
-    img = mpimg.imread(str(path))
-    h, w = img.shape[:2]
-    assert min_side <= h <= max_side and min_side <= w <= max_side, (path.name, img.shape)
-    rgb = img[..., :3].reshape(-1, 3)
-    assert len(np.unique(rgb, axis=0)) >= 20, path.name
-    assert 0.005 < (rgb.min(1) < 0.9).mean() < 0.9, path.name  # some ink, on a light background
+def _assert_real_png(path: Path) -> None:
+    assert_real_png(path, min_side=300, max_side=4000)
 
 
 def _assert_real_pdf(path: Path) -> None:

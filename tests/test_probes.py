@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_real_png, hooked_forward
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
@@ -207,16 +208,7 @@ def _record_pooled(net: torch.nn.Module, layers: Sequence[str], x: torch.Tensor
                    ) -> Tuple[Dict[str, np.ndarray], torch.Tensor]:
     """``layers`` of ``net.encoder`` for one batch through plain forward hooks, conv maps average pooled to
     2x2 and flattened (vectors as they are); and the network's logits."""
-    modules = dict(net.encoder.named_modules())
-    seen: Dict[str, torch.Tensor] = {}
-    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o.detach()))
-               for n in layers]
-    try:
-        with torch.no_grad():
-            logits = net(x)
-    finally:
-        for h in handles:
-            h.remove()
+    seen, logits = hooked_forward(net, x, layers)
     return {n: (F.adaptive_avg_pool2d(seen[n], (2, 2)) if seen[n].dim() == 4 else seen[n]).flatten(1).numpy()
             for n in layers}, logits
 
@@ -315,16 +307,8 @@ def _assert_csv_is_json(path: Path, data: Dict) -> None:
             assert float(value) == pytest.approx(data[col][i], abs=5.1e-7), (i, col)
 
 
-def _assert_real_png(path: Path, min_side: int = 300, max_side: int = 4000) -> None:
-    """A readable PNG of a sensible size with a drawing on it (many colours, not a blank canvas)."""
-    import matplotlib.image as mpimg
-
-    img = mpimg.imread(str(path))
-    h, w = img.shape[:2]
-    assert min_side <= h <= max_side and min_side <= w <= max_side, (path.name, img.shape)
-    rgb = img[..., :3].reshape(-1, 3)
-    assert len(np.unique(rgb, axis=0)) >= 20, path.name
-    assert 0.005 < (rgb.min(1) < 0.9).mean() < 0.9, path.name  # some ink, on a light background
+def _assert_real_png(path: Path) -> None:
+    assert_real_png(path, min_side=300, max_side=4000)
 
 
 def test_probe_outputs_csv_and_png_hold_the_json_numbers(tmp_path):

@@ -135,9 +135,11 @@ def load_native(path: Union[str, Path], normalize: Optional[str] = None,
     from clrobust.checkpoints.table import parse_normalize
 
     chosen = adversarial_bn
+    net, meta = load_network(path)
     if adversarial_bn is None:
-        adversarial_bn = read_metadata(path).get("robust_bn", "clean") == "adversarial"
-    net, meta = load_network(path, adversarial_bn=adversarial_bn)
+        adversarial_bn = meta.get("robust_bn", "clean") == "adversarial"
+    if adversarial_bn:
+        _use_adversarial_bn(net, _paths(path)[0])
     if normalize is not None:
         norm = parse_normalize(normalize)
         net.normalize.enabled = norm is not None
