@@ -26,17 +26,18 @@ import torch
 
 from clrobust.attacks import AttackSpec
 from clrobust.checkpoints.zoo import DEFAULT_PAIR
-from clrobust.compare import CompareSettings, run_compare, write_outputs
+from clrobust.compare import CompareSettings, run_compare
+from clrobust.results import write_results
 
 
 def one_run() -> dict:
     settings = CompareSettings(models=list(DEFAULT_PAIR), attack=AttackSpec(name="pgd", eps=8 / 255, steps=10))
     t = time.perf_counter()
     results = run_compare(settings, progress=False)
-    timings = dict(results["timings_seconds"])
+    timings = dict(results.timings_seconds)
     with tempfile.TemporaryDirectory() as tmp:
         t_write = time.perf_counter()
-        write_outputs(results, Path(tmp))
+        write_results(Path(tmp), [results])
         timings["write + figures"] = time.perf_counter() - t_write
     timings["total (in process)"] = time.perf_counter() - t
     return timings

@@ -12,13 +12,12 @@ interrupted audit resumes where it stopped.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -30,13 +29,14 @@ from clrobust.distributed import Dist
 from clrobust.errors import ClrobustError
 from clrobust.heads import choose_classifier, ensure_classifier
 from clrobust.provenance import prepare_out_dir, versions, weights_hash, write_json
+from clrobust.results import Drawer, Result, Table, write_results
 
 #: attack name -> (torchattacks-backed spec name, default steps)
 AUDIT_ATTACKS: Dict[str, Tuple[str, int]] = {
     "fgsm": ("fgsm", 1), "pgd20": ("pgd", 20), "apgd-ce": ("apgd", 100), "autoattack": ("autoattack", 100),
     "tm1-pgd20": ("rep", 20),
 }
-REPORT_FILES = ("report.json", "report.csv", "report.md", "robust_accuracy_vs_eps.png")
+REPORT_FILES = ("report.json", "report.csv", "report.md", "robust_accuracy_vs_eps.png", "settings.json")
 #: Version of the layout of report.json; raised when a key changes meaning or goes away.
 SCHEMA = "clrobust.audit/1"
 
@@ -65,6 +65,11 @@ class AuditSettings:
             raise ClrobustError(f"unknown attack {unknown[0]!r}; use: {', '.join(AUDIT_ATTACKS)}.")
         if not self.eps and not self.l2_eps:
             raise ClrobustError("give at least one eps (--eps or --l2-eps).")
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The settings as settings.json and report.json record them."""
+        return {**asdict(self), "models": list(self.models), "eps": list(self.eps), "l2_eps": list(self.l2_eps),
+                "attacks": list(self.attacks), "load_options": self.load_options.kwargs()}
 
     def key(self) -> str:
         d = asdict(self)
@@ -107,9 +112,112 @@ def _correct(net, spec: Optional[AttackSpec], data: ImageData, bs: int, device: 
     return out
 
 
+@dataclass
+class AuditRow:
+    """Clean and robust accuracy of one model under one attack at one norm and eps."""
+
+    model: str
+    attack: str
+    norm: str
+    eps: float
+    eps_text: str
+    threat_model: str  # "I" (representation attack, then the head) or "II" (end to end)
+    clean_accuracy: float
+    robust_accuracy: float
+    n: int
+
+    @classmethod
+    def count(cls, model: str, attack: str, norm: str, eps: float, clean: torch.Tensor,
+              corr: torch.Tensor) -> "AuditRow":
+        """From per-point correctness: ``clean`` (clean-correct) and ``corr`` (robust and clean-correct)."""
+        n = len(clean)
+        return cls(model, attack, norm, eps, format_eps(eps) if norm == "Linf" else f"{eps:g}",
+                   "I" if attack.startswith("tm1") else "II", float(clean.sum()) / n, float(corr.sum()) / n, n)
+
+
+@dataclass
+class AuditResult(Result):
+    """A RobustBench-style report: one row per (model, attack, norm, eps)."""
+
+    SCHEMA: ClassVar[str] = SCHEMA
+
+    models: Dict[str, Dict[str, Any]]
+    rows: List[AuditRow]
+    n_samples: int
+    data: Dict[str, str]
+    attacks: Dict[str, Dict[str, Any]]
+    autoattack: str
+    seed: int
+    settings: Dict[str, Any]
+    versions: Dict[str, str]
+
+    def json_name(self) -> str:
+        return "report.json"
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["rows"] = [asdict(r) for r in self.rows]
+        return {"schema": self.SCHEMA, **d}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AuditResult":
+        kw = {f.name: d[f.name] for f in fields(cls)}
+        kw["rows"] = [AuditRow(**r) for r in d["rows"]]
+        return cls(**kw)
+
+    def tables(self) -> Dict[str, Table]:
+        head = [f.name for f in fields(AuditRow)]
+        return {"report.csv": Table(head, [[getattr(r, k) for k in head] for r in self.rows])}
+
+    def markdown_name(self) -> Optional[str]:
+        return "report.md"
+
+    def markdown(self) -> str:
+        """One row per model: clean accuracy, then robust accuracy per (attack, norm, eps)."""
+        cols: List[Tuple[str, str, str]] = list(dict.fromkeys((r.attack, r.norm, r.eps_text) for r in self.rows))
+        models = list(dict.fromkeys(r.model for r in self.rows))
+        head = ["model", "clean"] + [f"{a} {n} {e}" for a, n, e in cols]
+        lines = [f"Robust accuracy on {self.n_samples} {self.data['name']} {self.data['split']} images "
+                 f"(seed {self.seed}). {self.autoattack}.", "",
+                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for m in models:
+            mr = {(r.attack, r.norm, r.eps_text): r for r in self.rows if r.model == m}
+            clean = next(iter(mr.values())).clean_accuracy
+            lines.append("| " + " | ".join([m, f"{clean:.1%}"] + [f"{mr[c].robust_accuracy:.1%}" if c in mr
+                                                                else "-" for c in cols]) + " |")
+        return "\n".join(lines)
+
+    def figures(self) -> Dict[str, Drawer]:
+        if not any(r.norm == "Linf" for r in self.rows):
+            return {}
+        return {"robust_accuracy_vs_eps.png": self._plot}
+
+    def _plot(self, path: Path) -> None:
+        from clrobust.plots import new_figure
+
+        rows = [r for r in self.rows if r.norm == "Linf"]
+        fig, ax = new_figure(figsize=(7, 4.2))
+        for m in dict.fromkeys(r.model for r in rows):
+            for attack, style in (("worst-case (II)", "-"), ("tm1-pgd20", ":")):
+                pts = sorted((r.eps, r.robust_accuracy) for r in rows if r.model == m and r.attack == attack)
+                if pts:
+                    ax.plot([0] + [p[0] * 255 for p in pts],
+                            [next(r.clean_accuracy for r in rows if r.model == m)] + [p[1] for p in pts],
+                            style, marker="o", ms=3,
+                            label=f"{m} ({'worst case, II' if style == '-' else 'threat model I'})")
+        ax.set_xlabel("eps (x/255, L-inf)")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+        ax.set_title(f"Robust accuracy vs eps ({self.n_samples} {self.data['name']} images)", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+
+
 def run_audit(settings: AuditSettings, out: Path, overwrite: bool = False, progress: bool = True,
-              dist: Optional[Dist] = None) -> Dict[str, Any]:
-    """Audit every model; write report.json/.csv/.md and the robust-accuracy plot (rank 0)."""
+              dist: Optional[Dist] = None) -> AuditResult:
+    """Audit every model; write report.json/.csv/.md, the robust-accuracy plot and settings.json (rank 0)."""
     out = Path(out)
     main = dist is None or dist.is_main
     labels = distinct_labels([resolve(m)[0] for m in settings.models])  # mistyped names fail first
@@ -128,7 +236,7 @@ def run_audit(settings: AuditSettings, out: Path, overwrite: bool = False, progr
     cache.setdefault("results", {})
     data = load_dataset(settings.data, settings.split, settings.data_root).subset(settings.n_samples)
     train = None
-    rows: List[Dict[str, Any]] = []
+    rows: List[AuditRow] = []
     models_info: Dict[str, Any] = {}
     for name, label in zip(settings.models, labels):
         lm = load(name, device=settings.device, **settings.load_options.kwargs())
@@ -163,81 +271,15 @@ def run_audit(settings: AuditSettings, out: Path, overwrite: bool = False, progr
             corr = torch.tensor(mres[key]) & clean
             if attack != "tm1-pgd20":
                 worst[(norm, eps)] = corr if (norm, eps) not in worst else worst[(norm, eps)] & corr
-            rows.append(_row(lm.label, attack, norm, eps, clean, corr))
+            rows.append(AuditRow.count(lm.label, attack, norm, eps, clean, corr))
         for (norm, eps), corr in worst.items():
-            rows.append(_row(lm.label, "worst-case (II)", norm, eps, clean, corr))
-    report = {"schema": SCHEMA, "models": models_info, "rows": rows, "n_samples": len(data),
-              "data": {"name": settings.data, "split": settings.split},
-              "attacks": {a: {"spec": AUDIT_ATTACKS[a][0], "steps": AUDIT_ATTACKS[a][1]} for a in settings.attacks},
-              "autoattack": "standard: APGD-CE 100 steps, APGD-T 100 steps, FAB-T 100 steps, Square 5000 "
-                            "queries, 1 restart each, through torchattacks; robust = per-point worst case",
-              "seed": settings.seed, "settings": {**asdict(settings), "eps": list(settings.eps),
-                                                  "l2_eps": list(settings.l2_eps)},
-              "versions": versions()}
+            rows.append(AuditRow.count(lm.label, "worst-case (II)", norm, eps, clean, corr))
+    report = AuditResult(
+        models=models_info, rows=rows, n_samples=len(data), data={"name": settings.data, "split": settings.split},
+        attacks={a: {"spec": AUDIT_ATTACKS[a][0], "steps": AUDIT_ATTACKS[a][1]} for a in settings.attacks},
+        autoattack="standard: APGD-CE 100 steps, APGD-T 100 steps, FAB-T 100 steps, Square 5000 "
+                   "queries, 1 restart each, through torchattacks; robust = per-point worst case",
+        seed=settings.seed, settings=settings.to_dict(), versions=versions())
     if main:
-        write_report(report, out)
+        write_results(out, [report], settings.to_dict(), settings.seed)
     return report
-
-
-def _row(model: str, attack: str, norm: str, eps: float, clean: torch.Tensor, corr: torch.Tensor) -> Dict[str, Any]:
-    n = len(clean)
-    return {"model": model, "attack": attack, "norm": norm, "eps": eps, "eps_text": format_eps(eps) if norm == "Linf"
-            else f"{eps:g}", "threat_model": "I" if attack.startswith("tm1") else "II",
-            "clean_accuracy": float(clean.sum()) / n, "robust_accuracy": float(corr.sum()) / n, "n": n}
-
-
-def write_report(report: Dict[str, Any], out: Path) -> None:
-    write_json(out / "report.json", report)
-    rows = report["rows"]
-    with open(out / "report.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    (out / "report.md").write_text(markdown_table(report) + "\n")
-    _plot(report, out / "robust_accuracy_vs_eps.png")
-
-
-def markdown_table(report: Dict[str, Any]) -> str:
-    """One row per model: clean accuracy, then robust accuracy per (attack, norm, eps)."""
-    rows = report["rows"]
-    cols: List[Tuple[str, str, str]] = []
-    for r in rows:
-        c = (r["attack"], r["norm"], r["eps_text"])
-        if c not in cols:
-            cols.append(c)
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    head = ["model", "clean"] + [f"{a} {n} {e}" for a, n, e in cols]
-    lines = [f"Robust accuracy on {report['n_samples']} {report['data']['name']} {report['data']['split']} images "
-             f"(seed {report['seed']}). {report['autoattack']}.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for m in models:
-        mr = {(r["attack"], r["norm"], r["eps_text"]): r for r in rows if r["model"] == m}
-        clean = next(iter(mr.values()))["clean_accuracy"]
-        lines.append("| " + " | ".join([m, f"{clean:.1%}"] + [f"{mr[c]['robust_accuracy']:.1%}" if c in mr else "-"
-                                                            for c in cols]) + " |")
-    return "\n".join(lines)
-
-
-def _plot(report: Dict[str, Any], path: Path) -> None:
-    from clrobust.plots import new_figure
-
-    rows = [r for r in report["rows"] if r["norm"] == "Linf"]
-    if not rows:
-        return
-    fig, ax = new_figure(figsize=(7, 4.2))
-    for m in dict.fromkeys(r["model"] for r in rows):
-        for attack, style in (("worst-case (II)", "-"), ("tm1-pgd20", ":")):
-            pts = sorted((r["eps"], r["robust_accuracy"]) for r in rows if r["model"] == m and r["attack"] == attack)
-            if pts:
-                ax.plot([0] + [p[0] * 255 for p in pts],
-                        [next(r["clean_accuracy"] for r in rows if r["model"] == m)] + [p[1] for p in pts],
-                        style, marker="o", ms=3,
-                        label=f"{m} ({'worst case, II' if style == '-' else 'threat model I'})")
-    ax.set_xlabel("eps (x/255, L-inf)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-    ax.set_title(f"Robust accuracy vs eps ({report['n_samples']} {report['data']['name']} images)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)

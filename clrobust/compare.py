@@ -8,16 +8,16 @@ Grams once and add every requested pair into its :class:`~clrobust.cka.Streaming
 
 from __future__ import annotations
 
-import csv
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from clrobust.activations import MIN_BATCH, Stage, batch_plan
-from clrobust.attacks import AttackSpec
+from clrobust.attacks import AttackSpec, format_eps
 from clrobust.checkpoints import LoadedModel, LoadOptions, distinct_labels, load, resolve
 from clrobust.cka import disparity as cka_disparity
 from clrobust.data import load_dataset
@@ -26,9 +26,10 @@ from clrobust.errors import ClrobustError
 from clrobust.heads import choose_classifier, ensure_classifier
 from clrobust.hooks import layer_names
 from clrobust.metrics import metric
-from clrobust.provenance import prepare_out_dir, versions, write_json
+from clrobust.provenance import prepare_out_dir, versions
+from clrobust.results import Drawer, Result, Table, write_results
 
-RESULT_FILES = ("results.json", "disparity.csv", "disparity.png", "settings.json")
+RESULT_FILES = ("results.json", "disparity.csv", "summary.md", "disparity.png", "settings.json")
 #: Version of the layout of results.json; raised when a key changes meaning or goes away.
 SCHEMA = "clrobust.compare-layers/1"
 INPUTS = ("clean", "adversarial")
@@ -51,6 +52,14 @@ class CompareSettings:
     metric: str = "linear-cka"  # a name of clrobust.metrics.METRICS
     classifier: str = "auto"  # auto: own head when it fits, else a probe; probe: always a probe
 
+    def to_dict(self) -> Dict[str, Any]:
+        """The settings as settings.json records them."""
+        return {"models": list(self.models), "data": self.data, "data_root": self.data_root, "split": self.split,
+                "layers": self.layers, "attack": self.attack.to_dict(), "n_samples": self.n_samples,
+                "batch_size": self.batch_size, "seed": self.seed, "device": self.device,
+                "load_options": self.load_options.kwargs(), "probe_train": self.probe_train,
+                "metric": self.metric, "classifier": self.classifier}
+
 
 Entry = Tuple[Tuple[str, str], Tuple[str, str]]  # ((model, input), (model, input))
 
@@ -70,7 +79,142 @@ def _labels(models: Sequence[LoadedModel]) -> List[str]:
     return distinct_labels([m.label for m in models])
 
 
-def run_compare(settings: CompareSettings, progress: bool = True, dist=None) -> Dict[str, Any]:
+@dataclass
+class CKAEntry:
+    """The CKA matrix of one (model, input) recording's layers (rows) against another's (columns)."""
+
+    rows: Tuple[str, str]
+    cols: Tuple[str, str]
+    matrix: np.ndarray
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"rows": {"model": self.rows[0], "input": self.rows[1]},
+                "cols": {"model": self.cols[0], "input": self.cols[1]}, "matrix": self.matrix.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CKAEntry":
+        return cls((d["rows"]["model"], d["rows"]["input"]), (d["cols"]["model"], d["cols"]["input"]),
+                   np.asarray(d["matrix"], dtype=float))
+
+
+@dataclass
+class CompareResult(Result):
+    """What ``compare-layers`` found: every CKA matrix, the disparity curves and the accuracies."""
+
+    SCHEMA: ClassVar[str] = SCHEMA
+
+    models: Dict[str, Dict[str, Any]]  # label -> what the file says about itself, classifier used
+    layers: Dict[str, List[str]]  # label -> recorded layers, in depth order
+    cka: List[CKAEntry]
+    disparity: Dict[str, List[float]]  # label -> 1 - CKA(clean_l, adversarial_l)
+    accuracy: Dict[str, Dict[str, float]]  # label -> {"clean", "adversarial"}
+    attack: Dict[str, Any]
+    data: Dict[str, str]
+    n_samples: int
+    batches: int
+    batch_size: int
+    metric: str
+    cka_estimator: str
+    seed: int
+    versions: Dict[str, str]
+    timings_seconds: Dict[str, float]
+    processes: int = 1
+
+    @property
+    def labels(self) -> List[str]:
+        return list(self.layers)
+
+    def matrix(self, rows: Tuple[str, str], cols: Tuple[str, str]) -> np.ndarray:
+        """CKA of (model, input) ``rows`` against ``cols`` (transposed from the stored pair if needed)."""
+        for e in self.cka:
+            if (e.rows, e.cols) == (rows, cols):
+                return e.matrix
+            if (e.cols, e.rows) == (rows, cols):
+                return e.matrix.T
+        raise KeyError(f"no CKA entry for {rows} vs {cols}")
+
+    def json_name(self) -> str:
+        return "results.json"
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["cka"] = [e.to_dict() for e in self.cka]
+        return {"schema": self.SCHEMA, **d}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CompareResult":
+        kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        kw["cka"] = [CKAEntry.from_dict(e) for e in d["cka"]]
+        return cls(**kw)
+
+    def attack_text(self) -> str:
+        a = self.attack
+        return "no attack" if a["name"] == "none" else f"{a['name'].upper()} eps {format_eps(a['eps'])}"
+
+    def tables(self) -> Dict[str, Table]:
+        rows = [[lab, i, layer, f"{v:.8f}", f"{1 - v:.8f}"]
+                for lab, vals in self.disparity.items() for i, (layer, v) in enumerate(zip(self.layers[lab], vals))]
+        return {"disparity.csv": Table(["model", "layer_index", "layer", "disparity", "cka_clean_adversarial"], rows)}
+
+    def markdown_name(self) -> Optional[str]:
+        return "summary.md"
+
+    def markdown(self) -> str:
+        head = ["model", "clean acc", "adv acc", "disp first", "disp mid", "disp last", "mean last 1/3"]
+        lines = [f"Layer-wise {self.metric} of {', '.join(self.labels)} on {self.n_samples} "
+                 f"{self.data['name']} {self.data['split']} images, {self.attack_text()} (seed {self.seed}).", "",
+                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for lab, d in self.disparity.items():
+            a = self.accuracy[lab]
+            lines.append("| " + " | ".join([lab, f"{a['clean']:.1%}", f"{a['adversarial']:.1%}",
+                                            *(f"{v:.3f}" for v in self._disparity_points(d))]) + " |")
+        notes = self._notes()
+        return "\n".join(lines + ([""] + notes if notes else []))
+
+    @staticmethod
+    def _disparity_points(d: Sequence[float]) -> List[float]:
+        k = max(1, len(d) // 3)
+        return [d[0], d[len(d) // 2], d[-1], float(np.mean(d[-k:]))]
+
+    def _notes(self) -> List[str]:
+        lines = []
+        for lab, info in self.models.items():
+            if "probe_train_accuracy" in info:
+                lines.append(f"{lab}: classifier is a {info['classifier'].split(' (')[0]} "
+                             f"(probe train accuracy {info['probe_train_accuracy']:.1%})")
+            if info.get("batch_norm") in ("clean", "adversarial"):
+                lines.append(f"{lab}: dual batch norm, evaluated through the {info['batch_norm']} one")
+        return lines
+
+    def summary(self) -> str:
+        """Plain-text table: accuracy and disparity (first, middle, last layer) per model."""
+        lines = [f"{'model':<22}{'clean acc':>10}{'adv acc':>10}{'disp first':>12}{'disp mid':>10}"
+                 f"{'disp last':>11}{'mean last 1/3':>15}"]
+        for lab, d in self.disparity.items():
+            a = self.accuracy[lab]
+            first, mid, last, late = self._disparity_points(d)
+            lines.append(f"{lab:<22}{a['clean']:>10.1%}{a['adversarial']:>10.1%}{first:>12.3f}"
+                         f"{mid:>10.3f}{last:>11.3f}{late:>15.3f}")
+        return "\n".join(lines + self._notes())
+
+    def figures(self) -> Dict[str, Drawer]:
+        from clrobust import plots
+
+        atk = self.attack_text()
+        out: Dict[str, Drawer] = {}
+        for e in self.cka:
+            r, c = e.rows, e.cols
+            title = f"{r[0]} ({r[1]}) vs {c[0]} ({c[1]})\n{atk}, n={self.n_samples}"
+            out[heatmap_name(r, c)] = partial(plots.save_heatmap, matrix=e.matrix, rows=self.layers[r[0]],
+                                              cols=self.layers[c[0]], title=title, row_label=f"{r[0]} - {r[1]}",
+                                              col_label=f"{c[0]} - {c[1]}")
+        legend = {lab: f"{lab} (adv. acc {a['adversarial']:.1%})" for lab, a in self.accuracy.items()}
+        out["disparity.png"] = partial(plots.save_disparity, curves=self.disparity, layers=self.layers,
+                                       title=f"Clean vs adversarial disparity over depth ({atk})", legend=legend)
+        return out
+
+
+def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional[Dist] = None) -> CompareResult:
     """Compute the results of ``compare-layers`` (no files written)."""
     timings = {"load": 0.0, "attack": 0.0, "forward": 0.0, "cka": 0.0}
     t = time.perf_counter()
@@ -118,101 +262,35 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist=None) -> 
         dist.all_reduce_cka(accs, entries)
         dist.all_reduce_counts(correct)
     t = time.perf_counter()
-    cka_list = []
-    matrices: Dict[Entry, np.ndarray] = {}
-    for e in entries:
-        mat = accs[e].compute()
-        matrices[e] = mat
-        cka_list.append({"rows": {"model": e[0][0], "input": e[0][1]},
-                         "cols": {"model": e[1][0], "input": e[1][1]},
-                         "matrix": mat.tolist()})
+    cka_list = [CKAEntry(e[0], e[1], accs[e].compute()) for e in entries]
+    matrices = {(c.rows, c.cols): c.matrix for c in cka_list}
     timings["cka"] += time.perf_counter() - t
     n = len(data)
     disparity = {lab: cka_disparity(matrices[((lab, "clean"), (lab, "adversarial"))]).tolist()
                  for lab in labels}
     accuracy = {lab: {"clean": correct[lab]["clean"] / n, "adversarial": correct[lab]["adversarial"] / n}
                 for lab in labels}
-    return {
-        "schema": SCHEMA,
-        "models": {lab: {**lm.describe(), "training": lm.metadata.get("training", {}),
-                         **classifiers.get(lab, {"classifier": "own linear head"})}
-                   for lab, lm in zip(labels, loaded)},
-        "layers": names,
-        "cka": cka_list,
-        "disparity": disparity,
-        "accuracy": accuracy,
-        "attack": settings.attack.to_dict(),
-        "data": {"name": settings.data, "split": settings.split},
-        "n_samples": n,
-        "batches": len(batch_plan(n, settings.batch_size)),
-        "batch_size": settings.batch_size,
-        "metric": settings.metric,
-        "cka_estimator": measure.description,
-        "seed": settings.seed,
-        "versions": versions(),
-        "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
-    }
+    return CompareResult(
+        models={lab: {**lm.describe(), "training": lm.metadata.get("training", {}),
+                      **classifiers.get(lab, {"classifier": "own linear head"})}
+                for lab, lm in zip(labels, loaded)},
+        layers=names, cka=cka_list, disparity=disparity, accuracy=accuracy, attack=settings.attack.to_dict(),
+        data={"name": settings.data, "split": settings.split}, n_samples=n,
+        batches=len(batch_plan(n, settings.batch_size)), batch_size=settings.batch_size, metric=settings.metric,
+        cka_estimator=measure.description, seed=settings.seed, versions=versions(),
+        timings_seconds={k: round(v, 3) for k, v in timings.items()},
+        processes=1 if dist is None else dist.world)
 
 
-def write_outputs(results: Dict[str, Any], out: Path) -> List[Path]:
-    """results.json, heatmap PNGs, disparity.csv and disparity.png in ``out``."""
-    from clrobust import plots
-    from clrobust.attacks import format_eps
-
-    written = []
-    write_json(out / "results.json", results)
-    written.append(out / "results.json")
-    atk = results["attack"]
-    atk_text = "no attack" if atk["name"] == "none" else f"{atk['name'].upper()} eps {format_eps(atk['eps'])}"
-    for e in results["cka"]:
-        r, c = e["rows"], e["cols"]
-        fname = heatmap_name(r, c)
-        title = (f"{r['model']} ({r['input']}) vs {c['model']} ({c['input']})\n"
-                 f"{atk_text}, n={results['n_samples']}")
-        plots.save_heatmap(out / fname, np.asarray(e["matrix"]), results["layers"][r["model"]],
-                           results["layers"][c["model"]], title,
-                           f"{r['model']} - {r['input']}", f"{c['model']} - {c['input']}")
-        written.append(out / fname)
-    with open(out / "disparity.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["model", "layer_index", "layer", "disparity", "cka_clean_adversarial"])
-        for lab, vals in results["disparity"].items():
-            for i, (layer, v) in enumerate(zip(results["layers"][lab], vals)):
-                w.writerow([lab, i, layer, f"{v:.8f}", f"{1 - v:.8f}"])
-    written.append(out / "disparity.csv")
-    legend = {lab: f"{lab} (adv. acc {a['adversarial']:.1%})" for lab, a in results["accuracy"].items()}
-    plots.save_disparity(out / "disparity.png", results["disparity"], results["layers"],
-                         f"Clean vs adversarial disparity over depth ({atk_text})", legend)
-    written.append(out / "disparity.png")
-    return written
-
-
-def heatmap_name(rows: Dict[str, str], cols: Dict[str, str]) -> str:
-    def short(d):
-        return f"{d['model']}-{'adv' if d['input'] == 'adversarial' else 'clean'}"
+def heatmap_name(rows: Tuple[str, str], cols: Tuple[str, str]) -> str:
+    """File name of the heatmap of (model, input) ``rows`` against ``cols``."""
+    def short(d: Tuple[str, str]) -> str:
+        return f"{d[0]}-{'adv' if d[1] == 'adversarial' else 'clean'}"
     return f"cka_{short(rows)}_vs_{short(cols)}.png"
 
 
-def summary_table(results: Dict[str, Any]) -> str:
-    """Plain-text table: accuracy and disparity (first, middle, last layer) per model."""
-    lines = [f"{'model':<22}{'clean acc':>10}{'adv acc':>10}{'disp first':>12}{'disp mid':>10}"
-             f"{'disp last':>11}{'mean last 1/3':>15}"]
-    for lab, d in results["disparity"].items():
-        a = results["accuracy"][lab]
-        k = max(1, len(d) // 3)
-        lines.append(f"{lab:<22}{a['clean']:>10.1%}{a['adversarial']:>10.1%}{d[0]:>12.3f}"
-                     f"{d[len(d) // 2]:>10.3f}{d[-1]:>11.3f}{float(np.mean(d[-k:])):>15.3f}")
-    for lab, info in results.get("models", {}).items():
-        if "probe_train_accuracy" in info:
-            lines.append(f"{lab}: classifier is a {info['classifier'].split(' (')[0]} "
-                         f"(probe train accuracy {info['probe_train_accuracy']:.1%})")
-        if info.get("batch_norm") in ("clean", "adversarial"):
-            lines.append(f"{lab}: dual batch norm, evaluated through the {info['batch_norm']} one")
-    return "\n".join(lines)
-
-
 def compare_layers(settings: CompareSettings, out: Path, overwrite: bool = False,
-                   progress: bool = True, dist: Optional[Dist] = None) -> Dict[str, Any]:
+                   progress: bool = True, dist: Optional[Dist] = None) -> CompareResult:
     """Run the job and write its outputs (refusing to overwrite unless asked).
 
     Under torchrun (``dist``), every process computes its batches and rank 0 writes.
@@ -223,18 +301,7 @@ def compare_layers(settings: CompareSettings, out: Path, overwrite: bool = False
         resolve(m)  # a mistyped model name is reported before anything about --out
     if main:
         prepare_out_dir(out, RESULT_FILES, overwrite)  # fail before any work
-    results = run_compare(settings, progress=progress and main, dist=dist)
-    results["processes"] = 1 if dist is None else dist.world
-    if not main:
-        return results
-    write_outputs(results, out)
-    write_json(out / "settings.json", {"command": settings_dict(settings), "versions": results["versions"],
-                                       "seed": settings.seed})
-    return results
-
-
-def settings_dict(s: CompareSettings) -> Dict[str, Any]:
-    return {"models": list(s.models), "data": s.data, "data_root": s.data_root, "split": s.split,
-            "layers": s.layers, "attack": s.attack.to_dict(), "n_samples": s.n_samples,
-            "batch_size": s.batch_size, "seed": s.seed, "device": s.device, "load_options": s.load_options.kwargs(),
-            "probe_train": s.probe_train, "metric": s.metric, "classifier": s.classifier}
+    result = run_compare(settings, progress=progress and main, dist=dist)
+    if main:
+        write_results(out, [result], settings.to_dict(), settings.seed)
+    return result

@@ -8,7 +8,7 @@ pyplot state, and matplotlib's backend is neither chosen nor changed by clrobust
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -43,8 +43,8 @@ def save_heatmap(path: Path, matrix: np.ndarray, rows: Sequence[str], cols: Sequ
     fig.savefig(path, dpi=110)
 
 
-def disparity_axes(ax, curves: Dict[str, Sequence[float]], layers: Dict[str, Sequence[str]],
-                   title: str, legend: Optional[Dict[str, str]] = None) -> None:
+def disparity_axes(ax, curves: Mapping[str, Sequence[float]], layers: Mapping[str, Sequence[str]],
+                   title: str, legend: Optional[Mapping[str, str]] = None) -> None:
     """Disparity 1 - CKA(clean_l, adv_l) over relative depth, one line per model."""
     for label, values in curves.items():
         v = np.asarray(values, dtype=float)
@@ -65,15 +65,15 @@ def disparity_axes(ax, curves: Dict[str, Sequence[float]], layers: Dict[str, Seq
     ax.legend(fontsize=7)
 
 
-def save_disparity(path: Path, curves: Dict[str, Sequence[float]], layers: Dict[str, Sequence[str]],
-                   title: str, legend: Optional[Dict[str, str]] = None) -> None:
+def save_disparity(path: Path, curves: Mapping[str, Sequence[float]], layers: Mapping[str, Sequence[str]],
+                   title: str, legend: Optional[Mapping[str, str]] = None) -> None:
     fig, ax = new_figure(figsize=(7, 4.2))
     disparity_axes(ax, curves, layers, title, legend)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-def probe_axes(ax, layers: Sequence[str], curves: Dict[str, Sequence[float]], title: str,
+def probe_axes(ax, layers: Sequence[str], curves: Mapping[str, Sequence[float]], title: str,
                chance: Optional[float] = None) -> None:
     """Linear-probe accuracy over depth, one line per curve (e.g. train, clean, adversarial)."""
     x = np.arange(len(layers))

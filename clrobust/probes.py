@@ -15,9 +15,9 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from clrobust.errors import ClrobustError
 from clrobust.hooks import layer_names
 from clrobust.linear_probe import fit_linear_probe
 from clrobust.provenance import weights_hash
+from clrobust.results import Drawer, Result, Table, write_results
 
 if TYPE_CHECKING:
     from clrobust.checkpoints import LoadOptions
@@ -257,70 +258,134 @@ def probe_layers(model: nn.Module, train_data: ImageData, test_data: ImageData,
         timings_seconds={"features": round(t1 - t0, 3), "fit": round(t2 - t1, 3)})
 
 
-PROBE_FILES = ("probes.json", "probes.csv", "probes.png", "settings.json")
+PROBE_FILES = ("probes.json", "probes.csv", "probes.md", "probes.png", "settings.json")
 #: Version of the layout of probes.json; raised when a key changes meaning or goes away.
 SCHEMA = "clrobust.probe-layers/1"
 
 
-def write_probe_outputs(result: Dict[str, Any], out: Path, title: str) -> List[Path]:
-    """probes.json, probes.csv and probes.png (accuracy over depth) in ``out``."""
-    import csv
+@dataclass
+class ProbeSettings:
+    """What ``probe-layers`` runs on."""
 
-    from clrobust import plots
-    from clrobust.provenance import write_json
+    model: str
+    data: str = "cifar10-mini"
+    data_root: Optional[str] = None
+    layers: str = "blocks"
+    attack: AttackSpec = field(default_factory=AttackSpec)
+    n_train: Optional[int] = 2000
+    n_samples: Optional[int] = 512
+    batch_size: int = 128
+    seed: int = 0
+    device: str = "cpu"
+    cache: bool = True
+    load_options: "LoadOptions" = field(default_factory=lambda: _load_options())
+    classifier: str = "auto"
 
-    out = Path(out)
-    write_json(out / "probes.json", result)
-    with open(out / "probes.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["layer_index", "layer", "feature_dim", "train_accuracy", "clean_accuracy",
-                    "adversarial_accuracy"])
-        for i, name in enumerate(result["layers"]):
-            w.writerow([i, name, result["feature_dims"][i], f"{result['train_accuracy'][i]:.6f}",
-                        f"{result['clean_accuracy'][i]:.6f}", f"{result['adversarial_accuracy'][i]:.6f}"])
-    fig, ax = plots.new_figure(figsize=(7, 4.2))
-    plots.probe_axes(ax, result["layers"], {"train": result["train_accuracy"], "clean": result["clean_accuracy"],
-                                            "adversarial": result["adversarial_accuracy"]}, title,
-                     chance=1.0 / result["n_classes"])
-    fig.tight_layout()
-    fig.savefig(out / "probes.png", dpi=110)
-    return [out / n for n in PROBE_FILES[:3]]
+    def to_dict(self) -> Dict[str, Any]:
+        """The settings as settings.json records them."""
+        return {"model": self.model, "data": self.data, "data_root": self.data_root, "layers": self.layers,
+                "attack": self.attack.to_dict(), "n_train": self.n_train, "n_samples": self.n_samples,
+                "batch_size": self.batch_size, "seed": self.seed, "device": self.device, "cache": self.cache,
+                "load_options": self.load_options.kwargs(), "classifier": self.classifier}
 
 
-def run_probe_layers(model: str, out: Path, data: str = "cifar10-mini", data_root: Optional[str] = None,
-                     layers: str = "blocks", attack: Optional[AttackSpec] = None, n_train: Optional[int] = 2000,
-                     n_samples: Optional[int] = 512, batch_size: int = 128, seed: int = 0, device: str = "cpu",
-                     cache: bool = True, overwrite: bool = False, progress: bool = True,
-                     load_options: Optional["LoadOptions"] = None, classifier: str = "auto") -> Dict[str, Any]:
-    """The ``probe-layers`` job: load ``model`` (zoo name or path), probe every layer, write the outputs."""
-    from clrobust.checkpoints import LoadOptions, load, resolve
+def _load_options() -> "LoadOptions":
+    from clrobust.checkpoints import LoadOptions
+
+    return LoadOptions()
+
+
+@dataclass
+class ProbeLayersResult(Result):
+    """``probe-layers``: the probed model, and its :class:`ProbeResult`."""
+
+    SCHEMA: ClassVar[str] = SCHEMA
+
+    model: Dict[str, Any]
+    data: Dict[str, str]
+    layer_set: str
+    probes: ProbeResult
+    versions: Dict[str, str]
+
+    def json_name(self) -> str:
+        return "probes.json"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"schema": self.SCHEMA, "model": self.model, "data": self.data, "layer_set": self.layer_set,
+                **self.probes.to_dict(), "versions": self.versions}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ProbeLayersResult":
+        probe = ProbeResult(**{f.name: d[f.name] for f in fields(ProbeResult) if f.name in d})
+        return cls(d["model"], d["data"], d["layer_set"], probe, d["versions"])
+
+    def tables(self) -> Dict[str, Table]:
+        p = self.probes
+        rows = [[i, name, p.feature_dims[i], f"{p.train_accuracy[i]:.6f}", f"{p.clean_accuracy[i]:.6f}",
+                 f"{p.adversarial_accuracy[i]:.6f}"] for i, name in enumerate(p.layers)]
+        return {"probes.csv": Table(["layer_index", "layer", "feature_dim", "train_accuracy", "clean_accuracy",
+                                     "adversarial_accuracy"], rows)}
+
+    def attack_text(self) -> str:
+        a = self.probes.attack
+        return "no attack" if a["name"] == "none" else f"{a['name'].upper()} eps {a['eps_text']}"
+
+    def markdown_name(self) -> Optional[str]:
+        return "probes.md"
+
+    def markdown(self) -> str:
+        p = self.probes
+        lines = [f"Linear probe per layer of {self.model['label']}: fit on {p.n_train} {self.data['name']} train "
+                 f"images, tested on {p.n_test} test images, clean and under {self.attack_text()} (seed {p.seed}).",
+                 "", "| layer | dim | train | clean | adversarial |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {p.feature_dims[i]} | {p.train_accuracy[i]:.1%} | {p.clean_accuracy[i]:.1%} | "
+                  f"{p.adversarial_accuracy[i]:.1%} |" for i, name in enumerate(p.layers)]
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        p = self.probes
+        lines = [f"{'layer':<14}{'dim':>6}{'train':>8}{'clean':>8}{'adv':>8}"]
+        lines += [f"{name:<14}{p.feature_dims[i]:>6}{p.train_accuracy[i]:>8.1%}{p.clean_accuracy[i]:>8.1%}"
+                  f"{p.adversarial_accuracy[i]:>8.1%}" for i, name in enumerate(p.layers)]
+        return "\n".join(lines)
+
+    def figures(self) -> Dict[str, Drawer]:
+        return {"probes.png": self._plot}
+
+    def _plot(self, path: Path) -> None:
+        from clrobust import plots
+
+        p = self.probes
+        title = (f"{self.model['label']}: linear probe per layer ({self.attack_text()}; {p.n_train} train / "
+                 f"{p.n_test} test images)\n{p.pooling}")
+        fig, ax = plots.new_figure(figsize=(7, 4.2))
+        plots.probe_axes(ax, p.layers, {"train": p.train_accuracy, "clean": p.clean_accuracy,
+                                        "adversarial": p.adversarial_accuracy}, title, chance=1.0 / p.n_classes)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+
+
+def run_probe_layers(settings: ProbeSettings, out: Path, overwrite: bool = False,
+                     progress: bool = True) -> ProbeLayersResult:
+    """The ``probe-layers`` job: load the model (zoo name or path), probe every layer, write the outputs."""
+    from clrobust.checkpoints import load, resolve
     from clrobust.data import load_dataset
     from clrobust.heads import choose_classifier, ensure_classifier
-    from clrobust.provenance import prepare_out_dir, versions, write_json
+    from clrobust.provenance import prepare_out_dir, versions
 
-    resolve(model)  # a mistyped model name is reported before anything about --out
+    s = settings
+    resolve(s.model)  # a mistyped model name is reported before anything about --out
     out = prepare_out_dir(Path(out), PROBE_FILES, overwrite)
-    attack = attack if attack is not None else AttackSpec(seed=seed)
-    load_options = load_options if load_options is not None else LoadOptions()
-    lm = load(model, device=device, **load_options.kwargs())
-    train = load_dataset(data, "train", data_root).subset(n_train)
-    test = load_dataset(data, "test", data_root).subset(n_samples)
-    choose_classifier(lm, test.num_classes, data, classifier)
-    head = ensure_classifier(lm, train, seed, progress)  # the end-to-end attack needs a real head
-    r = probe_layers(lm.network, train, test, layers, attack, batch_size, seed, progress,
-                     out / "features" if cache else None, device)
-    res = {"schema": SCHEMA, "model": {"label": lm.label, **lm.describe(), "training": lm.metadata.get("training", {}),
-                     **head},
-           "data": {"name": data, "train_split": "train", "test_split": "test"}, "layer_set": layers,
-           **r.to_dict(), "versions": versions()}
-    a = r.attack
-    atk = "no attack" if a["name"] == "none" else f"{a['name'].upper()} eps {a['eps_text']}"
-    write_probe_outputs(res, out, f"{lm.label}: linear probe per layer ({atk}; {r.n_train} train / "
-                                  f"{r.n_test} test images)\n{POOLING}")
-    write_json(out / "settings.json", {"command": {"model": model, "data": data, "data_root": data_root,
-                                                   "layers": layers, "attack": attack.to_dict(), "n_train": n_train,
-                                                   "n_samples": n_samples, "batch_size": batch_size, "seed": seed,
-                                                   "device": device, "cache": cache,
-                                                   "load_options": load_options.kwargs(), "classifier": classifier},
-                                       "seed": seed, "versions": res["versions"]})
+    lm = load(s.model, device=s.device, **s.load_options.kwargs())
+    train = load_dataset(s.data, "train", s.data_root).subset(s.n_train)
+    test = load_dataset(s.data, "test", s.data_root).subset(s.n_samples)
+    choose_classifier(lm, test.num_classes, s.data, s.classifier)
+    head = ensure_classifier(lm, train, s.seed, progress)  # the end-to-end attack needs a real head
+    r = probe_layers(lm.network, train, test, s.layers, s.attack, s.batch_size, s.seed, progress,
+                     out / "features" if s.cache else None, s.device)
+    res = ProbeLayersResult(model={"label": lm.label, **lm.describe(), "training": lm.metadata.get("training", {}),
+                                   **head},
+                            data={"name": s.data, "train_split": "train", "test_split": "test"}, layer_set=s.layers,
+                            probes=r, versions=versions())
+    write_results(out, [res], s.to_dict(), s.seed)
     return res

@@ -21,12 +21,12 @@ PACKAGE = Path(clrobust.__file__).resolve().parent
 FLOORS: List[List[str]] = [
     ["clrobust", "clrobust.errors"],
     ["clrobust.models", "clrobust.models.*", "clrobust.data", "clrobust.cka", "clrobust.metrics",
-     "clrobust.distributed", "clrobust.plots", "clrobust.provenance", "clrobust.losses", "clrobust.linear_probe",
-     "clrobust.train.augment"],
+     "clrobust.distributed", "clrobust.plots", "clrobust.provenance", "clrobust.results", "clrobust.losses",
+     "clrobust.linear_probe", "clrobust.train.augment"],
     ["clrobust.attacks", "clrobust.hooks", "clrobust.checkpoints", "clrobust.checkpoints.*"],
     ["clrobust.activations", "clrobust.heads", "clrobust.robustness"],
     ["clrobust.compare", "clrobust.probes", "clrobust.audit", "clrobust.train", "clrobust.train.trainer"],
-    ["clrobust.figures"],
+    ["clrobust.figures", "clrobust.figures.*"],
     ["clrobust.cli", "clrobust.cli.*", "clrobust.__main__"],
 ]
 

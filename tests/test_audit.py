@@ -177,7 +177,7 @@ def test_audit_counts_recomputed_from_attack_batch(tmp_path, trained_checkpoint,
     settings = AuditSettings(models=[str(trained_checkpoint)], eps=eps, n_samples=N, batch_size=16,
                              attacks=("fgsm", "pgd20", "apgd-ce", "tm1-pgd20"), seed=3)
     out = tmp_path / "audit"
-    report = run_audit(settings, out, progress=False)
+    report = run_audit(settings, out, progress=False).to_dict()
 
     net = load_model(str(trained_checkpoint)).network
     data = load_dataset("cifar10-mini", "test").subset(N)
@@ -242,7 +242,7 @@ def test_autoattack_is_the_standard_suite_and_bounded_by_apgd(tmp_path, tiny_che
     from clrobust.audit import AuditSettings, run_audit
 
     report = run_audit(AuditSettings(models=[str(tiny_checkpoints[0])], eps=(8 / 255,), n_samples=16, batch_size=8,
-                                     attacks=("apgd-ce", "autoattack")), tmp_path / "aa", progress=False)
+                                     attacks=("apgd-ce", "autoattack")), tmp_path / "aa", progress=False).to_dict()
     rows = {r["attack"]: r for r in report["rows"]}
     assert set(rows) == {"apgd-ce", "autoattack", "worst-case (II)"}
     assert rows["autoattack"]["robust_accuracy"] <= rows["apgd-ce"]["robust_accuracy"]
@@ -267,7 +267,7 @@ def test_worst_case_is_the_per_point_and_of_threat_model_ii_with_clean(tmp_path,
     monkeypatch.setattr(audit, "_correct", designed)
     report = audit.run_audit(audit.AuditSettings(models=[str(tiny_checkpoints[0])], eps=(8 / 255,), n_samples=6,
                                                  attacks=("fgsm", "pgd20", "apgd-ce", "tm1-pgd20")),
-                             tmp_path / "a", progress=False)
+                             tmp_path / "a", progress=False).to_dict()
     rows = {r["attack"]: r for r in report["rows"]}
     assert rows["fgsm"]["clean_accuracy"] == 5 / 6
     assert rows["fgsm"]["robust_accuracy"] == 4 / 6  # point 0 broken, point 5 was never correct

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from conftest import assert_real_png, hooked_forward
 
+from clrobust.errors import ClrobustError
+
 
 def run(args):
     """Invoke the real entry point (with its error handling); returns (exit code, output)."""
@@ -149,7 +151,7 @@ def test_every_model_is_attacked_with_its_own_examples(tiny_checkpoints, trained
 
     data = load_dataset("cifar10-mini", "test").subset(34)
     bounds = [(0, 16), (16, 34)]  # a tail of 2 images is folded into the batch before it
-    assert res["batches"] == 2 and res["n_samples"] == 34
+    assert res.batches == 2 and res.n_samples == 34
     recs = {}
     for label, path in zip(("tiny0", "trained"), models):
         net = load_model(path).network
@@ -162,33 +164,42 @@ def test_every_model_is_attacked_with_its_own_examples(tiny_checkpoints, trained
                 a, logits = _record(net, xi, BLOCKS)
                 acts[inp].append(a)
                 correct[inp] += int((logits.argmax(1) == y).sum())
-        assert res["accuracy"][label] == {k: v / 34 for k, v in correct.items()}, label
+        assert res.accuracy[label] == {k: v / 34 for k, v in correct.items()}, label
         expect = [1 - _minibatch_cka([b[n] for b in acts["clean"]], [b[n] for b in acts["adversarial"]])
                   for n in BLOCKS]
-        np.testing.assert_allclose(res["disparity"][label], expect, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(res.disparity[label], expect, rtol=0, atol=1e-9)
         recs[label] = acts
-    trained = res["accuracy"]["trained"]
+    trained = res.accuracy["trained"]
     assert trained["clean"] > 0.2 and 0 < trained["adversarial"] < trained["clean"]  # non-trivial counts
     # One cross-model entry on adversarial inputs: each model's own adversarial activations.
-    ent = next(e for e in res["cka"] if e["rows"] == {"model": "tiny0", "input": "adversarial"}
-               and e["cols"] == {"model": "trained", "input": "adversarial"})
+    ent = next(e for e in res.cka if e.rows == ("tiny0", "adversarial") and e.cols == ("trained", "adversarial"))
     for i, j in ((0, 0), (4, 9), (9, 9)):
         want = _minibatch_cka([b[BLOCKS[i]] for b in recs["tiny0"]["adversarial"]],
                               [b[BLOCKS[j]] for b in recs["trained"]["adversarial"]])
-        assert ent["matrix"][i][j] == pytest.approx(want, abs=1e-9)
+        assert ent.matrix[i, j] == pytest.approx(want, abs=1e-9)
 
 
 def test_result_files_name_their_schema(tmp_path, tiny_checkpoints):
-    """Every result file says which layout it has, so a reader can refuse one it does not know."""
+    """Every result file says which layout it has, reads back into the same typed result, and a reader
+    refuses a file of another job."""
     from clrobust.attacks import AttackSpec
-    from clrobust.audit import AuditSettings, run_audit
-    from clrobust.compare import CompareSettings, compare_layers
+    from clrobust.audit import AuditResult, AuditSettings, run_audit
+    from clrobust.compare import CompareResult, CompareSettings, compare_layers
 
     res = compare_layers(CompareSettings(models=[str(tiny_checkpoints[0])], attack=AttackSpec("fgsm", 8 / 255, 1),
                                          n_samples=8, batch_size=8, layers="stem,avgpool"),
                          tmp_path / "c", progress=False)
-    assert res["schema"] == json.loads((tmp_path / "c" / "results.json").read_text())["schema"] \
-        == "clrobust.compare-layers/1"
-    run_audit(AuditSettings(models=[str(tiny_checkpoints[0])], eps=(8 / 255,), attacks=("fgsm",), n_samples=8,
-                            batch_size=8), tmp_path / "a", progress=False)
+    on_disk = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert on_disk["schema"] == res.to_dict()["schema"] == "clrobust.compare-layers/1"
+    back = CompareResult.read(tmp_path / "c" / "results.json")
+    assert json.loads(json.dumps(back.to_dict())) == on_disk
+    np.testing.assert_array_equal(back.matrix(("tiny0", "clean"), ("tiny0", "adversarial")),
+                                  res.matrix(("tiny0", "adversarial"), ("tiny0", "clean")).T)
+    md = (tmp_path / "c" / "summary.md").read_text()
+    assert "| tiny0 | " in md and f"{res.accuracy['tiny0']['clean']:.1%}" in md
+    report = run_audit(AuditSettings(models=[str(tiny_checkpoints[0])], eps=(8 / 255,), attacks=("fgsm",),
+                                     n_samples=8, batch_size=8), tmp_path / "a", progress=False)
     assert json.loads((tmp_path / "a" / "report.json").read_text())["schema"] == "clrobust.audit/1"
+    assert AuditResult.read(tmp_path / "a" / "report.json").to_dict() == json.loads(json.dumps(report.to_dict()))
+    with pytest.raises(ClrobustError, match="has schema 'clrobust.audit/1', not 'clrobust.compare-layers/1'"):
+        CompareResult.read(tmp_path / "a" / "report.json")

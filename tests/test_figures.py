@@ -71,7 +71,9 @@ def test_all_figures_numbers_match_plots(tmp_path, four_models, monkeypatch):
     subs = {"simclr-st": a, "supcon-st": b, "supervised-st": c, "simclr-at": b, "simclr-fat": c,
             "simclr-at-eps2": d, "simclr-at-eps16": c, "supervised-at": d}
     captured_results, drawn, probes_drawn = [], [], []
-    real_run, real_heatmap, real_probe = figures.run_compare, plots.heatmap, plots.probe_axes
+    from clrobust.figures import job
+
+    real_run, real_heatmap, real_probe = job.run_compare, plots.heatmap, plots.probe_axes
 
     def spy_run(settings, **kw):
         r = real_run(settings, **kw)
@@ -97,7 +99,7 @@ def test_all_figures_numbers_match_plots(tmp_path, four_models, monkeypatch):
         return r
 
     monkeypatch.setattr(probes, "probe_layers", spy_probe_layers)
-    monkeypatch.setattr(figures, "run_compare", spy_run)
+    monkeypatch.setattr(job, "run_compare", spy_run)
     monkeypatch.setattr(plots, "heatmap", spy_heatmap)
     monkeypatch.setattr(plots, "probe_axes", spy_probe)
     settings = figures.FigureSettings(attack=AttackSpec("pgd", 8 / 255, 1), n_samples=16, n_train=32,
@@ -112,6 +114,9 @@ def test_all_figures_numbers_match_plots(tmp_path, four_models, monkeypatch):
         _assert_real_pdf(out / f"{fam}.pdf")
     assert (out / "findings.json").exists()
 
+    for fam in figures.FAMILIES:  # each JSON reads back into its family's typed result
+        back = figures.FigureResult.read(out / f"{fam}.json")
+        assert type(back) is figures.FAMILY_CLASSES[fam] and back == res.figures[fam]
     drawn_by_title = {t: m for t, m in drawn}
     n_panels = 0
     for fam in figures.FAMILIES:
@@ -123,30 +128,30 @@ def test_all_figures_numbers_match_plots(tmp_path, four_models, monkeypatch):
             np.testing.assert_array_equal(drawn_by_title[p["title"]], m)
             # ... and what run_compare returned
             rows, cols = (p["rows"]["model"], p["rows"]["input"]), (p["cols"]["model"], p["cols"]["input"])
-            np.testing.assert_array_equal(figures.find_matrix(results, rows, cols), m)
+            np.testing.assert_array_equal(results.matrix(rows, cols), m)
             assert m.shape == (len(p["row_layers"]), len(p["col_layers"]))
             n_panels += 1
         s = data["summary"]
         for key, info in data["models"].items():
             lab = info["label"]
-            assert s["late_disparity"][key] == pytest.approx(figures.late_mean(results["disparity"][lab]))
-            cc = figures.find_matrix(results, (lab, "clean"), (lab, "clean"))
+            assert s["late_disparity"][key] == pytest.approx(figures.late_mean(results.disparity[lab]))
+            cc = results.matrix((lab, "clean"), (lab, "clean"))
             assert s["cross_layer_cka_clean"][key] == pytest.approx(figures.off_diagonal_mean(cc))
-            assert info["accuracy"] == results["accuracy"][lab]
-            assert s["robust_accuracy"][key] == results["accuracy"][lab]["adversarial"]
-            assert s["clean_accuracy"][key] == results["accuracy"][lab]["clean"]
-            d = results["disparity"][lab]
+            assert info["accuracy"] == results.accuracy[lab]
+            assert s["robust_accuracy"][key] == results.accuracy[lab]["adversarial"]
+            assert s["clean_accuracy"][key] == results.accuracy[lab]["clean"]
+            d = results.disparity[lab]
             assert s["early_disparity"][key] == pytest.approx(float(np.mean(d[:max(1, len(d) // 3)])))
     assert n_panels == 6 + 4 + 2 and len(drawn) == n_panels
 
     eps = json.loads((out / "eps-sweep.json").read_text())
-    assert eps["curves"]["disparity"]["AT eps 2/255"] == results["disparity"]["m3"]
+    assert eps["curves"]["disparity"]["AT eps 2/255"] == results.disparity["m3"]
     assert "robust acc" in eps["curves"]["legend"]["AT eps 16/255"]
     for key, info in eps["models"].items():
-        assert f"(robust acc {results['accuracy'][info['label']]['adversarial']:.1%})" in eps["curves"]["legend"][key]
+        assert f"(robust acc {results.accuracy[info['label']]['adversarial']:.1%})" in eps["curves"]["legend"][key]
     cm = json.loads((out / "cross-model.json").read_text())["summary"]["cross_model_cka"]
-    assert cm["ST"]["mean"] == pytest.approx(float(np.mean(figures.find_matrix(
-        results, ("m0", "adversarial"), ("m2", "adversarial")))))
+    assert cm["ST"]["mean"] == pytest.approx(float(np.mean(results.matrix(
+        ("m0", "adversarial"), ("m2", "adversarial")))))
     at = json.loads((out / "at-probes.json").read_text())
     assert set(at["probes"]) == {"CL AT", "CL Full-AT"} and len(probes_drawn) == 2
     assert "2x2" in at["probes"]["CL AT"]["pooling"]
@@ -160,21 +165,21 @@ def test_all_figures_numbers_match_plots(tmp_path, four_models, monkeypatch):
         assert args[:4] == (32, "train", 16, "test") and args[4] == "blocks" and args[6:8] == (8, 0), args
         assert (args[5].name, args[5].eps, args[5].steps) == ("pgd", 8 / 255, 1)
         assert json.loads(json.dumps(r.to_dict())) == pr
-        assert pr["layers"] == results["layers"][at["models"][key]["label"]]
+        assert pr["layers"] == results.layers[at["models"][key]["label"]]
         # the probes' attack is compare's attack: same adversarial images, same model accuracy
         assert pr["model_accuracy"] == at["models"][key]["accuracy"]
         assert at["summary"]["probe_last_layer"][key] == {"clean": pr["clean_accuracy"][-1],
                                                           "adversarial": pr["adversarial_accuracy"][-1]}
-    lines = [f.line() for f in res["findings"]]
-    assert [f.number for f in res["findings"]] == [1, 2, 3, 4]
-    assert all(f.status in ("agrees", "disagrees") and f.margin is not None for f in res["findings"])
+    lines = [f.line() for f in res.findings]
+    assert [f.number for f in res.findings] == [1, 2, 3, 4]
+    assert all(f.status in ("agrees", "disagrees") and f.margin is not None for f in res.findings)
     assert all(ln.startswith(f"finding {i}:") for i, ln in zip(range(1, 5), lines))
     written = json.loads((out / "findings.json").read_text())
     assert written["large_disparity_threshold"] == figures.LARGE_DISPARITY == 0.3
     assert [(f["number"], f["status"], f["margin"]) for f in written["findings"]] == \
-        [(f.number, f.status, f.margin) for f in res["findings"]]
+        [(f.number, f.status, f.margin) for f in res.findings]
     figs = {fam: json.loads((out / f"{fam}.json").read_text()) for fam in figures.FAMILIES}
-    for f in res["findings"]:
+    for f in res.findings:
         status, margin = _findings_from_json(figs)[f.number]
         assert (f.status, f.margin) == (status, pytest.approx(margin, abs=1e-12)), f.line()
     # The same folder is refused without overwrite.

@@ -42,9 +42,9 @@ def test_converted_headless_encoder_gets_a_probe_not_a_random_head(tmp_path, cap
     settings = CompareSettings(models=[str(tmp_path / "conv.safetensors")], attack=AttackSpec("pgd", 8 / 255, 1),
                                n_samples=16, batch_size=8)
     res = run_compare(settings, progress=False)
-    info = res["models"]["conv"]
+    info = res.models["conv"]
     assert "linear probe" in info["classifier"] and info["probe_train_accuracy"] > 0.2
-    assert res["accuracy"]["conv"]["clean"] > 0.1
+    assert res.accuracy["conv"]["clean"] > 0.1
 
 
 def test_models_of_one_name_get_distinct_file_system_safe_labels(tmp_path, tiny_checkpoints):
@@ -59,20 +59,20 @@ def test_models_of_one_name_get_distinct_file_system_safe_labels(tmp_path, tiny_
     models = [str(tiny_checkpoints[0]), str(other)]
     settings = CompareSettings(models=models, attack=AttackSpec("pgd", 8 / 255, 1), n_samples=8, batch_size=8)
     res = compare_layers(settings, tmp_path / "cmp", progress=False)
-    assert list(res["layers"]) == ["tiny0", "tiny0-2"]
+    assert res.labels == ["tiny0", "tiny0-2"]
     names = [p.name for p in (tmp_path / "cmp").iterdir()]
     assert "cka_tiny0-clean_vs_tiny0-2-clean.png" in names and not any("#" in n for n in names)
     report = run_audit(AuditSettings(models=models, eps=(8 / 255,), attacks=("fgsm",), n_samples=8,
                                      batch_size=8), tmp_path / "audit", progress=False)
-    assert list(report["models"]) == ["tiny0", "tiny0-2"]
-    assert {r["model"] for r in report["rows"]} == {"tiny0", "tiny0-2"}
+    assert list(report.models) == ["tiny0", "tiny0-2"]
+    assert {r.model for r in report.rows} == {"tiny0", "tiny0-2"}
     assert distinct_labels(["runs/a b", "a b", "#x", ""]) == ["runs_a_b", "a_b", "x", "model"]
 
 
 def test_a_mistyped_model_name_is_reported_before_out(tmp_path):
     from clrobust.audit import AuditSettings, run_audit
     from clrobust.compare import CompareSettings, compare_layers
-    from clrobust.probes import run_probe_layers
+    from clrobust.probes import ProbeSettings, run_probe_layers
 
     out = tmp_path / "out"
     out.mkdir()
@@ -83,7 +83,7 @@ def test_a_mistyped_model_name_is_reported_before_out(tmp_path):
     with pytest.raises(ClrobustError, match="unknown model 'simclr-tt'"):
         run_audit(AuditSettings(models=["simclr-tt"]), out, progress=False)
     with pytest.raises(ClrobustError, match="unknown model 'simclr-tt'"):
-        run_probe_layers("simclr-tt", out, progress=False)
+        run_probe_layers(ProbeSettings("simclr-tt"), out, progress=False)
 
 
 class _CountSamples:
@@ -129,9 +129,9 @@ def test_compare_layers_takes_any_registered_metric(tiny_checkpoints, monkeypatc
     res = run_compare(CompareSettings(models=[str(tiny_checkpoints[0])], attack=AttackSpec("pgd", 8 / 255, 1),
                                       n_samples=12, batch_size=8, layers="stem,avgpool", metric="count"),
                       progress=False)
-    assert res["metric"] == "count" and res["cka_estimator"] == "images seen per layer pair"
-    for e in res["cka"]:
-        assert e["matrix"] == [[12.0, 12.0], [12.0, 12.0]]
+    assert res.metric == "count" and res.cka_estimator == "images seen per layer pair"
+    for e in res.cka:
+        assert e.matrix.tolist() == [[12.0, 12.0], [12.0, 12.0]]
 
 
 def test_a_head_of_another_data_set_needs_classifier_probe(tmp_path, capsys):

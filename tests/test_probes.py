@@ -313,17 +313,25 @@ def _assert_real_png(path: Path) -> None:
 
 def test_probe_outputs_csv_and_png_hold_the_json_numbers(tmp_path):
     """Every number distinct, so a shifted row or column cannot go unnoticed."""
-    from clrobust.probes import write_probe_outputs
+    from clrobust.attacks import AttackSpec
+    from clrobust.probes import ProbeLayersResult, ProbeResult
+    from clrobust.results import write_results
 
     rng = np.random.default_rng(0)
     acc = rng.permutation(np.linspace(0.05, 0.95, 15)).reshape(3, 5).round(7)
-    result = {"layers": ["stem", "layer1.0", "layer2.1", "layer3.0", "avgpool"], "feature_dims": [16, 32, 64, 128, 256],
-              "train_accuracy": acc[0].tolist(), "clean_accuracy": acc[1].tolist(),
-              "adversarial_accuracy": acc[2].tolist(), "n_classes": 10}
-    paths = write_probe_outputs(result, tmp_path, "title")
-    assert [p.name for p in paths] == ["probes.json", "probes.csv", "probes.png"]
+    probe = ProbeResult(layers=["stem", "layer1.0", "layer2.1", "layer3.0", "avgpool"],
+                        feature_dims=[16, 32, 64, 128, 256], train_accuracy=acc[0].tolist(),
+                        clean_accuracy=acc[1].tolist(), adversarial_accuracy=acc[2].tolist(), n_train=64, n_test=32,
+                        n_classes=10, attack=AttackSpec().to_dict(), seed=0, model_accuracy={})
+    result = ProbeLayersResult({"label": "m"}, {"name": "cifar10-mini"}, "blocks", probe, {})
+    paths = write_results(tmp_path, [result])
+    assert [p.name for p in paths] == ["probes.json", "probes.csv", "probes.md", "probes.png"]
     data = json.loads((tmp_path / "probes.json").read_text())
-    assert data == result
+    assert data == json.loads(json.dumps(result.to_dict())) and data["schema"] == "clrobust.probe-layers/1"
+    assert ProbeLayersResult.read(tmp_path / "probes.json") == result
+    md = (tmp_path / "probes.md").read_text()
+    for i, layer in enumerate(probe.layers):
+        assert f"| {layer} | {probe.feature_dims[i]} | {acc[0, i]:.1%} | {acc[1, i]:.1%} | {acc[2, i]:.1%} |" in md
     _assert_csv_is_json(tmp_path / "probes.csv", data)
     _assert_real_png(tmp_path / "probes.png")
 

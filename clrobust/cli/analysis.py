@@ -53,6 +53,7 @@ def probe_layers(model, data, data_root, layers, attack, eps, steps, alpha, n_tr
     Writes to --out:
       probes.json    per-layer accuracies, feature sizes, attack, seed, versions
       probes.csv     one row per layer
+      probes.md      the same as a Markdown table
       probes.png     accuracy over depth (train, clean, adversarial)
       settings.json  the settings of this run
       features/      cached features (with --cache)
@@ -62,19 +63,17 @@ def probe_layers(model, data, data_root, layers, attack, eps, steps, alpha, n_tr
       clrobust probe-layers simclr-at
       clrobust probe-layers runs/my.safetensors --layers 'layer4.*,avgpool' --eps 4/255 --steps 20
     """
-    from clrobust.probes import run_probe_layers
+    from clrobust.probes import ProbeSettings, run_probe_layers
 
-    spec = attack_spec(attack, eps, steps, alpha, seed)
-    res = run_probe_layers(model, Path(out), data=data, data_root=data_root, layers=layers, attack=spec,
-                           n_train=n_train, n_samples=n_samples, batch_size=batch_size, seed=seed, device=device,
-                           cache=cache, overwrite=overwrite, progress=progress,
-                           load_options=load_options, classifier=classifier)
-    click.echo(f"{'layer':<14}{'dim':>6}{'train':>8}{'clean':>8}{'adv':>8}")
-    for i, name in enumerate(res["layers"]):
-        click.echo(f"{name:<14}{res['feature_dims'][i]:>6}{res['train_accuracy'][i]:>8.1%}"
-                   f"{res['clean_accuracy'][i]:>8.1%}{res['adversarial_accuracy'][i]:>8.1%}")
-    source = "computed" if res["features"] == "computed" else f"from the {res['features']} cache"
-    click.echo(f"{res['n_train']} train / {res['n_test']} test images, {res['attack']['eps_text']} {attack}; "
+    settings = ProbeSettings(model=model, data=data, data_root=data_root, layers=layers,
+                             attack=attack_spec(attack, eps, steps, alpha, seed), n_train=n_train,
+                             n_samples=n_samples, batch_size=batch_size, seed=seed, device=device, cache=cache,
+                             load_options=load_options, classifier=classifier)
+    res = run_probe_layers(settings, Path(out), overwrite=overwrite, progress=progress)
+    p = res.probes
+    click.echo(res.summary())
+    source = "computed" if p.features == "computed" else f"from the {p.features} cache"
+    click.echo(f"{p.n_train} train / {p.n_test} test images, {p.attack['eps_text']} {attack}; "
                f"features {source}. Results in {out}/")
 
 
@@ -129,17 +128,8 @@ def figures(family, data, data_root, layers, attack, eps, steps, alpha, n_sample
                               positional=positional,
                               load_options=load_options, classifier=classifier)
     res = make_figures(fams, settings, Path(out), overwrite=overwrite, progress=progress, check=check)
-    for f, d in res["figures"].items():
-        s = d["summary"]
-        parts = [f"{k}: late disparity {s['late_disparity'][k]:.3f}, cross-layer CKA "
-                 f"{s['cross_layer_cka_clean'][k]:.3f}, robust acc {s['robust_accuracy'][k]:.1%}"
-                 for k in d["models"]]
-        click.echo(f"{f}: " + "; ".join(parts))
-        if "cross_model_cka" in s:
-            cm = s["cross_model_cka"]
-            click.echo(f"{f}: mean cross-model CKA ST {cm['ST']['mean']:.3f}, AT {cm['AT']['mean']:.3f}")
-    if check:
-        for finding in res["findings"]:
-            click.echo(finding.line())
-    click.echo(f"{len(res['files'])} files in {out}/")
-
+    for fig in res.figures.values():
+        click.echo(fig.summary_line())
+    for finding in res.findings:
+        click.echo(finding.line())
+    click.echo(f"{len(res.files)} files in {out}/")

@@ -46,8 +46,8 @@ def audit(models, data, data_root, split, eps_text, l2_text, attacks, n_samples,
     (standard, with the reference step counts) end to end on encoder + linear head
     (threat model II), their per-point worst case, and the label-free representation
     attack (threat model I). A model without a classifier gets a linear probe fitted
-    on frozen train features first. Writes report.json, report.csv, report.md and
-    robust_accuracy_vs_eps.png. Re-running the same command after an interruption
+    on frozen train features first. Writes report.json, report.csv, report.md,
+    robust_accuracy_vs_eps.png and settings.json. Re-running the same command after an interruption
     resumes where it stopped. Runs under `torchrun --nproc_per_node N` too.
 
     \b
@@ -56,7 +56,7 @@ def audit(models, data, data_root, split, eps_text, l2_text, attacks, n_samples,
       clrobust audit downloaded.pth --n-samples 846 --eps 2/255,4/255,8/255 --l2-eps 0.5
     """
     from clrobust.attacks import parse_eps_list
-    from clrobust.audit import AuditSettings, markdown_table, run_audit
+    from clrobust.audit import AuditSettings, run_audit
     from clrobust.distributed import Dist
 
     settings = AuditSettings(models=list(models), data=data, data_root=data_root, split=split,
@@ -69,6 +69,6 @@ def audit(models, data, data_root, split, eps_text, l2_text, attacks, n_samples,
         settings.device = str(dist.device)  # each rank on its own GPU under torchrun
     report = run_audit(settings, Path(out), overwrite=overwrite, progress=progress, dist=dist)
     if dist is None or dist.is_main:
-        click.echo(markdown_table(report))
+        click.echo(report.markdown())
         click.echo(f"report in {out}/")
 

@@ -57,6 +57,7 @@ def compare_layers(models, data, data_root, split, layers, attack, eps, steps, a
       cka_*.png           heatmaps: each model clean vs clean and clean vs adversarial,
                           and across models (clean vs clean, adversarial vs adversarial)
       disparity.csv/.png  1 - CKA(clean_l, adversarial_l) per layer, per model
+      summary.md          accuracy and disparity per model, as a Markdown table
       settings.json       the settings and versions of this run
 
     \b
@@ -66,7 +67,7 @@ def compare_layers(models, data, data_root, split, layers, attack, eps, steps, a
       clrobust compare-layers my.safetensors simclr-at --n-samples 846 --out runs/cmp
     """
     from clrobust.checkpoints import DEFAULT_PAIR
-    from clrobust.compare import CompareSettings, summary_table
+    from clrobust.compare import CompareSettings
     from clrobust.compare import compare_layers as run
 
     models = list(models) or list(DEFAULT_PAIR)
@@ -82,11 +83,11 @@ def compare_layers(models, data, data_root, split, layers, attack, eps, steps, a
     dist = Dist.from_env(device)
     if dist is not None:
         settings.device = str(dist.device)  # each rank on its own GPU under torchrun
-    results = run(settings, Path(out), overwrite=overwrite, progress=progress, dist=dist)
+    result = run(settings, Path(out), overwrite=overwrite, progress=progress, dist=dist)
     if dist is not None and not dist.is_main:
         return
-    click.echo(summary_table(results))
-    t = results["timings_seconds"]
-    click.echo(f"{results['n_samples']} images, attack {spec.to_dict()['eps_text']} {attack}-{steps}; "
+    click.echo(result.summary())
+    t = result.timings_seconds
+    click.echo(f"{result.n_samples} images, attack {spec.to_dict()['eps_text']} {attack}-{steps}; "
                f"time: attack {t['attack']:.1f}s, forward {t['forward']:.1f}s, CKA {t['cka']:.1f}s. "
                f"Results in {out}/")
