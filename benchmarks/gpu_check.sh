@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# The GPU check (see gpu_check.py): on a machine without CUDA it prints what it would check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python benchmarks/gpu_check.py "$@"
