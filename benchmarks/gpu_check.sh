@@ -2,4 +2,4 @@
 # The GPU check (see gpu_check.py): on a machine without CUDA it prints what it would check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python benchmarks/gpu_check.py "$@"
+"${PYTHON:-python3}" benchmarks/gpu_check.py "$@"
