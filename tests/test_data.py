@@ -1,6 +1,7 @@
 """Data sets: the embedded subset, CIFAR in its official on-disk format, image folders."""
 
 import hashlib
+import os
 import pickle
 
 import numpy as np
@@ -23,7 +24,7 @@ def test_embedded_subset_is_the_documented_file():
     assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1 and y.tolist() == [3, 8, 8, 0]
 
 
-def _write_cifar(root, n_per_batch=5, cifar100=False):
+def _write_cifar(root, n_per_batch=5, cifar100=False, protocol=pickle.DEFAULT_PROTOCOL, bytes_keys=False):
     """A tiny folder in the official python format (pickled dicts of uint8 rows)."""
     rng = np.random.default_rng(0)
     folder = root / ("cifar-100-python" if cifar100 else "cifar-10-batches-py")
@@ -34,8 +35,11 @@ def _write_cifar(root, n_per_batch=5, cifar100=False):
     for name in names:
         data = rng.integers(0, 256, size=(n_per_batch, 3072), dtype=np.uint8)
         labels = rng.integers(0, 100 if cifar100 else 10, size=n_per_batch).tolist()
+        batch = {"data": data, label_key: labels, "batch_label": name}
+        if bytes_keys:  # what Python 2 wrote: byte-string keys and values
+            batch = {k.encode(): (v.encode() if isinstance(v, str) else v) for k, v in batch.items()}
         with open(folder / name, "wb") as fh:
-            pickle.dump({"data": data, label_key: labels, "batch_label": name}, fh)
+            pickle.dump(batch, fh, protocol=protocol)
         written[name] = (data, labels)
     if cifar100:
         meta = {"fine_label_names": [f"c{i}" for i in range(100)]}
@@ -45,8 +49,52 @@ def _write_cifar(root, n_per_batch=5, cifar100=False):
                                 "ship", "truck"]}
         meta_name = "batches.meta"
     with open(folder / meta_name, "wb") as fh:
-        pickle.dump(meta, fh)
+        pickle.dump(meta, fh, protocol=protocol)
     return written
+
+
+class _Payload:
+    """Unpickling this runs code: it creates a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("protocol,bytes_keys", [(2, True), (2, False), (pickle.HIGHEST_PROTOCOL, False)])
+def test_cifar_batches_of_every_pickle_protocol_read(tmp_path, protocol, bytes_keys):
+    written = _write_cifar(tmp_path, protocol=protocol, bytes_keys=bytes_keys)
+    with pytest.warns(UserWarning):
+        test = load_dataset("cifar10", "test", str(tmp_path))
+    assert test.labels.tolist() == written["test_batch"][1]
+    assert torch.equal(test.images, torch.from_numpy(written["test_batch"][0].reshape(-1, 3, 32, 32)))
+
+
+@pytest.mark.parametrize("what", ["payload-in-batch", "payload-in-meta", "payload-nested", "not-a-dict",
+                                  "truncated", "float-pixels", "label-out-of-range", "missing-key"])
+def test_planted_cifar_batches_are_refused_without_running_code(tmp_path, what):
+    _write_cifar(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    marker = tmp_path / "marker"
+    target = folder / ("batches.meta" if what == "payload-in-meta" else "test_batch")
+    good = {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]}
+    bad = {"payload-in-batch": _Payload(marker), "payload-in-meta": {"label_names": _Payload(marker)},
+           "payload-nested": {**good, "labels": [0, _Payload(marker)]}, "not-a-dict": [1, 2],
+           "float-pixels": {**good, "data": np.zeros((2, 3072), np.float32)},
+           "label-out-of-range": {**good, "labels": [0, 10]}, "missing-key": {"data": good["data"]}}
+    if what == "truncated":
+        target.write_bytes(target.read_bytes()[:100])
+    else:
+        target.write_bytes(pickle.dumps(bad[what]))
+    with pytest.warns(UserWarning), pytest.raises(ClrobustError) as info:
+        load_dataset("cifar10", "test", str(tmp_path))
+    msg = str(info.value)
+    assert "\n" not in msg and "re-extract the official archive" in msg, msg
+    if what.startswith("payload"):
+        assert "the global posix.system" in msg or "the global os.system" in msg, msg
+    assert not marker.exists()
 
 
 def test_cifar10_official_format(tmp_path):

@@ -135,18 +135,10 @@ def _load_cifar(name: str, split: str, root: Optional[str]) -> ImageData:
         warnings.warn(f"{name} files under {path} differ from the official release (md5); "
                       "using them as they are.", stacklevel=3)
 
-    class _Local(cls):  # the official reader, without its md5 gate (checked above)
-        train_list = [[f, None] for f, _ in cls.train_list]
-        test_list = [[f, None] for f, _ in cls.test_list]
-        meta = {**cls.meta, "md5": None}
+    from clrobust.data.cifar import read_split
 
-    try:
-        ds = _Local(str(path), train=(split == "train"), download=False)
-    except Exception as exc:  # unreadable pickle, wrong keys
-        raise ClrobustError(f"{name} files under {str(path / folder)!r} are unreadable ({exc}); "
-                            "re-extract the official archive.") from None
-    x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
-    return ImageData(name, split, x, torch.as_tensor(ds.targets, dtype=torch.long), list(ds.classes))
+    x, y, classes = read_split(path / folder, [f for f, _ in listed], cls.meta["filename"], name == "cifar100")
+    return ImageData(name, split, torch.from_numpy(x), torch.from_numpy(y), classes)
 
 
 def _load_folder(split: str, root: Optional[str], image_size: int) -> ImageData:
