@@ -32,6 +32,7 @@ from clrobust.attacks import AttackSpec, attack_batch
 from clrobust.cka import batch_bounds
 from clrobust.data import ImageData, to_float
 from clrobust.distributed import Dist, owns
+from clrobust.errors import ClrobustError
 from clrobust.hooks import LayerRecorder
 
 #: The inputs a model can be recorded on.
@@ -120,8 +121,20 @@ class Stage:
                     xi = attack_batch(self.attack, net, x, y, batch_index=index)
                     self.timings["attack"] += time.perf_counter() - t
                 t = time.perf_counter()
-                acts = recorders[lab].record(xi)
+                try:
+                    acts = recorders[lab].record(xi)
+                except ClrobustError as exc:  # non-finite activations: say which model
+                    raise ClrobustError(f"model {lab}, {inp} inputs: {exc}") from None
                 output = recorders[lab].output
                 assert output is not None  # set by record()
                 self.timings["forward"] += time.perf_counter() - t
+                check_finite(lab, inp, index, output)
                 yield Recording(lab, inp, xi, acts, output)
+
+
+def check_finite(model: str, inp: str, index: int, logits: torch.Tensor) -> None:
+    """No number from non-finite values: NaN or Inf in the logits stops the job, named (the recorder checks
+    every recorded layer the same way)."""
+    if not bool(torch.isfinite(logits).all()):
+        raise ClrobustError(f"model {model}, {inp} inputs: NaN or Inf in the logits (batch {index}); "
+                            "the weights or inputs are broken; check them with `clrobust inspect`.")

@@ -28,8 +28,8 @@ from clrobust.data import ImageData, load_dataset
 from clrobust.distributed import Dist
 from clrobust.errors import ClrobustError
 from clrobust.heads import choose_classifier, ensure_classifier
-from clrobust.provenance import prepare_out_dir, versions, weights_hash, write_json
-from clrobust.results import Drawer, Result, Table, write_results
+from clrobust.provenance import versions, weights_hash, write_json
+from clrobust.results import Drawer, OutputFolder, Result, Table
 
 #: attack name -> (torchattacks-backed spec name, default steps)
 AUDIT_ATTACKS: Dict[str, Tuple[str, int]] = {
@@ -75,6 +75,7 @@ class AuditSettings:
         d = asdict(self)
         d.pop("models")
         d.pop("device")
+        d["versions"] = versions()  # per-point results of other library versions are not reused
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -221,19 +222,39 @@ def run_audit(settings: AuditSettings, out: Path, overwrite: bool = False, progr
     out = Path(out)
     main = dist is None or dist.is_main
     labels = distinct_labels([resolve(m)[0] for m in settings.models])  # mistyped names fail first
-    cache_path = out / "audit-cache.json"
+    with OutputFolder(out, REPORT_FILES, overwrite, active=main) as folder:  # fails before any work
+        report = _audit(settings, out, labels, overwrite, progress, dist, main)
+        folder.commit([report], settings.to_dict(), settings.seed)
+    return report
+
+
+def _read_cache(path: Path, settings: AuditSettings, overwrite: bool, main: bool) -> Dict[str, Any]:
+    """The per-point results of an interrupted run with these settings, versions and data; else empty."""
     cache: Dict[str, Any] = {}
-    if cache_path.exists():
-        cache = json.loads(cache_path.read_text())
-        if cache.get("settings_key") != settings.key():
-            if not overwrite:
-                raise ClrobustError(f"--out {str(out)!r} holds an audit with other settings; "
-                                    "choose another folder or pass --overwrite.")
+    if path.exists():
+        try:
+            cache = json.loads(path.read_text())
+            if not isinstance(cache, dict) or not isinstance(cache.get("results", {}), dict):
+                raise ValueError("not an audit cache")
+        except (OSError, ValueError) as exc:
+            if main:
+                print(f"{path}: unreadable audit cache ({exc}); recomputing", file=sys.stderr)
             cache = {}
-    elif main:
-        prepare_out_dir(out, REPORT_FILES, overwrite)
+        if cache and cache.get("settings_key") != settings.key():
+            if not overwrite:
+                raise ClrobustError(f"--out {str(path.parent)!r} holds an unfinished audit with other settings "
+                                    "or library versions; choose another folder or pass --overwrite.")
+            cache = {}
     cache.setdefault("settings_key", settings.key())
     cache.setdefault("results", {})
+    return cache
+
+
+def _audit(settings: AuditSettings, out: Path, labels: List[str], overwrite: bool, progress: bool,
+           dist: Optional[Dist], main: bool) -> AuditResult:
+    """Every model's rows: clean, each attack and the worst case, resumed from the cache where it has them."""
+    cache_path = out / "audit-cache.json"
+    cache = _read_cache(cache_path, settings, overwrite, main)
     data = load_dataset(settings.data, settings.split, settings.data_root).subset(settings.n_samples)
     train = None
     rows: List[AuditRow] = []
@@ -280,6 +301,4 @@ def run_audit(settings: AuditSettings, out: Path, overwrite: bool = False, progr
         autoattack="standard: APGD-CE 100 steps, APGD-T 100 steps, FAB-T 100 steps, Square 5000 "
                    "queries, 1 restart each, through torchattacks; robust = per-point worst case",
         seed=settings.seed, settings=settings.to_dict(), versions=versions())
-    if main:
-        write_results(out, [report], settings.to_dict(), settings.seed)
     return report

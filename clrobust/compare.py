@@ -26,8 +26,8 @@ from clrobust.errors import ClrobustError
 from clrobust.heads import choose_classifier, ensure_classifier
 from clrobust.hooks import layer_names
 from clrobust.metrics import metric
-from clrobust.provenance import prepare_out_dir, versions
-from clrobust.results import Drawer, Result, Table, write_results
+from clrobust.provenance import versions
+from clrobust.results import Drawer, OutputFolder, Result, Table
 
 RESULT_FILES = ("results.json", "disparity.csv", "summary.md", "disparity.png", "settings.json")
 #: Version of the layout of results.json; raised when a key changes meaning or goes away.
@@ -299,9 +299,7 @@ def compare_layers(settings: CompareSettings, out: Path, overwrite: bool = False
     main = dist is None or dist.is_main
     for m in settings.models:
         resolve(m)  # a mistyped model name is reported before anything about --out
-    if main:
-        prepare_out_dir(out, RESULT_FILES, overwrite)  # fail before any work
-    result = run_compare(settings, progress=progress and main, dist=dist)
-    if main:
-        write_results(out, [result], settings.to_dict(), settings.seed)
+    with OutputFolder(out, RESULT_FILES, overwrite, active=main) as folder:  # fails before any work
+        result = run_compare(settings, progress=progress and main, dist=dist)
+        folder.commit([result], settings.to_dict(), settings.seed)
     return result

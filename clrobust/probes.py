@@ -32,7 +32,7 @@ from clrobust.errors import ClrobustError
 from clrobust.hooks import layer_names
 from clrobust.linear_probe import fit_linear_probe
 from clrobust.provenance import weights_hash
-from clrobust.results import Drawer, Result, Table, write_results
+from clrobust.results import Drawer, OutputFolder, Result, Table
 
 if TYPE_CHECKING:
     from clrobust.checkpoints import LoadOptions
@@ -368,14 +368,23 @@ class ProbeLayersResult(Result):
 def run_probe_layers(settings: ProbeSettings, out: Path, overwrite: bool = False,
                      progress: bool = True) -> ProbeLayersResult:
     """The ``probe-layers`` job: load the model (zoo name or path), probe every layer, write the outputs."""
-    from clrobust.checkpoints import load, resolve
-    from clrobust.data import load_dataset
-    from clrobust.heads import choose_classifier, ensure_classifier
-    from clrobust.provenance import prepare_out_dir, versions
+    from clrobust.checkpoints import resolve
+    from clrobust.provenance import versions
 
     s = settings
     resolve(s.model)  # a mistyped model name is reported before anything about --out
-    out = prepare_out_dir(Path(out), PROBE_FILES, overwrite)
+    out = Path(out)
+    with OutputFolder(out, PROBE_FILES, overwrite) as folder:
+        res = _probe_job(s, out, progress, versions)
+        folder.commit([res], s.to_dict(), s.seed)
+    return res
+
+
+def _probe_job(s: ProbeSettings, out: Path, progress: bool, versions: Any) -> ProbeLayersResult:
+    from clrobust.checkpoints import load
+    from clrobust.data import load_dataset
+    from clrobust.heads import choose_classifier, ensure_classifier
+
     lm = load(s.model, device=s.device, **s.load_options.kwargs())
     train = load_dataset(s.data, "train", s.data_root).subset(s.n_train)
     test = load_dataset(s.data, "test", s.data_root).subset(s.n_samples)
@@ -387,5 +396,4 @@ def run_probe_layers(settings: ProbeSettings, out: Path, overwrite: bool = False
                                    **head},
                             data={"name": s.data, "train_split": "train", "test_split": "test"}, layer_set=s.layers,
                             probes=r, versions=versions())
-    write_results(out, [res], s.to_dict(), s.seed)
     return res

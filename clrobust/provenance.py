@@ -6,9 +6,7 @@ import json
 import platform
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterable
-
-from clrobust.errors import ClrobustError
+from typing import TYPE_CHECKING, Any, Dict
 
 if TYPE_CHECKING:
     import torch
@@ -44,19 +42,6 @@ def versions() -> Dict[str, str]:
 
 def command_line() -> str:
     return " ".join(["clrobust"] + sys.argv[1:]) if sys.argv else ""
-
-
-def prepare_out_dir(out: Path, result_names: Iterable[str], overwrite: bool) -> Path:
-    """Create ``out``; refuse if it already holds any of ``result_names`` unless ``overwrite``."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ClrobustError(f"--out {str(out)!r} is a file, not a folder; choose another path.")
-    existing = [n for n in result_names if (out / n).exists()]
-    if existing and not overwrite:
-        raise ClrobustError(f"--out {str(out)!r} already holds results ({', '.join(existing[:3])}); "
-                            "choose another folder or pass --overwrite.")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def write_json(path: Path, data: Dict[str, Any]) -> None:

@@ -65,9 +65,19 @@ def test_audit_report_worst_case_and_resume(tmp_path, tiny_checkpoints, trained_
                  and r["eps_text"] == "1/255")
     assert 0 < worst["robust_accuracy"] < worst["clean_accuracy"]
 
-    # Re-running resumes from the cache (no attack recomputed) and gives the same report.
+    # A complete result is never touched without --overwrite ...
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and set(manifest["files"]) == {"report.json", "report.csv", "report.md",
+                                                               "robust_accuracy_vs_eps.png", "settings.json",
+                                                               "manifest.json"}
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    args = ["audit", a, b, *AUDIT, "--attacks", "fgsm,pgd20,apgd-ce,tm1-pgd20", "--out", str(out)]
+    code, text = run(args)
+    assert code == 2 and "--overwrite" in text and len(text.strip().splitlines()) == 1, text
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # ... and with it, re-running resumes from the cache (no attack recomputed) and gives the same report.
     cache_before = (out / "audit-cache.json").read_text()
-    code, text = run(["audit", a, b, *AUDIT, "--attacks", "fgsm,pgd20,apgd-ce,tm1-pgd20", "--out", str(out)])
+    code, text = run(args + ["--overwrite"])
     assert code == 0, text
     assert (out / "audit-cache.json").read_text() == cache_before
     assert json.loads((out / "report.json").read_text())["rows"] == rows
@@ -90,7 +100,7 @@ def test_resume_recomputes_a_model_whose_weights_changed(tmp_path, tiny_checkpoi
     assert run(["audit", str(model), *args, "--out", str(out)])[0] == 0
     before = json.loads((out / "audit-cache.json").read_text())["results"]["m"]
     shutil.copy(b, model)  # same name, other weights: the cached results no longer apply
-    code, text = run(["audit", str(model), *args, "--out", str(out)])
+    code, text = run(["audit", str(model), *args, "--out", str(out), "--overwrite"])
     assert code == 0 and "weights differ" in text, text
     after = json.loads((out / "audit-cache.json").read_text())["results"]["m"]
     assert after["weights"] != before["weights"]

@@ -132,6 +132,11 @@ def load(name_or_path: str, *, device: str = "cpu", arch: Optional[str] = None, 
                                       adversarial_bn=adversarial_bn, format=format, stem=stem)
         source_format = report.format
         meta = {"source_format": report.format, "load_report": report.to_dict()}
+    broken = next((k for k, t in net.state_dict().items()
+                   if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    if broken is not None:
+        raise ClrobustError(f"{str(path)!r} has NaN or Inf weights ({broken}); no number can come from it: "
+                            "retrain the model or fetch the file again.")
     return LoadedModel(label, path, net.to(torch.device(device)).eval(), has_classifier=report.has_classifier,
                        source_format=source_format, normalize=dict(report.normalize), metadata=meta, report=report)
 

@@ -7,8 +7,10 @@ every command registered here explicitly.
 
 from __future__ import annotations
 
+import signal
 import sys
-from typing import List, Optional
+import threading
+from typing import Any, List, Optional
 
 import click
 
@@ -33,8 +35,18 @@ for _command in (compare.compare_layers, train.train, zoo.zoo, checkpoints.inspe
     cli.add_command(_command)
 
 
+class Terminated(Exception):
+    """SIGTERM, raised where the process is, so that every output folder cleans up on the way out."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Optional[List[str]] = None) -> None:
-    """Entry point: bad input prints one line and exits with status 2; Ctrl-C exits 130."""
+    """Entry point: bad input prints one line and exits with status 2; Ctrl-C exits 130, SIGTERM 143."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         cli.main(args=argv, prog_name="clrobust", standalone_mode=False)
     except click.exceptions.Abort:
@@ -52,8 +64,13 @@ def main(argv: Optional[List[str]] = None) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        click.echo("interrupted.", err=True)
+        click.echo("interrupted: nothing was written to --out (a resumable job resumes when run again).",
+                   err=True)
         sys.exit(130)
+    except Terminated:
+        click.echo("terminated: nothing was written to --out (a resumable job resumes when run again).",
+                   err=True)
+        sys.exit(143)
 
 
 __all__ = ["cli", "main"]

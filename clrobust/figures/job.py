@@ -15,8 +15,7 @@ from clrobust.figures.cross_model import CrossModel
 from clrobust.figures.eps_sweep import EpsSweep
 from clrobust.figures.findings import Finding, FindingsResult, check_findings
 from clrobust.figures.st_clean_vs_adv import StCleanVsAdv
-from clrobust.provenance import prepare_out_dir
-from clrobust.results import Result, write_results
+from clrobust.results import OutputFolder, Result
 
 #: Family name -> its result class, in the order ``figures all`` draws them.
 FAMILY_CLASSES: Dict[str, Type[FigureResult]] = {c.FAMILY: c for c in (StCleanVsAdv, AtProbes, EpsSweep, CrossModel)}
@@ -143,11 +142,12 @@ def make_figures(families: Sequence[str], settings: FigureSettings, out: Path, o
     With ``check``, also tests the paper's findings and writes ``findings.json``.
     """
     check_models(families, settings)
-    out = prepare_out_dir(Path(out), output_names(families) + (["findings.json"] if check else []), overwrite)
-    figs = compute_figures(families, settings, progress, cache_dir=out / "features")
-    results: List[Result] = list(figs.values())
-    findings = check_findings(figs) if check else []
-    if check:
-        results.append(FindingsResult(findings))
-    files = write_results(out, results, settings.to_dict(), settings.seed)
+    out = Path(out)
+    with OutputFolder(out, output_names(families) + (["findings.json"] if check else []), overwrite) as folder:
+        figs = compute_figures(families, settings, progress, cache_dir=out / "features")
+        results: List[Result] = list(figs.values())
+        findings = check_findings(figs) if check else []
+        if check:
+            results.append(FindingsResult(findings))
+        files = folder.commit(results, settings.to_dict(), settings.seed)
     return FiguresOutcome(figs, files, findings)

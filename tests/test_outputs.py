@@ -1,0 +1,158 @@
+"""Outputs are all or nothing: staging beside --out, a manifest, a lock, --overwrite removes only its own files."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Dict
+
+import pytest
+
+from clrobust.errors import ClrobustError
+from clrobust.results import MANIFEST, OutputFolder, Result
+
+
+@dataclass
+class _Toy(Result):
+    SCHEMA: ClassVar[str] = "clrobust.toy/1"
+    name: str
+    value: int
+
+    def json_name(self) -> str:
+        return f"{self.name}.json"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"schema": self.SCHEMA, "name": self.name, "value": self.value}
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(d["name"], d["value"])
+
+    def figures(self):
+        return {f"{self.name}.png": lambda path: path.write_bytes(b"png")}
+
+
+def _files(folder: Path) -> Dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_commit_moves_every_file_in_and_writes_the_manifest_last(tmp_path):
+    out = tmp_path / "out"
+    with OutputFolder(out, ["a.json"], overwrite=False) as folder:
+        assert folder.staging.is_dir() and out.is_dir() and not (out / MANIFEST).exists()
+        folder.commit([_Toy("a", 1)], {"k": 1}, seed=3)
+    assert sorted(_files(out)) == ["a.json", "a.png", MANIFEST, "settings.json"]
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["complete"] and manifest["files"] == ["a.json", "a.png", "settings.json", MANIFEST]
+    assert not folder.staging.exists() and not list(tmp_path.glob(".out.*"))  # no staging, no lock left
+    assert _Toy.read(out / "a.json") == _Toy("a", 1)
+
+
+def test_a_complete_result_is_refused_untouched_and_overwrite_removes_only_its_own_files(tmp_path):
+    out = tmp_path / "out"
+    with OutputFolder(out, [], overwrite=False) as folder:
+        folder.commit([_Toy("old-model", 1)])
+    (out / "notes.txt").write_text("the user's own file")
+    (out / "features").mkdir()
+    before = _files(out)
+    with pytest.raises(ClrobustError, match="already holds results .*--overwrite"):
+        with OutputFolder(out, [], overwrite=False):
+            pass
+    assert _files(out) == before
+    with OutputFolder(out, [], overwrite=True) as folder:
+        folder.commit([_Toy("new-model", 2)])
+    # The stale figure and JSON of the earlier model are gone; the user's file and folder stay.
+    assert sorted(_files(out)) == [MANIFEST, "new-model.json", "new-model.png", "notes.txt"]
+    assert (out / "features").is_dir()
+
+
+def test_an_interrupted_run_leaves_nothing_that_looks_complete(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        with OutputFolder(out, ["a.json"], overwrite=False):
+            raise KeyboardInterrupt
+    assert out.is_dir() and _files(out) == {} and not list(tmp_path.glob(".out.*"))
+    with OutputFolder(out, ["a.json"], overwrite=False) as folder:  # the lock was released
+        folder.commit([_Toy("a", 1)])
+    assert (out / MANIFEST).exists()
+
+
+def test_a_second_run_on_the_same_out_is_refused_while_the_first_holds_it(tmp_path):
+    out = tmp_path / "out"
+    with OutputFolder(out, [], overwrite=False):
+        with pytest.raises(ClrobustError, match="another clrobust run is writing --out"):
+            with OutputFolder(out, [], overwrite=True):
+                pass
+
+
+@pytest.mark.parametrize("case", ["out-is-a-file", "under-a-file", "read-only-parent", "corrupt-manifest"])
+def test_bad_out_folders_fail_before_any_work(tmp_path, case):
+    if case == "read-only-parent" and os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    (tmp_path / "f").write_text("x")
+    out = {"out-is-a-file": tmp_path / "f", "under-a-file": tmp_path / "f" / "sub",
+           "read-only-parent": tmp_path / "ro" / "out", "corrupt-manifest": tmp_path / "c"}[case]
+    if case == "read-only-parent":
+        (tmp_path / "ro").mkdir(mode=0o500)
+    if case == "corrupt-manifest":
+        out.mkdir()
+        (out / MANIFEST).write_text("{not json")
+    with pytest.raises(ClrobustError) as info:
+        with OutputFolder(out, [], overwrite=False):
+            raise AssertionError("work started")
+    assert "\n" not in str(info.value) and "--out" in str(info.value)
+
+
+@pytest.mark.slow
+def test_sigterm_exits_143_in_one_line_and_leaves_no_result(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    p = subprocess.Popen([sys.executable, "-m", "clrobust", "compare-layers", "--n-samples", "846",
+                          "--steps", "20", "--no-progress", "--out", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    staging = tmp_path / ".out.partial"
+    deadline = time.time() + 120
+    while not staging.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    assert staging.exists(), p.communicate()
+    time.sleep(0.5)
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 143, (stdout, stderr)
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("terminated") and "Traceback" not in stderr
+    assert not staging.exists() and not list(out.glob("*.json")) and not list(out.glob("*.png"))
+
+
+def test_nan_weights_and_non_finite_activations_stop_the_job_named(tmp_path, tiny_checkpoints):
+    """A model with NaN weights is refused at load, in every command (audit reported 12.5% before);
+    NaN appearing in a layer stops the activations stage with the model and layer named."""
+    import torch
+
+    from clrobust.activations import Stage
+    from clrobust.attacks import AttackSpec
+    from clrobust.audit import AuditSettings, run_audit
+    from clrobust.checkpoints import load, save_network
+    from clrobust.data import load_dataset
+
+    net = load(str(tiny_checkpoints[0])).network
+    with torch.no_grad():
+        net.encoder.stem.conv.weight[0, 0, 0, 0] = float("nan")
+    bad = save_network(tmp_path / "nan-model", net, {})
+    with pytest.raises(ClrobustError, match=r"has NaN or Inf weights \(encoder.stem.conv.weight\)"):
+        run_audit(AuditSettings(models=[str(bad)], eps=(8 / 255,), attacks=("fgsm",), n_samples=8),
+                  tmp_path / "audit", progress=False)
+    assert not (tmp_path / "audit" / "report.json").exists()
+
+    good = load(str(tiny_checkpoints[0])).network
+    data = load_dataset("cifar10-mini", "test").subset(8)
+    data.images[3] = 0
+    stage = Stage({"m": good}, {"m": ["stem", "avgpool"]}, AttackSpec("none", 0.0, 1), "cpu")
+    good.encoder.stem.register_forward_hook(lambda mod, args, out: out / (out - out))  # 0/0 = NaN
+    with pytest.raises(ClrobustError, match="model m, clean inputs: layer .stem. produced NaN"):
+        for batch in stage.batches(data, 8, progress=False):
+            list(batch.recordings)
