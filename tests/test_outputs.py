@@ -156,3 +156,16 @@ def test_nan_weights_and_non_finite_activations_stop_the_job_named(tmp_path, tin
     with pytest.raises(ClrobustError, match="model m, clean inputs: layer .stem. produced NaN"):
         for batch in stage.batches(data, 8, progress=False):
             list(batch.recordings)
+
+
+@pytest.mark.parametrize("device,message", [("nonsense", "is not a device"), ("tpu", "is not a device"),
+                                            ("mps", "runs on cpu or cuda"), ("cuda:99", "--device")])
+def test_a_bad_device_is_one_line_before_any_work(tmp_path, capsys, device, message):
+    from clrobust.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["compare-layers", "--device", device, "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert "use --device cpu" in err or "GPU(s)" in err or "use cpu, cuda or cuda:N" in err
+    assert not (tmp_path / "o").exists()

@@ -146,8 +146,28 @@ def seed_option(f: F) -> F:
                              "starts.")(f)
 
 
+def check_device(ctx: Optional[click.Context], param: Optional[click.Parameter], value: str) -> str:
+    """--device: ``cpu``, ``cuda`` or ``cuda:N`` on a machine that has that GPU; anything else is refused."""
+    import torch
+
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise click.BadParameter(f"{value!r} is not a device; use cpu, cuda or cuda:N.") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise click.BadParameter(f"{value!r}: clrobust runs on cpu or cuda; use --device cpu.")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise click.BadParameter("CUDA is not available on this machine; use --device cpu.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise click.BadParameter(f"{value!r}: this machine has {torch.cuda.device_count()} GPU(s) "
+                                     f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}).")
+    return value
+
+
 def device_option(f: F) -> F:
-    return click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")(f)
+    return click.option("--device", default="cpu", show_default=True, callback=check_device,
+                        help="cpu, cuda, cuda:1 ...")(f)
 
 
 def out_options(default: str, what: str = "results") -> Callable[[F], F]:
