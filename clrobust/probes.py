@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -27,15 +27,13 @@ from tqdm.auto import tqdm
 
 from clrobust.activations import INPUTS, Stage
 from clrobust.attacks import AttackSpec
+from clrobust.checkpoints import LoadOptions
 from clrobust.data import ImageData
 from clrobust.errors import ClrobustError
 from clrobust.hooks import layer_names
 from clrobust.linear_probe import fit_linear_probe
-from clrobust.provenance import weights_hash
+from clrobust.provenance import versions, weights_hash
 from clrobust.results import Drawer, OutputFolder, Result, Table
-
-if TYPE_CHECKING:
-    from clrobust.checkpoints import LoadOptions
 
 #: Spatial size conv maps are average pooled to before flattening.
 POOL_SIZE = 2
@@ -278,7 +276,7 @@ class ProbeSettings:
     seed: int = 0
     device: str = "cpu"
     cache: bool = True
-    load_options: "LoadOptions" = field(default_factory=lambda: _load_options())
+    load_options: LoadOptions = field(default_factory=LoadOptions)
     classifier: str = "auto"
 
     def to_dict(self) -> Dict[str, Any]:
@@ -287,12 +285,6 @@ class ProbeSettings:
                 "attack": self.attack.to_dict(), "n_train": self.n_train, "n_samples": self.n_samples,
                 "batch_size": self.batch_size, "seed": self.seed, "device": self.device, "cache": self.cache,
                 "load_options": self.load_options.kwargs(), "classifier": self.classifier}
-
-
-def _load_options() -> "LoadOptions":
-    from clrobust.checkpoints import LoadOptions
-
-    return LoadOptions()
 
 
 @dataclass
@@ -369,18 +361,17 @@ def run_probe_layers(settings: ProbeSettings, out: Path, overwrite: bool = False
                      progress: bool = True) -> ProbeLayersResult:
     """The ``probe-layers`` job: load the model (zoo name or path), probe every layer, write the outputs."""
     from clrobust.checkpoints import resolve
-    from clrobust.provenance import versions
 
     s = settings
     resolve(s.model)  # a mistyped model name is reported before anything about --out
     out = Path(out)
     with OutputFolder(out, PROBE_FILES, overwrite) as folder:
-        res = _probe_job(s, out, progress, versions)
+        res = _probe_job(s, out, progress)
         folder.commit([res], s.to_dict(), s.seed)
     return res
 
 
-def _probe_job(s: ProbeSettings, out: Path, progress: bool, versions: Any) -> ProbeLayersResult:
+def _probe_job(s: ProbeSettings, out: Path, progress: bool) -> ProbeLayersResult:
     from clrobust.checkpoints import load
     from clrobust.data import load_dataset
     from clrobust.heads import choose_classifier, ensure_classifier
