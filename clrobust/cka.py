@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -21,16 +21,71 @@ from clrobust.errors import ClrobustError
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 
-def flatten(x: ArrayLike) -> torch.Tensor:
-    """(N, ...) -> (N, D) float64 tensor (conv maps flattened channel-major)."""
-    t = torch.as_tensor(x)
-    return t.reshape(t.shape[0], -1).to(torch.float64)
+#: Reference exponent of a row or column that has seen no batch: any real exponent exceeds it.
+NO_EXPONENT = -1.0e6
 
 
-def _gram(x: ArrayLike) -> torch.Tensor:
-    t = flatten(x)
-    t = t - t.mean(0, keepdim=True)
-    return t @ t.T
+def flatten(x: ArrayLike, what: str = "features") -> torch.Tensor:
+    """(N, ...) -> (N, D) float64 tensor (conv maps flattened channel-major), checked.
+
+    float16, bfloat16 and integer inputs are upcast; 0-d, empty, complex, boolean-less
+    garbage and NaN/Inf values are refused with a :class:`ClrobustError` naming ``what``.
+    """
+    try:
+        t = torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ClrobustError(f"{what}: not a numeric array ({_one_line(exc)}).") from None
+    if t.is_complex():
+        raise ClrobustError(f"{what}: complex values; CKA is defined for real features (pass .real or .abs()).")
+    if t.dim() == 0:
+        raise ClrobustError(f"{what}: a 0-d value; CKA needs one row per sample (an N x D array).")
+    if t.shape[0] == 0 or t[0].numel() == 0:
+        raise ClrobustError(f"{what}: empty ({tuple(t.shape)}); CKA needs samples with at least one feature.")
+    t = t.reshape(t.shape[0], -1).to(torch.float64)
+    if not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).any(1).nonzero()[0])
+        raise ClrobustError(f"{what}: NaN or Inf values (first in sample {bad}); CKA of non-finite "
+                            "features is undefined.")
+    return t
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _ldexp(t: torch.Tensor, e: int) -> torch.Tensor:
+    """``t * 2**e``, exact (in two steps, so that 2**e itself never overflows or underflows)."""
+    half = e // 2
+    return t * (2.0 ** half) * (2.0 ** (e - half))
+
+
+def scaled(t: torch.Tensor) -> Tuple[torch.Tensor, int]:
+    """``(t * 2**-e, e)`` with ``e`` the binary exponent of max |t|: entries become O(1) exactly
+    (a power-of-two scaling rounds nothing), so Gram products neither overflow nor underflow
+    whatever the features' magnitude. An all-zero ``t`` has ``e = 0``."""
+    m = float(t.abs().max()) if t.numel() else 0.0
+    if m == 0.0:
+        return t, 0
+    e = math.frexp(m)[1]
+    return _ldexp(t, -e), e
+
+
+def _centre(t: torch.Tensor) -> torch.Tensor:
+    """Column-centred ``t``; exactly zero when ``t`` is constant over the samples up to the
+    rounding of the mean (which would otherwise leave a CKA of pure rounding noise)."""
+    c = t - t.mean(0, keepdim=True)
+    if not float(c.norm()) > 8 * t.shape[0] * torch.finfo(torch.float64).eps * float(t.norm()):
+        return torch.zeros_like(c)
+    return c
+
+
+def _centred(x: ArrayLike, what: str) -> torch.Tensor:
+    """Checked, rescaled to O(1), column-centred float64 features; constant ones are refused."""
+    c = _centre(scaled(flatten(x, what))[0])
+    if not bool(c.any()):
+        raise ClrobustError(f"CKA is undefined: {what} is constant over the samples (every sample has the "
+                             "same features).")
+    return c
 
 
 def _hsic_biased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
@@ -61,21 +116,27 @@ def _hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
 def linear_cka(x: ArrayLike, y: ArrayLike, unbiased: bool = False) -> float:
     """Linear CKA between two representations of the same N inputs.
 
+    Each representation is rescaled by a power of two before its Gram matrix, so
+    features of magnitude 1e-150 or 1e150 give the CKA they give at 1.
+
     Args:
-        x: N x D array or tensor (higher ranks are flattened per sample).
+        x: N x D array or tensor (higher ranks are flattened per sample; float16,
+            bfloat16 and integers are upcast to float64).
         y: N x D' array or tensor.
         unbiased: use the unbiased HSIC estimator (Song et al. 2012) instead of the
             biased one; it does not inflate CKA at small N.
 
     Raises:
-        ClrobustError: different N, too few samples, or a constant representation.
+        ClrobustError: different N, too few samples, a constant representation, or
+            features that are empty, 0-d, complex or not finite.
     """
-    x, y = flatten(x), flatten(y)
-    if x.shape[0] != y.shape[0]:
-        raise ClrobustError(f"x and y must describe the same inputs: {x.shape[0]} vs {y.shape[0]} rows.")
-    if x.shape[0] < (4 if unbiased else 2):
-        raise ClrobustError(f"CKA needs at least {4 if unbiased else 2} samples, got {x.shape[0]}.")
-    k, l = _gram(x), _gram(y)
+    fx, fy = flatten(x, "x"), flatten(y, "y")
+    if fx.shape[0] != fy.shape[0]:
+        raise ClrobustError(f"x and y must describe the same inputs: {fx.shape[0]} vs {fy.shape[0]} rows.")
+    if fx.shape[0] < (4 if unbiased else 2):
+        raise ClrobustError(f"CKA needs at least {4 if unbiased else 2} samples, got {fx.shape[0]}.")
+    cx, cy = _centred(fx, "x"), _centred(fy, "y")
+    k, l = cx @ cx.T, cy @ cy.T
     hsic = _hsic_unbiased if unbiased else _hsic_biased
     kl, kk, ll = hsic(k, l), hsic(k, k), hsic(l, l)
     denom = kk * ll
@@ -85,9 +146,25 @@ def linear_cka(x: ArrayLike, y: ArrayLike, unbiased: bool = False) -> float:
     return float(kl / torch.sqrt(denom))
 
 
-def ugram_stack(acts: Sequence[ArrayLike]) -> torch.Tensor:
-    """(L, n*n) float64: every layer's U-centred Gram of one batch, flattened, stacked."""
-    return torch.stack([u_centre(_gram(a)).reshape(-1) for a in acts])
+class PreparedGrams(NamedTuple):
+    """One batch of one recording: every layer's U-centred Gram of its features rescaled by
+    ``2**-exponent`` (so O(1)), flattened and stacked (L, n*n), and those exponents (L,)."""
+
+    grams: torch.Tensor
+    exponents: torch.Tensor
+
+
+def ugram_stack(acts: Sequence[ArrayLike]) -> PreparedGrams:
+    """Every layer's U-centred Gram of one batch (features rescaled by a power of two), stacked."""
+    grams, exps = [], []
+    for i, a in enumerate(acts):
+        t, e = scaled(flatten(a, f"layer {i}"))
+        t = _centre(t)
+        grams.append(u_centre(t @ t.T).reshape(-1))
+        exps.append(float(e))
+    if not grams:
+        raise ClrobustError("no layers to compare: the recording is empty (check --layers).")
+    return PreparedGrams(torch.stack(grams), torch.tensor(exps, dtype=torch.float64))
 
 
 class StreamingCKA:
@@ -98,49 +175,55 @@ class StreamingCKA:
     ...     acc.update(xa, xb)
     >>> acc.compute()                          # (layers of a) x (layers of b) array
 
-    ``update_grams`` takes precomputed :func:`ugram_stack` results, so several
-    pairs that share a recording compute its Grams once per batch. It is the first
-    entry of the metric registry (:mod:`clrobust.metrics`).
+    ``update_prepared`` takes :meth:`prepare` results, so several pairs that share a
+    recording compute its Grams once per batch. It is the first entry of the metric
+    registry (:mod:`clrobust.metrics`).
+
+    Scale: each batch's layer features are rescaled by ``2**-e`` before their Gram.
+    The sums are kept relative to a running reference exponent per row and per
+    column (the largest seen) and rescaled, exactly, when it grows; the references
+    cancel in the CKA ratio, so any magnitude float64 can hold gives the CKA of the
+    same features at 1.
     """
 
     name = "linear-cka"
     description = "minibatch linear CKA, unbiased HSIC summed over batches (float64)"
 
     @staticmethod
-    def prepare(acts: Sequence[ArrayLike]) -> torch.Tensor:
+    def prepare(acts: Sequence[ArrayLike]) -> PreparedGrams:
         """What one recording contributes to every pair it is in, once per batch: its U-centred Grams."""
         return ugram_stack(acts)
-
-    def update_prepared(self, px: torch.Tensor, py: torch.Tensor) -> None:
-        self.update_grams(px, py)
 
     def __init__(self) -> None:
         self.xy: torch.Tensor | None = None
         self.xx: torch.Tensor | None = None
         self.yy: torch.Tensor | None = None
+        self.ex: torch.Tensor | None = None
+        self.ey: torch.Tensor | None = None
         self.n = 0
         self.batches = 0
 
     def update(self, acts_x: Sequence[ArrayLike], acts_y: Sequence[ArrayLike]) -> None:
-        gx = ugram_stack(acts_x)
-        gy = gx if acts_y is acts_x else ugram_stack(acts_y)
-        self.update_grams(gx, gy)
+        px = ugram_stack(acts_x)
+        py = px if acts_y is acts_x else ugram_stack(acts_y)
+        self.update_prepared(px, py)
 
-    def update_grams(self, gx: torch.Tensor, gy: torch.Tensor) -> None:
+    def update_prepared(self, px: PreparedGrams, py: PreparedGrams) -> None:
+        """Add one batch of the pair, given both recordings' :meth:`prepare` results."""
+        gx, gy = px.grams, py.grams
         b = math.isqrt(gx.shape[1])
         if gy.shape[1] != gx.shape[1]:
             raise ClrobustError("both recordings of a CKA pair must come from the same batch.")
+        self.ensure_state(gx.shape[0], gy.shape[0])
+        self.align([px.exponents, py.exponents])
+        assert self.ex is not None and self.ey is not None and self.xy is not None
+        assert self.xx is not None and self.yy is not None
+        fx = torch.exp2(2 * (px.exponents - self.ex))  # <= 1: this batch relative to the reference
+        fy = torch.exp2(2 * (py.exponents - self.ey))
         scale = 1.0 / (b * (b - 3))
-        xy = (gx @ gy.T) * scale
-        xx = (gx * gx).sum(1) * scale
-        yy = (gy * gy).sum(1) * scale
-        if self.xy is None:
-            self.xy, self.xx, self.yy = xy, xx, yy
-        else:
-            assert self.xx is not None and self.yy is not None  # the three are set together
-            self.xy += xy
-            self.xx += xx
-            self.yy += yy
+        self.xy += (gx @ gy.T) * scale * fx[:, None] * fy[None, :]
+        self.xx += (gx * gx).sum(1) * scale * fx ** 2
+        self.yy += (gy * gy).sum(1) * scale * fy ** 2
         self.n += b
         self.batches += 1
 
@@ -151,10 +234,29 @@ class StreamingCKA:
             self.xy = torch.zeros(rows, cols, dtype=torch.float64)
             self.xx = torch.zeros(rows, dtype=torch.float64)
             self.yy = torch.zeros(cols, dtype=torch.float64)
+            self.ex = torch.full((rows,), NO_EXPONENT, dtype=torch.float64)
+            self.ey = torch.full((cols,), NO_EXPONENT, dtype=torch.float64)
 
     def state(self) -> List[Optional[torch.Tensor]]:
-        """The running sums, e.g. to all-reduce across processes (None before the first batch)."""
+        """The running sums, e.g. to all-reduce across processes (None before the first batch).
+        They are relative to :meth:`exponents`: :meth:`align` every process first."""
         return [self.xy, self.xx, self.yy]
+
+    def exponents(self) -> List[Optional[torch.Tensor]]:
+        """The reference exponents of the rows and the columns (None before the first batch)."""
+        return [self.ex, self.ey]
+
+    def align(self, exponents: Sequence[torch.Tensor]) -> None:
+        """Raise the reference exponents to at least ``exponents`` (e.g. their maximum over the
+        processes), rescaling the sums exactly, so that sums of several processes add up."""
+        assert self.ex is not None and self.ey is not None and self.xy is not None
+        assert self.xx is not None and self.yy is not None
+        ex, ey = torch.maximum(self.ex, exponents[0]), torch.maximum(self.ey, exponents[1])
+        fx, fy = torch.exp2(2 * (self.ex - ex)), torch.exp2(2 * (self.ey - ey))
+        self.xy *= fx[:, None] * fy[None, :]
+        self.xx *= fx ** 2
+        self.yy *= fy ** 2
+        self.ex, self.ey = ex, ey
 
     def compute(self) -> np.ndarray:
         """CKA matrix (rows: layers of x, columns: layers of y).

@@ -49,18 +49,25 @@ class Dist:
         """Whether batch ``index`` (global) is this process's."""
         return index % self.world == self.rank
 
-    def all_reduce(self, tensors: Sequence[torch.Tensor]) -> None:
-        """Sum each tensor over the processes, in place; the collective runs on this rank's device."""
+    def all_reduce(self, tensors: Sequence[torch.Tensor], op: str = "sum") -> None:
+        """Sum (or ``op="max"``) each tensor over the processes, in place; the collective runs on
+        this rank's device."""
         import torch.distributed as td
 
+        reduce_op = td.ReduceOp.MAX if op == "max" else td.ReduceOp.SUM
         for t in tensors:
             buf = t.to(self.device)
-            td.all_reduce(buf)
+            td.all_reduce(buf, op=reduce_op)
             if buf is not t:
                 t.copy_(buf.to(t.device))
 
     def all_reduce_cka(self, accs: Dict, entries: List) -> None:
+        """Sum every metric's running sums over the processes, after aligning their reference
+        exponents to the largest any process holds."""
         for e in entries:
+            exponents = [t.clone() for t in accs[e].exponents() if t is not None]
+            self.all_reduce(exponents, op="max")
+            accs[e].align(exponents)
             self.all_reduce([t for t in accs[e].state() if t is not None])
 
     def all_reduce_counts(self, counts: Dict[str, Dict[str, int]]) -> None:

@@ -5,7 +5,8 @@ two recordings of the same images (rows: layers of the first, columns: layers of
 the second), and computes the matrix at the end. :meth:`Metric.prepare` is what one
 recording contributes to every pair it is in (CKA: its U-centred Grams), computed
 once per batch however many pairs share the recording. Its running sums
-(:meth:`Metric.state`) are all-reduced under torchrun.
+(:meth:`Metric.state`) are all-reduced under torchrun, after every process
+aligns them to common reference scales (:meth:`Metric.align`).
 
 >>> m = metric("linear-cka")
 >>> for xa, xb in batches:
@@ -47,6 +48,12 @@ class Metric(Protocol):
 
     def ensure_state(self, rows: int, cols: int) -> None:
         """Zero sums of the right shape when this process saw no batch."""
+
+    def exponents(self) -> List[Optional[torch.Tensor]]:
+        """Reference scales of the sums (their maximum over the processes is taken first)."""
+
+    def align(self, exponents: Sequence[torch.Tensor]) -> None:
+        """Rescale the sums to reference scales at least ``exponents``, before they are summed."""
 
     def compute(self) -> np.ndarray:
         """The (layers of x) x (layers of y) matrix."""

@@ -1,5 +1,7 @@
 """CKA against float64 references written here, invariances, and the streaming form."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -213,11 +215,13 @@ def test_u_centre_leaves_its_input_alone():
 def test_ugram_stack_shape_and_rows():
     rng = np.random.default_rng(8)
     acts = [torch.from_numpy(rng.normal(size=(5, 2, 3))), torch.from_numpy(rng.normal(size=(5, 4)))]
-    g = ugram_stack(acts)
+    g, exps = ugram_stack(acts)
     assert g.shape == (2, 25) and g.dtype == torch.float64
     f = flatten(acts[0])
     f = f - f.mean(0)
-    torch.testing.assert_close(g[0], u_centre(f @ f.T).reshape(-1), rtol=0, atol=1e-12)
+    want = u_centre(f @ f.T).reshape(-1) * 2.0 ** (-2 * exps[0])  # features rescaled by 2**-e
+    torch.testing.assert_close(g[0], want, rtol=0, atol=1e-12)
+    assert [2.0 ** (e - 1) <= float(a.abs().max()) < 2.0 ** e for a, e in zip(acts, exps.tolist())] == [True] * 2
 
 
 def test_centring_before_the_gram_keeps_precision():
@@ -257,11 +261,13 @@ def test_linear_cka_error_messages():
     with pytest.raises(ClrobustError, match=r"^x and y must describe the same inputs: 5 vs 6 rows\.$"):
         linear_cka(np.ones((5, 2)), np.ones((6, 2)))
     y = np.random.default_rng(0).normal(size=(10, 3))
-    msg = r"^CKA is undefined: a representation is constant over the samples \(HSIC\(K,K\)=0, HSIC\(L,L\)=[0-9.]+\)\.$"
-    with pytest.raises(ClrobustError, match=msg):
+    msg = r"^CKA is undefined: {} is constant over the samples \(every sample has the same features\)\.$"
+    with pytest.raises(ClrobustError, match=msg.format("x")):
         linear_cka(np.ones((10, 3)), y)
-    with pytest.raises(ClrobustError, match=r"HSIC\(K,K\)=[0-9.]+, HSIC\(L,L\)=0\)"):
+    with pytest.raises(ClrobustError, match=msg.format("y")):
         linear_cka(y, np.full((10, 2), 7.0), unbiased=True)
+    with pytest.raises(ClrobustError, match=msg.format("y")):  # constant up to the rounding of its mean
+        linear_cka(y, np.full((10, 2), 0.1), unbiased=True)
 
 
 def test_streaming_state_counts_and_raw_sums():
@@ -275,7 +281,10 @@ def test_streaming_state_counts_and_raw_sums():
     for lo, hi in bounds:
         acc.update([torch.from_numpy(a[lo:hi])], [torch.from_numpy(b[lo:hi])])
     assert acc.n == 22 and acc.batches == 3
-    xy, xx, yy = acc.state()
+    xy, xx, yy = acc.state()  # relative to 2**(2 ex) and 2**(2 ey), the reference exponents
+    ex, ey = (float(t) for t in acc.exponents())
+    assert (ex, ey) == (math.frexp(float(np.abs(a).max()))[1], math.frexp(float(np.abs(b).max()))[1])
+    xy, xx, yy = xy * 2 ** (2 * ex + 2 * ey), xx * 2 ** (4 * ex), yy * 2 ** (4 * ey)
     gram = lambda m: (m - m.mean(0)) @ (m - m.mean(0)).T  # noqa: E731
     parts = [(gram(a[lo:hi]), gram(b[lo:hi])) for lo, hi in bounds]
     assert xy.item() == pytest.approx(sum(ref_hsic_unbiased(ka, kb) for ka, kb in parts), rel=1e-10)
@@ -363,9 +372,91 @@ def test_prepared_updates_equal_plain_updates_and_metric_identity():
     for a, b in zip(plain.state(), prepared.state()):
         assert torch.equal(a, b)
     assert prepared.n == 18 and prepared.batches == 2
-    assert tuple(StreamingCKA.prepare(xs).shape) == (2, 81)
+    assert tuple(StreamingCKA.prepare(xs).grams.shape) == (2, 81)
     assert StreamingCKA.name == "linear-cka" and "unbiased HSIC" in StreamingCKA.description
     empty = StreamingCKA()
     empty.ensure_state(2, 1)
     assert [tuple(t.shape) for t in empty.state()] == [(2, 1), (2,), (1,)]
     assert all(t.dtype == torch.float64 and not t.any() for t in empty.state())
+
+
+SCALES = [1e-150, 1e-100, 1e-60, 1e-20, 1.0, 1e20, 1e40, 1e60, 1e100, 1e150]
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_cka_does_not_depend_on_the_features_magnitude(xy, scale):
+    """From 1e-150 to 1e150 every form gives the float64 reference at scale 1 (the reference itself
+    overflows or underflows at most of these scales, which is why it is evaluated at 1)."""
+    x, y = xy
+    want_b, want_u = ref_cka_biased(x, y), ref_cka_unbiased([x[:30], x[30:]], [y[:30], y[30:]])
+    assert linear_cka(scale * x, scale * y) == pytest.approx(want_b, abs=1e-12)
+    assert linear_cka(scale * x, y) == pytest.approx(want_b, abs=1e-12)
+    assert linear_cka(x, scale * y, unbiased=True) == pytest.approx(ref_cka_unbiased([x], [y]), abs=1e-12)
+    acc = StreamingCKA()
+    for lo, hi in ((0, 30), (30, 60)):
+        acc.update([torch.from_numpy(scale * x[lo:hi])], [torch.from_numpy(y[lo:hi] / scale)])
+    assert acc.compute()[0, 0] == pytest.approx(want_u, abs=1e-12)
+
+
+def test_streaming_batches_of_different_magnitudes_and_processes_that_align():
+    """Batch magnitudes 1e100 apart sum as the float64 reference does at representable scales,
+    and two processes' sums add up once aligned to common reference exponents."""
+    rng = np.random.default_rng(21)
+    xs = [rng.normal(size=(10, 5)) for _ in range(3)]
+    ys = [x @ rng.normal(size=(5, 4)) + rng.normal(size=(10, 4)) for x in xs]
+    mags = [1.0, 2.0 ** 40, 2.0 ** -30]  # the reference holds these without overflow
+    want = ref_cka_unbiased([m * x for m, x in zip(mags, xs)], [y for y in ys])
+    one = StreamingCKA()
+    for m, x, y in zip(mags, xs, ys):
+        one.update([torch.from_numpy(m * x)], [torch.from_numpy(y)])
+    assert one.compute()[0, 0] == pytest.approx(want, abs=1e-12)
+    huge = StreamingCKA()  # the same data at 1e100: float64 Gram products would overflow
+    for m, x, y in zip(mags, xs, ys):
+        huge.update([torch.from_numpy(1e100 * m * x)], [torch.from_numpy(1e-100 * y)])
+    assert huge.compute()[0, 0] == pytest.approx(want, abs=1e-12)
+    ranks = [StreamingCKA(), StreamingCKA(), StreamingCKA()]  # batch 0 and 2 on rank 0, 1 on rank 1, none on 2
+    for r, m, x, y in zip((0, 1, 0), mags, xs, ys):
+        ranks[r].update([torch.from_numpy(m * x)], [torch.from_numpy(y)])
+    ranks[2].ensure_state(1, 1)
+    top = [torch.maximum(torch.maximum(a, b), c) for a, b, c in zip(*(r.exponents() for r in ranks))]
+    for r in ranks:
+        r.align(top)
+    total = ranks[0]
+    for r in ranks[1:]:
+        for a, b in zip(total.state(), r.state()):
+            a += b
+    assert total.compute()[0, 0] == pytest.approx(want, abs=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int32, torch.uint8, torch.float32])
+def test_low_precision_and_integer_features_are_upcast(xy, dtype):
+    """The CKA of the values as stored (the float64 reference of the same rounded values)."""
+    x, y = xy
+    tx = torch.from_numpy(np.abs(x) * 20).to(dtype)
+    ty = torch.from_numpy(np.abs(y) * 20).to(dtype)
+    want = ref_cka_biased(tx.double().numpy(), ty.double().numpy())
+    assert linear_cka(tx, ty) == pytest.approx(want, abs=1e-12)
+    acc = StreamingCKA()
+    acc.update([tx], [ty])
+    assert acc.compute()[0, 0] == pytest.approx(ref_cka_unbiased([tx.double().numpy()], [ty.double().numpy()]),
+                                                abs=1e-12)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda x: np.where(np.arange(60)[:, None] == 7, np.nan, x), r"x: NaN or Inf values \(first in sample 7\)"),
+    (lambda x: np.where(np.arange(60)[:, None] == 3, np.inf, x), r"x: NaN or Inf values \(first in sample 3\)"),
+    (lambda x: x[:0], r"x: empty \(\(0, 12\)\)"),
+    (lambda x: x[:, :0], r"x: empty \(\(60, 0\)\)"),
+    (lambda x: np.float64(3.0), r"x: a 0-d value"),
+    (lambda x: x + 1j * x, r"x: complex values"),
+    (lambda x: [["a"] * 12] * 60, r"x: not a numeric array"),
+])
+def test_bad_features_are_refused_by_name(xy, bad, message):
+    x, y = xy
+    with pytest.raises(ClrobustError, match=message):
+        linear_cka(bad(x), y)
+    if np.ndim(bad(x)) == 2 and np.size(bad(x)) and not isinstance(bad(x), list):
+        with pytest.raises(ClrobustError, match=message.replace("x:", "layer 0:")):
+            StreamingCKA().update([torch.as_tensor(bad(x))], [torch.as_tensor(y)])
+    with pytest.raises(ClrobustError, match="no layers to compare"):
+        StreamingCKA().update([], [torch.as_tensor(y)])

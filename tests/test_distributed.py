@@ -22,7 +22,7 @@ def test_collectives_run_on_the_rank_device_and_write_back(monkeypatch):
 
     seen = []
 
-    def fake_all_reduce(t):
+    def fake_all_reduce(t, op=None):
         seen.append(t.device)
         t.mul_(3)  # as if three ranks held the same values
 

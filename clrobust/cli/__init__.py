@@ -7,9 +7,11 @@ every command registered here explicitly.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
+import traceback
 from typing import Any, List, Optional
 
 import click
@@ -18,9 +20,25 @@ import clrobust
 from clrobust.cli import analysis, audit, checkpoints, compare, train, zoo
 from clrobust.errors import ClrobustError
 
+DEBUG_ENV = "CLROBUST_DEBUG"
+
+
+def _debug_requested(argv: List[str]) -> bool:
+    """--debug before the command name, or CLROBUST_DEBUG set to anything but 0/empty."""
+    if os.environ.get(DEBUG_ENV, "").strip() not in ("", "0"):
+        return True
+    for arg in argv:
+        if not arg.startswith("-"):
+            return False  # the command name: later options belong to the command
+        if arg == "--debug":
+            return True
+    return False
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(clrobust.__version__, prog_name="clrobust")
+@click.option("--debug", is_flag=True, expose_value=False, is_eager=True,
+              help=f"Show the full traceback of an error instead of one line (or set {DEBUG_ENV}=1).")
 def cli() -> None:
     """How adversarial training changes what an image encoder learns, layer by layer.
 
@@ -43,34 +61,54 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _fail(message: str, code: int, debug: bool) -> None:
+    """Print ``message`` on one line (after the traceback with --debug) and exit with ``code``."""
+    if debug and sys.exc_info()[0] is not None:
+        traceback.print_exc()
+    click.echo(message, err=True)
+    sys.exit(code)
+
+
+def _unexpected(exc: BaseException) -> str:
+    """The one line for an exception no check anticipated: what it was, and how to see more."""
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return "error: out of memory; use a smaller --batch-size or fewer --n-samples."
+    if isinstance(exc, OSError) and exc.errno is not None:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"error: {_one_line(exc.strerror or exc)}{where}; check the path, its permissions and free space."
+    detail = _one_line(exc) or "(no message)"
+    return (f"error: unexpected {type(exc).__name__}: {detail[:300]}; run again with --debug "
+            f"(or {DEBUG_ENV}=1) for the traceback, and report it if the input was valid.")
+
+
 def main(argv: Optional[List[str]] = None) -> None:
-    """Entry point: bad input prints one line and exits with status 2; Ctrl-C exits 130, SIGTERM 143."""
+    """Entry point: every failure is one line on stderr. Bad input exits 2, a runtime failure 1,
+    Ctrl-C 130, SIGTERM 143; ``--debug`` (or ``CLROBUST_DEBUG=1``) adds the traceback."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_requested(args)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        cli.main(args=argv, prog_name="clrobust", standalone_mode=False)
+        cli.main(args=args, prog_name="clrobust", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("aborted.", err=True)
-        sys.exit(130)
+        _fail("aborted.", 130, debug)
     except click.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx is not None else "clrobust"
-        message = " ".join(exc.format_message().split())
-        click.echo(f"error: {message} (see '{command} --help')", err=True)
-        sys.exit(exc.exit_code)
+        _fail(f"error: {_one_line(exc.format_message())} (see '{command} --help')", exc.exit_code, debug)
     except click.ClickException as exc:
-        click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
-        sys.exit(exc.exit_code)
+        _fail(f"error: {_one_line(exc.format_message())}", exc.exit_code, debug)
     except ClrobustError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        _fail(f"error: {_one_line(exc)}", exc.exit_code, debug)
     except KeyboardInterrupt:
-        click.echo("interrupted: nothing was written to --out (a resumable job resumes when run again).",
-                   err=True)
-        sys.exit(130)
+        _fail("interrupted: nothing was written to --out (a resumable job resumes when run again).", 130, debug)
     except Terminated:
-        click.echo("terminated: nothing was written to --out (a resumable job resumes when run again).",
-                   err=True)
-        sys.exit(143)
+        _fail("terminated: nothing was written to --out (a resumable job resumes when run again).", 143, debug)
+    except Exception as exc:  # the last net: one line, never a bare traceback
+        _fail(_unexpected(exc), 1, debug)
 
 
-__all__ = ["cli", "main"]
+__all__ = ["cli", "main", "DEBUG_ENV"]

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from clrobust.cli.options import (
+    COUNT,
     attack_options,
     attack_spec,
     classifier_option,
@@ -27,12 +28,12 @@ from clrobust.figures import FAMILIES
 @click.option("--layers", default="blocks", show_default=True,
               help="blocks, all, or comma-separated glob patterns such as 'layer3.*,avgpool'.")
 @attack_options
-@click.option("--n-train", default=2000, show_default=True, type=int,
+@click.option("--n-train", default=2000, show_default=True, type=COUNT,
               help="Train images the probes are fitted on (the first N of the train split); also the "
                    "probe of a model without a classifier of its own.")
-@click.option("--n-samples", default=512, show_default=True, type=int,
+@click.option("--n-samples", default=512, show_default=True, type=COUNT,
               help="Test images the probes are evaluated on, clean and adversarial (the first N).")
-@click.option("--batch-size", default=128, show_default=True, type=int)
+@click.option("--batch-size", default=128, show_default=True, type=COUNT)
 @model_options
 @classifier_option
 @seed_option
@@ -82,10 +83,10 @@ def probe_layers(model, data, data_root, layers, attack, eps, steps, alpha, n_tr
 @data_options
 @click.option("--layers", default="blocks", show_default=True, help="blocks, all, or glob patterns.")
 @attack_options
-@click.option("--n-samples", default=512, show_default=True, type=int, help="Test images (the first N).")
-@click.option("--n-train", default=1000, show_default=True, type=int,
+@click.option("--n-samples", default=512, show_default=True, type=COUNT, help="Test images (the first N).")
+@click.option("--n-train", default=1000, show_default=True, type=COUNT,
               help="Train images for the linear probes (at-probes, and models without a classifier).")
-@click.option("--batch-size", default=128, show_default=True, type=int)
+@click.option("--batch-size", default=128, show_default=True, type=COUNT)
 @click.option("--models", default=None,
               help="Replace models: NAME=PATH items (comma-separated) swap a default zoo model everywhere; "
                    "a plain comma-separated list gives one family's models in order.")

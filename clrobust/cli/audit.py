@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from clrobust.cli.options import (
+    COUNT,
     EPS_LIST,
     classifier_option,
     data_options,
@@ -29,8 +30,8 @@ from clrobust.cli.options import (
 @click.option("--attacks", default="fgsm,pgd20,apgd-ce,autoattack,tm1-pgd20", show_default=True,
               help="fgsm, pgd20, apgd-ce, autoattack (threat model II, end to end) and tm1-pgd20 "
                    "(threat model I: label-free representation attack, then the linear head).")
-@click.option("--n-samples", default=200, show_default=True, type=int, help="Test images (the first N).")
-@click.option("--batch-size", default=100, show_default=True, type=int)
+@click.option("--n-samples", default=200, show_default=True, type=COUNT, help="Test images (the first N).")
+@click.option("--batch-size", default=100, show_default=True, type=COUNT)
 @model_options
 @classifier_option
 @probe_train_option()

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from clrobust.cli.options import (
+    COUNT,
     attack_options,
     attack_spec,
     classifier_option,
@@ -30,8 +31,9 @@ from clrobust.metrics import METRICS
               help="blocks (stem, every residual block, pooled feature), all (every conv/bn/relu/block), "
                    "or comma-separated glob patterns such as 'layer3.*,avgpool'.")
 @attack_options
-@click.option("--n-samples", default=512, show_default=True, type=int, help="Images to use (the first N of the split).")
-@click.option("--batch-size", default=128, show_default=True, type=int,
+@click.option("--n-samples", default=512, show_default=True, type=COUNT,
+              help="Images to use (the first N of the split).")
+@click.option("--batch-size", default=128, show_default=True, type=COUNT,
               help="Images per batch; each batch adds one unbiased-HSIC term to minibatch CKA.")
 @click.option("--metric", type=click.Choice(list(METRICS)), default="linear-cka", show_default=True,
               help="Similarity of two recordings, layer pair by layer pair (clrobust.metrics registry).")

@@ -7,6 +7,7 @@ never from copied lists.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Optional
 
 import click
@@ -41,6 +42,32 @@ class EpsType(click.ParamType):
             self.fail(str(exc), param, ctx)
         return text
 
+
+class PositiveFloat(click.ParamType):
+    """A finite float above zero (``zero_ok``: zero too): nan, inf and negatives are refused by name."""
+
+    name = "float"
+
+    def __init__(self, zero_ok: bool = False) -> None:
+        self.zero_ok = zero_ok
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number.", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        if number < 0 or (number == 0 and not self.zero_ok):
+            self.fail(f"{value!r} must be {'at least 0' if self.zero_ok else 'above 0'}.", param, ctx)
+        return number
+
+
+#: Counts of things (images, steps, epochs ...): at least 1, or at least 0.
+COUNT = click.IntRange(min=1)
+COUNT0 = click.IntRange(min=0)
+POSITIVE = PositiveFloat()
+NONNEGATIVE = PositiveFloat(zero_ok=True)
 
 EPS = EpsType()
 EPS_LIST = EpsType(many=True)
@@ -114,8 +141,8 @@ def data_options(f: F) -> F:
 
 def attack_options(f: F) -> F:
     """--attack, --eps, --steps, --alpha of the attack crafted against each model."""
-    f = click.option("--alpha", default=None, type=float, help="Attack step size [2.5 eps / steps].")(f)
-    f = click.option("--steps", default=10, show_default=True, type=int, help="Attack iterations.")(f)
+    f = click.option("--alpha", default=None, type=POSITIVE, help="Attack step size [2.5 eps / steps].")(f)
+    f = click.option("--steps", default=10, show_default=True, type=COUNT, help="Attack iterations.")(f)
     f = click.option("--eps", default="8/255", show_default=True, type=EPS,
                      help="Attack radius: 8/255 or 0.0314 (L2: 0.5).")(f)
     f = click.option("--attack", type=click.Choice(list(ATTACKS)), default="pgd", show_default=True,
@@ -135,7 +162,7 @@ def attack_spec(attack: str, eps: str, steps: int, alpha: Optional[float], seed:
 def probe_train_option(default: Optional[int] = None, name: str = "--probe-train") -> Callable[[F], F]:
     """Train images a linear probe is fitted on (head-less encoders, per-layer probes)."""
     shown = "all" if default is None else str(default)
-    return click.option(name, "probe_train", default=default, type=int,
+    return click.option(name, "probe_train", default=default, type=COUNT,
                         help=f"Train images (the first N) a linear probe is fitted on, for models without a "
                              f"classifier of their own [{shown}].")
 

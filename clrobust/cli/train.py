@@ -7,7 +7,17 @@ from pathlib import Path
 import click
 
 from clrobust.attacks import parse_eps
-from clrobust.cli.options import EPS, data_options, load_options, progress_option, seed_option
+from clrobust.cli.options import (
+    COUNT,
+    COUNT0,
+    EPS,
+    NONNEGATIVE,
+    POSITIVE,
+    data_options,
+    load_options,
+    progress_option,
+    seed_option,
+)
 from clrobust.errors import ClrobustError
 from clrobust.train.trainer import ADV_METHODS, AUGMENTS, SCENARIOS, SCHEMES
 
@@ -23,21 +33,22 @@ from clrobust.train.trainer import ADV_METHODS, AUGMENTS, SCENARIOS, SCHEMES
                    "a view and its perturbed copy) or clae (batch-wise, dual batch-norm).")
 @click.option("--arch", default="resnet18", show_default=True,
               help="resnet18, resnet34, resnet50, preact-resnet18 or wrn-DEPTH-WIDEN (e.g. wrn-16-4).")
-@click.option("--width", default=16, show_default=True, type=int,
+@click.option("--width", default=16, show_default=True, type=COUNT,
               help="Base (stem) width (64 = standard ResNet, 16 = standard WRN).")
-@click.option("--epochs", default=20, show_default=True, type=int, help="Pre-training epochs.")
-@click.option("--batch-size", default=256, show_default=True, type=int)
-@click.option("--lr", default=None, type=float,
+@click.option("--epochs", default=20, show_default=True, type=COUNT0, help="Pre-training epochs.")
+@click.option("--batch-size", default=256, show_default=True, type=COUNT)
+@click.option("--lr", default=None, type=POSITIVE,
               help="Pre-training learning rate [Adam 1e-3 contrastive, SGD 0.05 supervised].")
-@click.option("--temperature", default=None, type=float, help="Contrastive temperature [0.5 SimCLR, 0.1 SupCon].")
+@click.option("--temperature", default=None, type=POSITIVE, help="Contrastive temperature [0.5 SimCLR, 0.1 SupCon].")
 @click.option("--eps", default="8/255", show_default=True, type=EPS, help="L-inf radius of training attacks.")
-@click.option("--attack-steps", default=None, type=int, help="PGD steps in training [5; CLAE 1 = FGSM].")
-@click.option("--attack-alpha", default=None, type=float, help="Step size [max(2.5 eps/steps, 0.01); CLAE eps].")
-@click.option("--clae-weight", default=1.0, show_default=True, type=float, help="CLAE: weight of the adversarial loss.")
+@click.option("--attack-steps", default=None, type=COUNT, help="PGD steps in training [5; CLAE 1 = FGSM].")
+@click.option("--attack-alpha", default=None, type=POSITIVE, help="Step size [max(2.5 eps/steps, 0.01); CLAE eps].")
+@click.option("--clae-weight", default=1.0, show_default=True, type=NONNEGATIVE,
+              help="CLAE: weight of the adversarial loss.")
 @click.option("--augment", type=click.Choice(list(AUGMENTS)), default=None,
               help="Pre-training views: simclr (resized crop, flip, colour jitter, grayscale) or "
                    "crop-flip (padded crop and flip) [simclr for simclr/supcon, crop-flip for supervised].")
-@click.option("--classifier-epochs", default=10, show_default=True, type=int,
+@click.option("--classifier-epochs", default=10, show_default=True, type=COUNT0,
               help="Epochs of adversarial classifier training (pat) or fine-tuning (fat).")
 @click.option("--init", default=None, help="Start from this zoo model or checkpoint's encoder (skips pre-training).")
 @click.option("--init-format", default=None,
@@ -49,8 +60,8 @@ from clrobust.train.trainer import ADV_METHODS, AUGMENTS, SCENARIOS, SCHEMES
 @click.option("--init-trust-checkpoint", is_flag=True,
               help="How --init is read: allow full unpickling (only for trusted sources).")
 @data_options
-@click.option("--n-train", default=None, type=int, help="Use only the first N training images.")
-@click.option("--eval-samples", default=None, type=int, help="Test images for the final evaluation [all].")
+@click.option("--n-train", default=None, type=COUNT, help="Use only the first N training images.")
+@click.option("--eval-samples", default=None, type=COUNT, help="Test images for the final evaluation [all].")
 @seed_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint path without suffix: writes OUT.safetensors, OUT.json, OUT.history.csv.")
