@@ -46,6 +46,7 @@ class AuditSettings:
     models: Sequence[str]
     data: str = "cifar10-mini"
     data_root: Optional[str] = None
+    skip_bad_images: bool = False
     split: str = "test"
     eps: Sequence[float] = (2 / 255, 4 / 255, 8 / 255)
     l2_eps: Sequence[float] = ()
@@ -255,7 +256,8 @@ def _audit(settings: AuditSettings, out: Path, labels: List[str], overwrite: boo
     """Every model's rows: clean, each attack and the worst case, resumed from the cache where it has them."""
     cache_path = out / "audit-cache.json"
     cache = _read_cache(cache_path, settings, overwrite, main)
-    data = load_dataset(settings.data, settings.split, settings.data_root).subset(settings.n_samples)
+    data = load_dataset(settings.data, settings.split, settings.data_root,
+                        skip_bad=settings.skip_bad_images).subset(settings.n_samples)
     train = None
     rows: List[AuditRow] = []
     models_info: Dict[str, Any] = {}
@@ -265,7 +267,8 @@ def _audit(settings: AuditSettings, out: Path, labels: List[str], overwrite: boo
         net = lm.network
         choose_classifier(lm, data.num_classes, settings.data, settings.classifier)
         if not lm.has_classifier and train is None:
-            train = load_dataset(settings.data, "train", settings.data_root).subset(settings.probe_train)
+            train = load_dataset(settings.data, "train", settings.data_root,
+                                 skip_bad=settings.skip_bad_images).subset(settings.probe_train)
         info = ensure_classifier(lm, train, settings.seed, progress and main)
         models_info[lm.label] = {**lm.describe(), **info}
         weights = weights_hash(net)

@@ -40,6 +40,7 @@ class CompareSettings:
     models: Sequence[str]
     data: str = "cifar10-mini"
     data_root: Optional[str] = None
+    skip_bad_images: bool = False
     split: str = "test"
     layers: str = "blocks"
     attack: AttackSpec = field(default_factory=AttackSpec)
@@ -54,7 +55,8 @@ class CompareSettings:
 
     def to_dict(self) -> Dict[str, Any]:
         """The settings as settings.json records them."""
-        return {"models": list(self.models), "data": self.data, "data_root": self.data_root, "split": self.split,
+        return {"models": list(self.models), "data": self.data, "data_root": self.data_root,
+                "skip_bad_images": self.skip_bad_images, "split": self.split,
                 "layers": self.layers, "attack": self.attack.to_dict(), "n_samples": self.n_samples,
                 "batch_size": self.batch_size, "seed": self.seed, "device": self.device,
                 "load_options": self.load_options.kwargs(), "probe_train": self.probe_train,
@@ -222,14 +224,16 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
     labels = _labels(loaded)
     nets = {lab: lm.network for lab, lm in zip(labels, loaded)}
     names = {lab: layer_names(net, settings.layers) for lab, net in nets.items()}
-    data = load_dataset(settings.data, settings.split, settings.data_root).subset(settings.n_samples)
+    data = load_dataset(settings.data, settings.split, settings.data_root,
+                        skip_bad=settings.skip_bad_images).subset(settings.n_samples)
     for lab, lm in zip(labels, loaded):
         lm.label = lab
         choose_classifier(lm, data.num_classes, settings.data, settings.classifier)
     settings.attack.n_classes = data.num_classes
     classifiers: Dict[str, Any] = {}
     if any(not lm.has_classifier for lm in loaded):
-        train = load_dataset(settings.data, "train", settings.data_root).subset(settings.probe_train)
+        train = load_dataset(settings.data, "train", settings.data_root,
+                             skip_bad=settings.skip_bad_images).subset(settings.probe_train)
         for lab, lm in zip(labels, loaded):
             classifiers[lab] = ensure_classifier(lm, train, settings.seed, progress)
     timings["load"] += time.perf_counter() - t

@@ -31,7 +31,7 @@ def layer_names(model: nn.Module, layers: Union[str, Sequence[str]] = "blocks") 
     """Resolve a layer set or glob patterns to module names, in forward (execution) order.
 
     Raises:
-        ClrobustError: a pattern that matches no module (the message lists valid names).
+        ClrobustError: no pattern, or a pattern that matches no module (the message lists valid names).
     """
     enc = _encoder(model)
     modules = dict(enc.named_modules())
@@ -47,7 +47,10 @@ def layer_names(model: nn.Module, layers: Union[str, Sequence[str]] = "blocks") 
             return execution_order(model, candidates)
         patterns = [p.strip() for p in layers.split(",") if p.strip()]
     else:
-        patterns = list(layers)
+        patterns = [p for p in layers if p.strip()]
+    if not patterns:
+        raise ClrobustError("no layers given (--layers is empty); use blocks, all, or comma-separated names or "
+                            "glob patterns such as 'layer3.*,avgpool'.")
     chosen: List[str] = []
     for pat in patterns:
         hits = [n for n in modules if fnmatch.fnmatchcase(n, pat)]

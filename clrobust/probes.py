@@ -93,10 +93,13 @@ def pool_flatten(act: torch.Tensor, size: int = POOL_SIZE) -> torch.Tensor:
 
 def feature_key(net: nn.Module, layers: Sequence[str], train: ImageData, test: ImageData,
                 attack: AttackSpec, batch_size: int) -> str:
-    """Cache key: the model's weights, the layers, the data (name, split, size), the attack, batching, pooling."""
+    """Cache key: the model's weights, the layers, the images (their pixels and labels, so any data root,
+    split or subset), the attack and its seed, batching, pooling and the library versions."""
     desc = {"model": weights_hash(net), "layers": list(layers),
-            "train": [train.name, train.split, len(train)], "test": [test.name, test.split, len(test)],
-            "attack": attack.to_dict(), "batch_size": batch_size, "pool": POOL_SIZE, "v": 1}
+            "train": [train.name, train.split, len(train), train.fingerprint()],
+            "test": [test.name, test.split, len(test), test.fingerprint()],
+            "attack": attack.to_dict(), "batch_size": batch_size, "pool": POOL_SIZE, "versions": versions(),
+            "v": 2}
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -132,8 +135,9 @@ def extract_features(net: nn.Module, train: ImageData, test: ImageData, layers: 
         feats = _MEMORY[key]
         return replace(feats, from_cache="memory")
     path = Path(cache_dir) / f"features-{key}.npz" if cache_dir is not None else None
-    if path is not None and path.exists():
-        feats = _load_npz(path, names)
+    feats_read = _load_npz(path, names) if path is not None and path.exists() else None
+    if feats_read is not None:
+        feats = feats_read
         feats.from_cache = "disk"
     else:
         stage = Stage({"model": net}, {"model": names}, attack, device)
@@ -172,7 +176,11 @@ def _save_npz(path: Path, f: LayerFeatures) -> None:
     tmp.replace(path)
 
 
-def _load_npz(path: Path, names: List[str]) -> LayerFeatures:
+def _load_npz(path: Path, names: List[str]) -> Optional[LayerFeatures]:
+    """The cached features at ``path``; None (after a one-line warning) when the file is unreadable."""
+    import warnings
+    import zipfile
+
     try:
         with np.load(path) as z:
             meta = json.loads(str(z["meta"]))
@@ -183,8 +191,10 @@ def _load_npz(path: Path, names: List[str]) -> LayerFeatures:
                                  {names[i]: z[f"clean_{i}"] for i in range(n)},
                                  {names[i]: z[f"adv_{i}"] for i in range(n)},
                                  z["train_labels"], z["test_labels"], meta["model_accuracy"])
-    except (OSError, ValueError, KeyError) as exc:
-        raise ClrobustError(f"feature cache {str(path)!r} is unreadable ({exc}); delete it to recompute.") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        warnings.warn(f"feature cache {str(path)!r} is unreadable ({' '.join(str(exc).split())[:120]}); "
+                      "recomputing it.", stacklevel=3)
+        return None
 
 
 def fit_probe(train_x: np.ndarray, train_y: np.ndarray, tests: Mapping[str, Tuple[np.ndarray, np.ndarray]],
@@ -268,6 +278,7 @@ class ProbeSettings:
     model: str
     data: str = "cifar10-mini"
     data_root: Optional[str] = None
+    skip_bad_images: bool = False
     layers: str = "blocks"
     attack: AttackSpec = field(default_factory=AttackSpec)
     n_train: Optional[int] = 2000
@@ -281,7 +292,8 @@ class ProbeSettings:
 
     def to_dict(self) -> Dict[str, Any]:
         """The settings as settings.json records them."""
-        return {"model": self.model, "data": self.data, "data_root": self.data_root, "layers": self.layers,
+        return {"model": self.model, "data": self.data, "data_root": self.data_root,
+                "skip_bad_images": self.skip_bad_images, "layers": self.layers,
                 "attack": self.attack.to_dict(), "n_train": self.n_train, "n_samples": self.n_samples,
                 "batch_size": self.batch_size, "seed": self.seed, "device": self.device, "cache": self.cache,
                 "load_options": self.load_options.kwargs(), "classifier": self.classifier}
@@ -377,8 +389,8 @@ def _probe_job(s: ProbeSettings, out: Path, progress: bool) -> ProbeLayersResult
     from clrobust.heads import choose_classifier, ensure_classifier
 
     lm = load(s.model, device=s.device, **s.load_options.kwargs())
-    train = load_dataset(s.data, "train", s.data_root).subset(s.n_train)
-    test = load_dataset(s.data, "test", s.data_root).subset(s.n_samples)
+    train = load_dataset(s.data, "train", s.data_root, skip_bad=s.skip_bad_images).subset(s.n_train)
+    test = load_dataset(s.data, "test", s.data_root, skip_bad=s.skip_bad_images).subset(s.n_samples)
     choose_classifier(lm, test.num_classes, s.data, s.classifier)
     head = ensure_classifier(lm, train, s.seed, progress)  # the end-to-end attack needs a real head
     r = probe_layers(lm.network, train, test, s.layers, s.attack, s.batch_size, s.seed, progress,

@@ -201,3 +201,20 @@ def test_empty_folders(tmp_path):
         load_dataset("cifar10", "test", str(tmp_path))
     with pytest.raises(ClrobustError, match="no images|empty"):
         load_dataset("imagefolder", "test", str(tmp_path))
+
+
+def test_an_unreadable_image_is_named_and_skipped_only_when_asked(tmp_path):
+    from PIL import Image
+
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(tmp_path / cls / "good.png")
+    (tmp_path / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 30)  # a PNG signature, no image
+    (tmp_path / "cat" / "text.jpg").write_text("not a jpeg")
+    with pytest.raises(ClrobustError, match=r"^image '.*text\.jpg' cannot be read \(.*\); fix or remove it, "
+                                            r"or pass --skip-bad-images to leave such files out\.$"):
+        load_dataset("imagefolder", "test", str(tmp_path))
+    with pytest.warns(UserWarning, match=r"left out 2 unreadable image\(s\) of .*: '.*text\.jpg', '.*broken\.png'"):
+        data = load_dataset("imagefolder", "test", str(tmp_path), skip_bad=True)
+    assert data.labels.tolist() == [0, 1] and data.images.shape == (2, 3, 32, 32)
+    assert int(data.images.min()) == int(data.images.max()) == 90

@@ -289,7 +289,18 @@ def test_probe_layers_tiny_model_and_cache(tmp_path, tiny_checkpoints):
     clear_memory_cache()
     disk = probe_layers(net, train, test, "stem,layer2.?,avgpool", spec, 8, 0, False, tmp_path)
     assert disk.features == "disk" and disk.adversarial_accuracy == r.adversarial_accuracy
-    assert len(list(tmp_path.glob("features-*.npz"))) == 1
+    (cached,) = tmp_path.glob("features-*.npz")
+    # Other images of the same size and split (another data root, another subset) are another key.
+    other = ImageData(test.name, test.split, test.images.flip(0), test.labels.flip(0), test.classes)
+    clear_memory_cache()
+    assert probe_layers(net, train, other, "stem,layer2.?,avgpool", spec, 8, 0, False, tmp_path).features == "computed"
+    assert len(list(tmp_path.glob("features-*.npz"))) == 2
+    # A corrupt cache file is reported in one line and recomputed.
+    cached.write_bytes(b"PK\x03\x04 truncated")
+    clear_memory_cache()
+    with pytest.warns(UserWarning, match=r"feature cache '.*' is unreadable \(.*\); recomputing it\.$"):
+        fresh = probe_layers(net, train, test, "stem,layer2.?,avgpool", spec, 8, 0, False, tmp_path)
+    assert fresh.features == "computed" and fresh.adversarial_accuracy == r.adversarial_accuracy
 
 
 PROBE_CSV_HEADER = ["layer_index", "layer", "feature_dim", "train_accuracy", "clean_accuracy", "adversarial_accuracy"]

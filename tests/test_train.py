@@ -296,6 +296,11 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     with pytest.raises(Stop):
         t.run()
     assert (tmp_path / "cut.state.pt").exists()
+    saved = (tmp_path / "cut.state.pt").read_bytes()
+    with pytest.raises(ClrobustError, match=r"cut.state.pt': it was saved by a run with other settings .*; "
+                                            r"delete it to start from scratch, or run without --resume\.$"):
+        Trainer(TrainConfig(**{**cfg, "lr": 0.5}), tmp_path / "cut", progress=False).run(resume=True)
+    assert (tmp_path / "cut.state.pt").read_bytes() == saved  # refused, untouched
     Trainer(TrainConfig(**cfg), tmp_path / "cut", progress=False).run(resume=True)
     assert _curve(tmp_path / "cut.history.csv") == _curve(tmp_path / "full.history.csv")
     a, _ = load_network(tmp_path / "full.safetensors")

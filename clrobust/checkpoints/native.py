@@ -87,29 +87,80 @@ def load_network(path: Union[str, Path], adversarial_bn: bool = False) -> Tuple[
     if not weights.exists():
         raise ClrobustError(f"checkpoint {str(path)!r} not found: give a zoo name "
                             "(see `clrobust zoo`) or the path of a .safetensors file.")
+    where = f"checkpoint {str(weights)!r}"
     try:
         with safe_open(str(weights), "pt") as f:
             header = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            if header.get("format") != FORMAT or "model" not in header:
+                raise ClrobustError(f"{str(weights)!r} is a safetensors file but not a clrobust checkpoint "
+                                    "(no model config in its header).")
+            config = _header_config(header["model"], where)
+            plan = plan_network(config, where)
+            expected = {k: tuple(v.shape) for k, v in plan.state_dict().items()}
+            if expected != shapes:
+                difference = _shape_difference(expected, shapes)
+                raise ClrobustError(f"{where} does not match its own model config ({difference}); "
+                                    "the file is damaged.")
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ClrobustError(f"checkpoint {str(weights)!r} is corrupt or not a safetensors file "
-                            f"({exc}); re-download or re-train it.") from None
-    if header.get("format") != FORMAT or "model" not in header:
-        raise ClrobustError(f"{str(weights)!r} is a safetensors file but not a clrobust checkpoint "
-                            "(no model config in its header).")
-    config = ModelConfig.from_dict(json.loads(header["model"]))
+        raise ClrobustError(f"{where} is corrupt or not a safetensors file "
+                            f"({' '.join(str(exc).split())}); re-download or re-train it.") from None
     net = create_model(config)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ClrobustError(f"checkpoint {str(weights)!r} does not match its own model config "
-                            f"({first}); the file is damaged.") from None
+    net.load_state_dict(state)
     if adversarial_bn:
         _use_adversarial_bn(net, weights)
     net.eval()
     meta = read_metadata(weights)
     return net, meta
+
+
+#: Memory a model's parameters and buffers may need before loading is refused (GiB); the
+#: environment variable CLROBUST_MAX_MODEL_GB raises it.
+MAX_MODEL_GB = 8.0
+
+
+def _header_config(text: str, where: str) -> ModelConfig:
+    """The model config of a native header, parsed and validated before anything is built."""
+    try:
+        raw = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        raise ClrobustError(f"{where}: the model config in its header is not JSON; the file is damaged.") from None
+    return ModelConfig.checked(raw, where)
+
+
+def plan_network(config: ModelConfig, where: str) -> Network:
+    """The network of ``config`` built on the meta device (no memory), after checking the memory
+    its parameters and buffers would need against :data:`MAX_MODEL_GB`.
+
+    Raises:
+        ClrobustError: a config that cannot be built, or one above the limit.
+    """
+    import os
+
+    with torch.device("meta"):
+        plan = create_model(config)
+    need = sum(t.numel() * t.element_size() for t in plan.state_dict().values()) / 2 ** 30
+    try:
+        limit = float(os.environ.get("CLROBUST_MAX_MODEL_GB", MAX_MODEL_GB))
+    except ValueError:
+        raise ClrobustError("CLROBUST_MAX_MODEL_GB is not a number; set it to a size in GiB.") from None
+    if need > limit:
+        raise ClrobustError(f"{where}: its model config ({config.arch}, width {config.width}) needs "
+                            f"{need:.1f} GiB for its weights alone, above the {limit:g} GiB limit; set "
+                            "CLROBUST_MAX_MODEL_GB to load it anyway.")
+    return plan
+
+
+def _shape_difference(expected: Dict[str, Tuple[int, ...]], found: Dict[str, Tuple[int, ...]]) -> str:
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    if missing:
+        return f"{len(missing)} tensor(s) missing, e.g. {missing[0]!r}"
+    if extra:
+        return f"{len(extra)} unexpected tensor(s), e.g. {extra[0]!r}"
+    k = next(k for k in expected if expected[k] != found[k])
+    return f"{k!r} has shape {list(found[k])}, the config needs {list(expected[k])}"
 
 
 def _use_adversarial_bn(net: Network, weights: Path) -> None:

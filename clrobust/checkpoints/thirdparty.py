@@ -67,7 +67,7 @@ def load_checkpoint(path: Union[str, Path], arch: Optional[str] = None, normaliz
     Raises:
         ClrobustError: unreadable or unsafe file, unknown layout, missing weights.
     """
-    from clrobust.checkpoints.native import is_native, load_native
+    from clrobust.checkpoints.native import is_native, load_native, plan_network
 
     if arch is not None:
         architecture(arch)  # a ClrobustError naming the known architectures
@@ -88,6 +88,7 @@ def load_checkpoint(path: Union[str, Path], arch: Optional[str] = None, normaliz
     config = ModelConfig(arch=guess.arch, width=guess.width, stem=guess.stem, num_classes=num_classes,
                          proj_dim=None, mean=norm[0] if norm else None, std=norm[1] if norm else None,
                          dual_bn=guess.dual_bn, extra={"source_format": fmt.name, "source": str(path)})
+    plan_network(config, f"checkpoint {str(path)!r}")
     net = create_model(config)
     missing = _load_encoder(net, mapped, fmt, strict, path)
     if classifier and tuple(classifier["weight"].shape) == tuple(net.classifier.weight.shape):

@@ -42,7 +42,8 @@ from clrobust.figures import FAMILIES
               help="Keep the layer features in OUT/features/*.npz so a re-run reuses them.")
 @out_options("probe-layers-out")
 @progress_option
-def probe_layers(model, data, data_root, layers, attack, eps, steps, alpha, n_train, n_samples, batch_size,
+def probe_layers(model, data, data_root,
+                 skip_bad_images, layers, attack, eps, steps, alpha, n_train, n_samples, batch_size,
                  load_options, classifier, seed, device, cache, out, overwrite, progress):
     """A linear probe at every layer of MODEL: train, clean test and adversarial test accuracy.
 
@@ -66,7 +67,8 @@ def probe_layers(model, data, data_root, layers, attack, eps, steps, alpha, n_tr
     """
     from clrobust.probes import ProbeSettings, run_probe_layers
 
-    settings = ProbeSettings(model=model, data=data, data_root=data_root, layers=layers,
+    settings = ProbeSettings(model=model, data=data, data_root=data_root,
+                             skip_bad_images=skip_bad_images, layers=layers,
                              attack=attack_spec(attack, eps, steps, alpha, seed), n_train=n_train,
                              n_samples=n_samples, batch_size=batch_size, seed=seed, device=device, cache=cache,
                              load_options=load_options, classifier=classifier)
@@ -97,7 +99,8 @@ def probe_layers(model, data, data_root, layers, attack, eps, steps, alpha, n_tr
 @out_options("figures-out", "figures")
 @click.option("--check", is_flag=True, help="Print whether the paper's findings hold in these numbers.")
 @progress_option
-def figures(family, data, data_root, layers, attack, eps, steps, alpha, n_samples, n_train, batch_size, models,
+def figures(family, data, data_root,
+            skip_bad_images, layers, attack, eps, steps, alpha, n_samples, n_train, batch_size, models,
             load_options, classifier, seed, device, out, overwrite, check,
             progress):
     """Draw the paper's figures (PNG, PDF and the numbers as JSON) into --out.
@@ -123,7 +126,7 @@ def figures(family, data, data_root, layers, attack, eps, steps, alpha, n_sample
     subs, positional = parse_models(models, fams)
     if batch_size < 4:
         raise ClrobustError("--batch-size must be at least 4 (unbiased HSIC needs 4 samples per batch).")
-    settings = FigureSettings(data=data, data_root=data_root, layers=layers,
+    settings = FigureSettings(data=data, data_root=data_root, skip_bad_images=skip_bad_images, layers=layers,
                               attack=attack_spec(attack, eps, steps, alpha, seed), n_samples=n_samples,
                               n_train=n_train, batch_size=batch_size, seed=seed, device=device, models=subs,
                               positional=positional,

@@ -44,7 +44,8 @@ from clrobust.metrics import METRICS
 @device_option
 @out_options("compare-layers-out")
 @progress_option
-def compare_layers(models, data, data_root, split, layers, attack, eps, steps, alpha, n_samples, batch_size,
+def compare_layers(models, data, data_root,
+                   skip_bad_images, split, layers, attack, eps, steps, alpha, n_samples, batch_size,
                    metric, load_options, classifier, probe_train, seed, device,
                    out, overwrite, progress):
     """CKA between every pair of layers, on clean and adversarial inputs.
@@ -76,7 +77,8 @@ def compare_layers(models, data, data_root, split, layers, attack, eps, steps, a
     spec = attack_spec(attack, eps, steps, alpha, seed)
     if batch_size < 4:
         raise ClrobustError("--batch-size must be at least 4 (unbiased HSIC needs 4 samples per batch).")
-    settings = CompareSettings(models=models, data=data, data_root=data_root, split=split, layers=layers,
+    settings = CompareSettings(models=models, data=data, data_root=data_root,
+                               skip_bad_images=skip_bad_images, split=split, layers=layers,
                                attack=spec, n_samples=n_samples, batch_size=batch_size, seed=seed, device=device,
                                load_options=load_options, probe_train=probe_train, metric=metric,
                                classifier=classifier)

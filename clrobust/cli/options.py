@@ -132,6 +132,10 @@ def classifier_option(f: F) -> F:
 
 
 def data_options(f: F) -> F:
+    """--data, --data-root and --skip-bad-images."""
+    f = click.option("--skip-bad-images", is_flag=True,
+                     help="Image folders: leave out files that cannot be read as images (each named in a "
+                          "warning) instead of stopping at the first.")(f)
     f = click.option("--data-root", type=click.Path(file_okay=False), default=None,
                      help="Folder of cifar10/cifar100 (official python format) or of an image folder.")(f)
     f = click.option("--data", default="cifar10-mini", show_default=True,

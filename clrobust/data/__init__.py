@@ -6,6 +6,7 @@ batch is taken, so a whole CIFAR split costs 150 MB, not 600.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -53,6 +54,15 @@ class ImageData:
             raise ClrobustError(f"--n-samples must be at least 1, got {n}.")
         return ImageData(self.name, self.split, self.images[:n], self.labels[:n], self.classes)
 
+    def fingerprint(self) -> str:
+        """SHA-256 of the pixels and labels, in order: which images these are, whatever folder,
+        split or subset they came from (caches are keyed by it)."""
+        h = hashlib.sha256()
+        h.update(repr((tuple(self.images.shape), str(self.images.dtype))).encode())
+        h.update(self.images.contiguous().numpy().tobytes())
+        h.update(self.labels.to(torch.int64).contiguous().numpy().tobytes())
+        return h.hexdigest()
+
     def batches(self, batch_size: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         """Float batches in [0, 1] with their labels, in order."""
         for i in range(0, len(self), batch_size):
@@ -70,7 +80,7 @@ def embedded_path() -> Path:
 
 
 def load_dataset(name: str = "cifar10-mini", split: str = "test", root: Optional[str] = None,
-                 image_size: int = 32) -> ImageData:
+                 image_size: int = 32, skip_bad: bool = False) -> ImageData:
     """Load a data set by name.
 
     Args:
@@ -80,9 +90,12 @@ def load_dataset(name: str = "cifar10-mini", split: str = "test", root: Optional
         split: ``train`` or ``test``.
         root: folder for the non-embedded data sets.
         image_size: side length image folders are resized to.
+        skip_bad: leave out image-folder files that cannot be read as images (each one
+            named in a warning) instead of stopping at the first.
 
     Raises:
-        ClrobustError: unknown name or split, missing or empty folder.
+        ClrobustError: unknown name or split, missing or empty folder, an unreadable
+            image (named) unless ``skip_bad``.
     """
     if split not in SPLITS:
         raise ClrobustError(f"unknown split {split!r}; use one of: {', '.join(SPLITS)}.")
@@ -91,7 +104,7 @@ def load_dataset(name: str = "cifar10-mini", split: str = "test", root: Optional
     if name in ("cifar10", "cifar100"):
         return _load_cifar(name, split, root)
     if name == "imagefolder":
-        return _load_folder(split, root, image_size)
+        return _load_folder(split, root, image_size, skip_bad)
     raise ClrobustError(f"unknown data set {name!r}; use one of: {', '.join(DATASETS)}.")
 
 
@@ -141,7 +154,10 @@ def _load_cifar(name: str, split: str, root: Optional[str]) -> ImageData:
     return ImageData(name, split, torch.from_numpy(x), torch.from_numpy(y), classes)
 
 
-def _load_folder(split: str, root: Optional[str], image_size: int) -> ImageData:
+def _load_folder(split: str, root: Optional[str], image_size: int, skip_bad: bool = False) -> ImageData:
+    import warnings
+
+    from PIL import Image
     from torchvision import datasets, transforms
 
     path = _require_root("imagefolder", root)
@@ -150,12 +166,31 @@ def _load_folder(split: str, root: Optional[str], image_size: int) -> ImageData:
     tf = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size),
                              transforms.PILToTensor()])
     try:
-        ds = datasets.ImageFolder(str(path), transform=tf)
+        ds = datasets.ImageFolder(str(path), transform=tf, allow_empty=True)
     except (FileNotFoundError, RuntimeError) as exc:
         raise ClrobustError(f"no images found in {str(path)!r}: expected one sub-folder per "
                             f"class holding image files ({exc}).") from None
     if len(ds) == 0:
-        raise ClrobustError(f"image folder {str(path)!r} is empty.")
-    xs, ys = zip(*(ds[i] for i in range(len(ds))))
-    x = torch.stack([t.expand(3, -1, -1) if t.shape[0] == 1 else t[:3] for t in xs])
+        raise ClrobustError(f"image folder {str(path)!r} is empty: expected one sub-folder per class holding "
+                            "image files (.png, .jpg ...).")
+    xs, ys, bad = [], [], []
+    for file, label in ds.samples:
+        try:
+            with Image.open(file) as im:
+                im.load()
+                t = tf(im.convert("RGB"))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:  # PIL's unreadable-image errors
+            if not skip_bad:
+                raise ClrobustError(f"image {file!r} cannot be read ({' '.join(str(exc).split())[:150]}); "
+                                    "fix or remove it, or pass --skip-bad-images to leave such files out.") from None
+            bad.append(file)
+            continue
+        xs.append(t)
+        ys.append(label)
+    if bad:
+        shown = ", ".join(repr(b) for b in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        warnings.warn(f"left out {len(bad)} unreadable image(s) of {str(path)!r}: {shown}.", stacklevel=3)
+    if not xs:
+        raise ClrobustError(f"image folder {str(path)!r} holds no readable image ({len(bad)} unreadable).")
+    x = torch.stack(xs)
     return ImageData("imagefolder", split, x, torch.as_tensor(ys, dtype=torch.long), list(ds.classes))

@@ -73,7 +73,8 @@ def compute_figures(families: Sequence[str], settings: FigureSettings, progress:
         for _, s in family_models(f, settings):
             if s not in specs:
                 specs.append(s)
-    cs = CompareSettings(models=specs, data=settings.data, data_root=settings.data_root, split="test",
+    cs = CompareSettings(models=specs, data=settings.data, data_root=settings.data_root,
+                         skip_bad_images=settings.skip_bad_images, split="test",
                          layers=settings.layers, attack=replace(settings.attack), n_samples=settings.n_samples,
                          batch_size=settings.batch_size, seed=settings.seed, device=settings.device,
                          load_options=settings.load_options, probe_train=settings.n_train,
@@ -96,8 +97,10 @@ def compute_probes(family: str, settings: FigureSettings, progress: bool = True,
     from clrobust.heads import choose_classifier, ensure_classifier
     from clrobust.probes import probe_layers
 
-    train = load_dataset(settings.data, "train", settings.data_root).subset(settings.n_train)
-    test = load_dataset(settings.data, "test", settings.data_root).subset(settings.n_samples)
+    train = load_dataset(settings.data, "train", settings.data_root,
+                         skip_bad=settings.skip_bad_images).subset(settings.n_train)
+    test = load_dataset(settings.data, "test", settings.data_root,
+                        skip_bad=settings.skip_bad_images).subset(settings.n_samples)
     res = {}
     for role, spec in family_models(family, settings):
         lm = load(spec, device=settings.device, **settings.load_options.kwargs())

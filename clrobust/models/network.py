@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Optional, Sequence, Tuple, cast
 
@@ -40,6 +41,11 @@ class ProjectionHead(nn.Module):
         return self.fc2(self.relu(self.fc1(x)))
 
 
+#: Plausible ranges of a config's integers: (lowest, highest, None allowed).
+_INT_RANGES = {"width": (1, 1024, True), "num_classes": (1, 100_000, False), "proj_dim": (1, 65_536, True),
+               "proj_hidden": (1, 65_536, True)}
+
+
 @dataclass
 class ModelConfig:
     """Everything needed to rebuild a network's modules (saved beside its weights)."""
@@ -64,6 +70,59 @@ class ModelConfig:
         d["mean"] = list(self.mean) if self.mean is not None else None
         d["std"] = list(self.std) if self.std is not None else None
         return d
+
+    @classmethod
+    def checked(cls, d: Any, where: str) -> "ModelConfig":
+        """The config a file declares, validated before any module is built: a JSON object with
+        only known keys, each of its type and in a plausible range (``where`` names the file).
+
+        Raises:
+            ClrobustError: the first problem found, named.
+        """
+        from clrobust.errors import ClrobustError
+
+        def bad(problem: str) -> ClrobustError:
+            return ClrobustError(f"{where}: model config {problem}; the file is damaged or was not written "
+                                 "by clrobust.")
+
+        if not isinstance(d, dict):
+            raise bad(f"is a JSON {type(d).__name__}, not an object")
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise bad(f"has unknown keys {', '.join(map(repr, unknown[:5]))} (a newer clrobust may read it)")
+        for key, (lo, hi, optional) in _INT_RANGES.items():
+            v = d.get(key)
+            if v is None and (optional or key not in d):
+                continue
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                raise bad(f"{key}={v!r} is not an integer from {lo} to {hi}")
+        for key in ("arch", "stem"):
+            if key in d and not isinstance(d[key], str):
+                raise bad(f"{key}={d[key]!r} is not a string")
+        for key in ("mean", "std"):
+            v = d.get(key)
+            if v is None:
+                continue
+            if (not isinstance(v, list) or len(v) not in (1, 3)
+                    or not all(isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a)
+                               for a in v)):
+                raise bad(f"{key}={v!r} is not a list of 1 or 3 finite numbers")
+            if key == "std" and not all(a > 0 for a in v):
+                raise bad(f"std={v!r} has a value that is not above 0")
+        if "dual_bn" in d and not isinstance(d["dual_bn"], bool):
+            raise bad(f"dual_bn={d['dual_bn']!r} is not true or false")
+        if "extra" in d and not isinstance(d["extra"], dict):
+            raise bad("extra is not an object")
+        from clrobust.models.registry import architecture
+        from clrobust.models.resnet import STEMS
+
+        if d.get("stem", "cifar") not in STEMS:
+            raise bad(f"stem={d['stem']!r} is not one of {', '.join(STEMS)}")
+        try:
+            architecture(d.get("arch", "resnet18"))
+        except ClrobustError as exc:
+            raise bad(f"arch: {exc}") from None
+        return cls.from_dict(d)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "ModelConfig":

@@ -19,6 +19,11 @@ WRN_NAME = re.compile(r"^wrn-(\d+)-(\d+)$")
 WRN_STEM_WIDTH = 16
 
 
+#: Plausible limits: far beyond any published WideResNet, short of building a net that fills memory.
+MAX_WRN_DEPTH = 406
+MAX_WRN_WIDEN = 64
+
+
 def parse_wrn(name: str) -> Optional[Tuple[int, int]]:
     """(depth, widen factor) of a ``wrn-D-K`` name; None for other names.
 
@@ -38,12 +43,16 @@ def check_wrn(name: str, depth: int, widen: int) -> Tuple[int, int]:
     """(depth, widen) unchanged when a WideResNet can have them.
 
     Raises:
-        ClrobustError: a depth that is not 6n + 4, or a widen factor below 1 (``name`` in the message).
+        ClrobustError: a depth that is not 6n + 4, or a widen factor below 1, or either beyond
+            :data:`MAX_WRN_DEPTH` / :data:`MAX_WRN_WIDEN` (``name`` in the message).
     """
     if depth < 10 or (depth - 4) % 6:
         raise ClrobustError(f"{name}: WideResNet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34, 40, 70 ...).")
     if widen < 1:
         raise ClrobustError(f"{name}: the widen factor must be at least 1.")
+    if depth > MAX_WRN_DEPTH or widen > MAX_WRN_WIDEN:
+        raise ClrobustError(f"{name}: depth up to {MAX_WRN_DEPTH} and widen factor up to {MAX_WRN_WIDEN} are "
+                            "supported (the largest published WideResNets are wrn-106-16 and wrn-70-16).")
     return depth, widen
 
 

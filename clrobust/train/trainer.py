@@ -56,6 +56,7 @@ class TrainConfig:
     proj_dim: int = 128
     data: str = "cifar10-mini"
     data_root: Optional[str] = None
+    skip_bad_images: bool = False
     n_train: Optional[int] = None
     epochs: int = 20
     batch_size: int = 256
@@ -173,13 +174,15 @@ class Trainer:
     def run(self, resume: bool = False) -> Dict[str, Any]:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        self.train_data = load_dataset(cfg.data, "train", cfg.data_root).subset(cfg.n_train)
-        self.test_data = load_dataset(cfg.data, "test", cfg.data_root).subset(cfg.eval_samples)
+        self.train_data = load_dataset(cfg.data, "train", cfg.data_root,
+                                       skip_bad=cfg.skip_bad_images).subset(cfg.n_train)
+        self.test_data = load_dataset(cfg.data, "test", cfg.data_root,
+                                      skip_bad=cfg.skip_bad_images).subset(cfg.eval_samples)
         self.net = self._build()
         self.out.parent.mkdir(parents=True, exist_ok=True)
         resume_state = None
         if resume and self.state_path.exists():
-            resume_state = torch.load(self.state_path, weights_only=True)
+            resume_state = self._read_state()
             self.history = list(resume_state["history"])
             self.log(f"resuming {resume_state['phase']} after epoch {resume_state['epoch'] + 1}")
         elif resume:
@@ -219,10 +222,14 @@ class Trainer:
             step = self._supervised_step
         start = 0
         if resume_state is not None and resume_state["phase"] == phase:
-            net.load_state_dict(resume_state["model"])
-            opt.load_state_dict(resume_state["optimizer"])
-            sched.load_state_dict(resume_state["scheduler"])
-            torch.set_rng_state(resume_state["rng"])
+            try:
+                net.load_state_dict(resume_state["model"])
+                opt.load_state_dict(resume_state["optimizer"])
+                sched.load_state_dict(resume_state["scheduler"])
+                torch.set_rng_state(resume_state["rng"])
+            except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+                detail = " ".join(str(exc).split())[:200]
+                raise self._bad_state(f"it does not fit this run's network ({detail})") from None
             start = resume_state["epoch"] + 1
         augment = simclr_augment() if (phase == "pretrain" and cfg.augment == "simclr") else crop_flip_augment()
         data = self.train_data
@@ -251,9 +258,47 @@ class Trainer:
             self.history.append({"phase": phase, "epoch": epoch + 1, "loss": mean,
                                  "lr": opt.param_groups[0]["lr"]})
             bar.set_postfix(loss=f"{mean:.4f}")
-            torch.save({"phase": phase, "epoch": epoch, "model": net.state_dict(),
-                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "rng": torch.get_rng_state(), "history": self.history}, self.state_path)
+            self._save_state({"phase": phase, "epoch": epoch, "model": net.state_dict(),
+                              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                              "rng": torch.get_rng_state(), "history": self.history})
+
+    # ------------------------------------------------------------------ resumable state
+    def _settings_key(self) -> str:
+        """What a resumed run must share with the run that saved the state."""
+        import json
+
+        return json.dumps(asdict(self.cfg), sort_keys=True, default=str)
+
+    def _save_state(self, state: Dict[str, Any]) -> None:
+        """Write the state next to the checkpoint, atomically (a kill mid-write leaves the last one)."""
+        import os
+
+        tmp = self.state_path.with_name(self.state_path.name + ".partial")
+        torch.save({**state, "settings": self._settings_key()}, tmp)
+        os.replace(tmp, self.state_path)
+
+    def _bad_state(self, problem: str) -> ClrobustError:
+        return ClrobustError(f"cannot resume from {str(self.state_path)!r}: {problem}; delete it to start from "
+                             "scratch, or run without --resume.")
+
+    def _read_state(self) -> Dict[str, Any]:
+        """The saved state, checked: readable without running code, complete, and from these settings."""
+        try:
+            state = torch.load(self.state_path, weights_only=True, map_location="cpu")
+        except Exception as exc:  # any unreadable file: the message says which and what to do
+            raise self._bad_state(f"the file is unreadable ({' '.join(str(exc).split())[:200]})") from None
+        kinds = {"phase": str, "epoch": int, "model": dict, "optimizer": dict, "scheduler": dict,
+                 "rng": torch.Tensor, "history": list}
+        if not isinstance(state, dict):
+            raise self._bad_state(f"it holds a {type(state).__name__}, not a training state")
+        wrong = [k for k, kind in kinds.items() if not isinstance(state.get(k), kind)]
+        if wrong:
+            raise self._bad_state(f"it lacks or mistypes {', '.join(wrong)}")
+        if state["phase"] not in ("pretrain", "pat", "fat") or state["epoch"] < 0:
+            raise self._bad_state(f"phase {state['phase']!r}, epoch {state['epoch']} is no training step")
+        if state.get("settings") != self._settings_key():
+            raise self._bad_state("it was saved by a run with other settings (resume with the same options)")
+        return state
 
     # ------------------------------------------------------------------ steps
     def _contrastive_loss(self, z1: torch.Tensor, z2: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
