@@ -64,6 +64,8 @@ class AuditSettings:
         unknown = [a for a in self.attacks if a not in AUDIT_ATTACKS]
         if unknown:
             raise ClrobustError(f"unknown attack {unknown[0]!r}; use: {', '.join(AUDIT_ATTACKS)}.")
+        if not self.attacks:
+            raise ClrobustError(f"no attack given (--attacks is empty); use some of: {', '.join(AUDIT_ATTACKS)}.")
         if not self.eps and not self.l2_eps:
             raise ClrobustError("give at least one eps (--eps or --l2-eps).")
 

@@ -144,6 +144,7 @@ class OutputFolder:
         self.active = active
         self.staging = self.out.parent / f".{self.out.name}.partial"
         self._lock: Optional[Any] = None
+        self._created: List[Path] = []
         self.files: List[Path] = []
 
     def __enter__(self) -> "OutputFolder":
@@ -152,6 +153,7 @@ class OutputFolder:
         out = self.out
         if out.exists() and not out.is_dir():
             raise ClrobustError(f"--out {str(out)!r} is a file, not a folder; choose another path.")
+        self._created = [p for p in (out, *out.parents) if not p.exists()]  # removed again if the run fails
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -167,17 +169,29 @@ class OutputFolder:
             out.mkdir(exist_ok=True)  # caches and resumable state live in --out itself
         except OSError as exc:
             self._release_lock()
+            self._remove_created()
             raise ClrobustError(f"cannot write to --out {str(out)!r} ({exc.strerror}); "
                                 "choose a folder you can write to.") from None
         except BaseException:
             self._release_lock()
+            self._remove_created()
             raise
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
         if self.active:
             shutil.rmtree(self.staging, ignore_errors=True)
             self._release_lock()
+            if exc_type is not None:
+                self._remove_created()
+
+    def _remove_created(self) -> None:
+        """A failed run leaves no folder it created, as long as nothing else was put there."""
+        for folder in self._created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
     def previous_files(self) -> List[str]:
         """Files of a complete earlier result in ``out`` (from its manifest, else the known result names)."""

@@ -75,7 +75,18 @@ def test_an_interrupted_run_leaves_nothing_that_looks_complete(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         with OutputFolder(out, ["a.json"], overwrite=False):
             raise KeyboardInterrupt
-    assert out.is_dir() and _files(out) == {} and not list(tmp_path.glob(".out.*"))
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))  # the folder it created is gone again
+    deep = tmp_path / "a" / "b" / "out"
+    with pytest.raises(KeyboardInterrupt):
+        with OutputFolder(deep, ["a.json"], overwrite=False):
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []  # parents it created too
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    with pytest.raises(KeyboardInterrupt):
+        with OutputFolder(out, ["a.json"], overwrite=False):
+            raise KeyboardInterrupt
+    assert _files(out) == {"mine.txt": b"keep"} and not list(tmp_path.glob(".out.*"))  # a folder it found stays
     with OutputFolder(out, ["a.json"], overwrite=False) as folder:  # the lock was released
         folder.commit([_Toy("a", 1)])
     assert (out / MANIFEST).exists()

@@ -32,11 +32,41 @@ def zoo_dir() -> Path:
     return clone
 
 
+#: Manifest fields shown as percentages: a number or null.
+_NUMBERS = ("clean_accuracy", "pgd20_8_255_accuracy", "tm1_pgd20_4_255_accuracy")
+
+
 def manifest(directory: Optional[Path] = None) -> Dict[str, Any]:
+    """The zoo's ``manifest.json``, checked: an object whose ``models`` is a list of objects, each
+    with a string ``name`` and ``file`` and numbers (or null) for its accuracies.
+
+    Raises:
+        ClrobustError: an unreadable or malformed manifest, the entry and field named.
+    """
     path = (directory or zoo_dir()) / "manifest.json"
     if not path.exists():
         return {"models": []}
-    return json.loads(path.read_text())
+    fix = "rebuild it with `clrobust zoo --rebuild-manifest`"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ClrobustError(f"zoo manifest {str(path)!r} is unreadable ({' '.join(str(exc).split())}); "
+                            f"{fix}.") from None
+    if not isinstance(data, dict) or not isinstance(data.get("models", []), list):
+        raise ClrobustError(f"zoo manifest {str(path)!r} is not an object with a list of models; {fix}.")
+    for i, e in enumerate(data.get("models", [])):
+        problem = None
+        if not isinstance(e, dict):
+            problem = f"is a {type(e).__name__}, not an object"
+        elif not all(isinstance(e.get(k), str) and e.get(k) for k in ("name", "file")):
+            problem = "lacks a name or a file"
+        else:
+            bad = [k for k in _NUMBERS if e.get(k) is not None
+                   and (isinstance(e[k], bool) or not isinstance(e[k], (int, float)))]
+            problem = f"has a {bad[0]} that is not a number" if bad else None
+        if problem:
+            raise ClrobustError(f"zoo manifest {str(path)!r}: model entry {i} {problem}; {fix}.")
+    return data
 
 
 def entries(directory: Optional[Path] = None) -> List[Dict[str, Any]]:
@@ -79,7 +109,12 @@ _COLUMNS = [("name", "name", "{}"), ("scheme", "scheme", "{}"), ("scenario", "sc
 def _entry_from_metadata(path: Path) -> Dict[str, Any]:
     import hashlib
 
-    meta = json.loads(path.with_suffix(".json").read_text())
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+        meta["model"]["arch"], meta["model"]["width"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ClrobustError(f"{str(path.with_suffix('.json'))!r} is missing or malformed ({type(exc).__name__}: "
+                            f"{exc}); every zoo checkpoint needs the metadata its training wrote.") from None
     tr, m = meta.get("training", {}), meta.get("metrics", {})
     weights = path.with_suffix(".safetensors")
     return {

@@ -85,11 +85,21 @@ def _unexpected(exc: BaseException) -> str:
             f"(or {DEBUG_ENV}=1) for the traceback, and report it if the input was valid.")
 
 
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+                  line: Optional[str] = None) -> None:
+    """Warnings as one line each on stderr (``warning: ...``), not Python's two-line form with a source line."""
+    click.echo(f"warning: {_one_line(message)}", err=True)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: every failure is one line on stderr. Bad input exits 2, a runtime failure 1,
     Ctrl-C 130, SIGTERM 143; ``--debug`` (or ``CLROBUST_DEBUG=1``) adds the traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(args)
+    if not debug:
+        import warnings
+
+        warnings.showwarning = _show_warning
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
