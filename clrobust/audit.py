@@ -260,6 +260,12 @@ def _audit(settings: AuditSettings, out: Path, labels: List[str], overwrite: boo
     cache = _read_cache(cache_path, settings, overwrite, main)
     data = load_dataset(settings.data, settings.split, settings.data_root,
                         skip_bad=settings.skip_bad_images).subset(settings.n_samples)
+    images = data.fingerprint()
+    if cache.get("data", images) != images:  # the same path and options, other files
+        if main:
+            print(f"{cache_path}: cached results are of other images; recomputing", file=sys.stderr)
+        cache["results"] = {}
+    cache["data"] = images
     train = None
     rows: List[AuditRow] = []
     models_info: Dict[str, Any] = {}

@@ -283,3 +283,34 @@ def test_worst_case_is_the_per_point_and_of_threat_model_ii_with_clean(tmp_path,
     assert rows["fgsm"]["robust_accuracy"] == 4 / 6  # point 0 broken, point 5 was never correct
     assert rows["tm1-pgd20"]["robust_accuracy"] == 3 / 6
     assert rows["worst-case (II)"]["robust_accuracy"] == 3 / 6  # points 2, 3, 4: not 1/6 (tm1 excluded)
+
+
+@pytest.mark.filterwarnings("ignore:cifar10 files under")
+def test_the_cache_is_keyed_by_the_images_not_the_folder_name(tmp_path, tiny_checkpoints, capsys):
+    """Same --data-root, same options, other files in it: the cached per-point results are not reused."""
+    import pickle
+    import shutil
+
+    from clrobust.cli import main
+    from tests.test_data import _write_cifar
+
+    root = tmp_path / "data"
+    _write_cifar(root, n_per_batch=8)
+    args = ["audit", str(tiny_checkpoints[0]), "--data", "cifar10", "--data-root", str(root), "--eps", "8/255",
+            "--attacks", "fgsm", "--batch-size", "8", "--no-progress", "--out", str(tmp_path / "audit")]
+
+    def audit(*extra):
+        main([*args, *extra])  # returns on success, SystemExit on failure
+        return json.loads((tmp_path / "audit" / "audit-cache.json").read_text()), capsys.readouterr().err
+
+    first, _ = audit()
+    batch = root / "cifar-10-batches-py" / "test_batch"
+    b = pickle.loads(batch.read_bytes())
+    b["data"] = 255 - b["data"]  # other pixels, same labels, same path
+    batch.write_bytes(pickle.dumps(b))
+    second, err = audit("--overwrite")
+    assert "cached results are of other images; recomputing" in err
+    assert second["data"] != first["data"] and second["settings_key"] == first["settings_key"]
+    shutil.rmtree(tmp_path / "audit")
+    fresh, _ = audit()
+    assert fresh["results"] == second["results"]  # what was recomputed is what a fresh audit gives

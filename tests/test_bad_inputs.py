@@ -465,6 +465,12 @@ row("outputs", "convert-out-exists",
                                                                           r"--overwrite")
 row("outputs", "convert-out-json-exists",
     lambda d: [tiny(d, "dst"), "convert", tiny(d), str(d / "dst.json")][1:], 2, r"--overwrite")
+row("outputs", "convert-only-out-json-exists",
+    lambda d: [write(d, "notes.json", '{"mine": 1}'), "convert", tiny(d), str(d / "notes")][1:], 2,
+    r"notes\.json' exists; choose another OUT or pass --overwrite")
+row("outputs", "train-only-out-json-exists",
+    lambda d: [write(d, "m.json", '{"mine": 1}'), "train", "--out", str(d / "m"), "--epochs", "1", NP][1:], 2,
+    r"m\.json' exists; choose another --out or pass --overwrite")
 row("outputs", "train-out-exists",
     lambda d: [tiny(d, "m"), "train", "--out", str(d / "m"), "--epochs", "1", NP][1:], 2, r"--overwrite|--resume")
 row("outputs", "train-resume-garbage-state",

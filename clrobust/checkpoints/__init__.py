@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from clrobust.checkpoints.native import is_native, load_native, save_network
+from clrobust.checkpoints.native import checkpoint_target, is_native, load_native, save_network
 from clrobust.checkpoints.report import LoadReport
 from clrobust.checkpoints.table import CheckpointFormat, format_names, register_format, unregister_format
 from clrobust.checkpoints.zoo import DEFAULT_PAIR, resolve, zoo_dir
@@ -154,5 +154,5 @@ def distinct_labels(labels: Sequence[str]) -> List[str]:
     return out
 
 
-__all__ = ["DEFAULT_PAIR", "CheckpointFormat", "LoadOptions", "LoadReport", "LoadedModel", "distinct_labels",
-           "format_names", "load", "register_format", "resolve", "save_network", "unregister_format"]
+__all__ = ["DEFAULT_PAIR", "CheckpointFormat", "LoadOptions", "LoadReport", "LoadedModel", "checkpoint_target",
+           "distinct_labels", "format_names", "load", "register_format", "resolve", "save_network", "unregister_format"]

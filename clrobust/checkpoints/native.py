@@ -28,17 +28,40 @@ def _paths(path: Union[str, Path]) -> Tuple[Path, Path]:
     return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
 
 
+def checkpoint_target(path: Union[str, Path], overwrite: bool, option: str = "OUT") -> Path:
+    """Where a checkpoint will be written (``path`` without ``.safetensors``/``.json``), refusing
+    one that would replace an existing weights or metadata file without ``overwrite``."""
+    weights, meta_path = _paths(path)
+    existing = [p for p in (weights, meta_path) if p.exists()]
+    if existing and not overwrite:
+        raise ClrobustError(f"{str(existing[0])!r} exists; choose another {option} or pass --overwrite.")
+    return weights.with_suffix("")
+
+
 def save_network(path: Union[str, Path], net: Network, metadata: Optional[Dict[str, Any]] = None) -> Path:
-    """Write ``path.safetensors`` and ``path.json``; returns the weights path."""
+    """Write ``path.safetensors`` and ``path.json``; returns the weights path.
+
+    Both are written beside their destination and moved into place, the metadata last,
+    so a run killed meanwhile leaves no half-written checkpoint.
+    """
+    import os
+
     from safetensors.torch import save_file
 
     weights, meta_path = _paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
     config = net.config.to_dict()
-    save_file(state, str(weights), metadata={"format": FORMAT, "model": json.dumps(config)})
     meta = {"format": FORMAT, "model": config, **(metadata or {})}
-    meta_path.write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
+    tmp_w, tmp_m = weights.with_name(f".{weights.name}.partial"), meta_path.with_name(f".{meta_path.name}.partial")
+    try:
+        save_file(state, str(tmp_w), metadata={"format": FORMAT, "model": json.dumps(config)})
+        tmp_m.write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
+        os.replace(tmp_w, weights)
+        os.replace(tmp_m, meta_path)
+    finally:
+        tmp_w.unlink(missing_ok=True)
+        tmp_m.unlink(missing_ok=True)
     return weights
 
 

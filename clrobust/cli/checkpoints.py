@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import textwrap
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import click
 
 from clrobust.checkpoints import LoadOptions
 from clrobust.cli.options import model_options
-from clrobust.errors import ClrobustError
 
 
 def _load(checkpoint: str, load_options: LoadOptions):
@@ -136,11 +134,9 @@ def convert(checkpoint, out, load_options, overwrite):
       clrobust convert epoch_100.ckpt runs/advcl --arch resnet18 --normalize none
       clrobust compare-layers runs/supcon-r18.safetensors simclr-at
     """
-    from clrobust.checkpoints import save_network
+    from clrobust.checkpoints import checkpoint_target, save_network
 
-    target = _out_path(out)
-    if target.with_name(target.name + ".safetensors").exists() and not overwrite:
-        raise ClrobustError(f"{str(target) + '.safetensors'!r} exists; choose another OUT or pass --overwrite.")
+    target = checkpoint_target(out, overwrite)
     lm, report = _load(checkpoint, load_options)
     # What the file says about itself travels with the converted weights.
     meta = {"source_format": lm.source_format, "source": lm.metadata.get("source", str(checkpoint)),
@@ -149,12 +145,3 @@ def convert(checkpoint, out, load_options, overwrite):
     weights = save_network(target, lm.network, meta)
     click.echo(f"saved {weights}: {report.format} {report.arch} width {report.width} stem {report.stem}, "
                f"{report.params:,} parameters, dropped {len(report.dropped)} head key(s)")
-
-
-def _out_path(out: str) -> Path:
-    p = Path(out)
-    for suffix in (".safetensors", ".json"):
-        if p.name.endswith(suffix):
-            p = p.with_name(p.name[: -len(suffix)])
-    return p
-

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from clrobust.attacks import parse_eps
@@ -18,7 +16,6 @@ from clrobust.cli.options import (
     progress_option,
     seed_option,
 )
-from clrobust.errors import ClrobustError
 from clrobust.train.trainer import ADV_METHODS, AUGMENTS, SCENARIOS, SCHEMES
 
 
@@ -84,6 +81,7 @@ def train(scheme, scenario, adv_method, arch, width, epochs, batch_size, lr, tem
       clrobust train --scheme simclr --scenario at --adv-method clae --out runs/simclr-clae
       clrobust train --scheme simclr --scenario fat --init runs/simclr-at.safetensors --out runs/simclr-fat
     """
+    from clrobust.checkpoints import checkpoint_target
     from clrobust.train import TrainConfig, Trainer
 
     if attack_steps is None:
@@ -96,18 +94,13 @@ def train(scheme, scenario, adv_method, arch, width, epochs, batch_size, lr, tem
                       n_train=n_train, eval_samples=eval_samples, seed=seed,
                       init_load=load_options(None, None, init_format, init_normalize, init_bn, False,
                                              init_trust_checkpoint).kwargs() if init else {})
-    out_path = Path(out)
-    for suffix in (".safetensors", ".json"):
-        if out_path.name.endswith(suffix):
-            out_path = out_path.with_name(out_path.name[: -len(suffix)])
-    target = out_path.with_name(out_path.name + ".safetensors")
-    if target.exists() and not (overwrite or resume):
-        raise ClrobustError(f"{str(target)!r} exists; choose another --out or pass --overwrite.")
+    out_path = checkpoint_target(out, overwrite or resume, "--out")
     if scenario in ("pat", "fat") and init is None and scheme != "supervised":
         click.echo(f"note: no --init given, so {scenario} pre-trains adversarially first "
                    f"({epochs} epochs).", err=True)
     meta = Trainer(cfg, out_path, progress=progress, log=lambda m: click.echo(m, err=True)).run(resume=resume)
     m = meta["metrics"]
-    click.echo(f"saved {target}: clean {m['clean_accuracy']:.1%}, PGD-20 8/255 {m['pgd20_8_255_accuracy']:.1%}, "
+    click.echo(f"saved {out_path}.safetensors: clean {m['clean_accuracy']:.1%}, "
+               f"PGD-20 8/255 {m['pgd20_8_255_accuracy']:.1%}, "
                f"threat model I 4/255 {m['tm1_pgd20_4_255_accuracy']:.1%} "
                f"({m['eval_samples']} test images)")
