@@ -47,6 +47,8 @@ class AuditSettings:
     data: str = "cifar10-mini"
     data_root: Optional[str] = None
     skip_bad_images: bool = False
+    sampling: str = "stratified"  # how --n-samples images are chosen: stratified or first
+    sample_seed: int = 0
     split: str = "test"
     eps: Sequence[float] = (2 / 255, 4 / 255, 8 / 255)
     l2_eps: Sequence[float] = ()
@@ -259,7 +261,8 @@ def _audit(settings: AuditSettings, out: Path, labels: List[str], overwrite: boo
     cache_path = out / "audit-cache.json"
     cache = _read_cache(cache_path, settings, overwrite, main)
     data = load_dataset(settings.data, settings.split, settings.data_root,
-                        skip_bad=settings.skip_bad_images).subset(settings.n_samples)
+                        skip_bad=settings.skip_bad_images)
+    data = data.sample(settings.n_samples, settings.sampling, settings.sample_seed)
     images = data.fingerprint()
     if cache.get("data", images) != images:  # the same path and options, other files
         if main:

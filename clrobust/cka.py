@@ -194,22 +194,34 @@ class StreamingCKA:
         """What one recording contributes to every pair it is in, once per batch: its U-centred Grams."""
         return ugram_stack(acts)
 
-    def __init__(self) -> None:
+    def __init__(self, bootstrap: int = 0) -> None:
+        self.bootstrap = bootstrap
         self.xy: torch.Tensor | None = None
         self.xx: torch.Tensor | None = None
         self.yy: torch.Tensor | None = None
         self.ex: torch.Tensor | None = None
         self.ey: torch.Tensor | None = None
+        self.bxy: torch.Tensor | None = None  # (replicates, rows, cols): the sums under bootstrap weights
+        self.bxx: torch.Tensor | None = None
+        self.byy: torch.Tensor | None = None
         self.n = 0
         self.batches = 0
 
-    def update(self, acts_x: Sequence[ArrayLike], acts_y: Sequence[ArrayLike]) -> None:
+    def update(self, acts_x: Sequence[ArrayLike], acts_y: Sequence[ArrayLike],
+               weights: Optional[torch.Tensor] = None) -> None:
         px = ugram_stack(acts_x)
         py = px if acts_y is acts_x else ugram_stack(acts_y)
-        self.update_prepared(px, py)
+        self.update_prepared(px, py, weights)
 
-    def update_prepared(self, px: PreparedGrams, py: PreparedGrams) -> None:
-        """Add one batch of the pair, given both recordings' :meth:`prepare` results."""
+    def update_prepared(self, px: PreparedGrams, py: PreparedGrams, weights: Optional[torch.Tensor] = None) -> None:
+        """Add one batch of the pair, given both recordings' :meth:`prepare` results.
+
+        ``weights`` (replicates x batch size, e.g. :meth:`clrobust.uncertainty.Bootstrap.weights`)
+        are the images' bootstrap weights; they are required when the accumulator was made with
+        ``bootstrap`` replicates. Each replicate adds the linearised weighted sum: image a's share
+        of the unbiased HSIC, c_a = sum_b U_K[a, b] U_L[a, b], counted 2 w_a - 1 times (the first-order
+        expansion of the pair weights w_a w_b), so a replicate costs O(n) per layer pair, not O(n^2).
+        """
         gx, gy = px.grams, py.grams
         b = math.isqrt(gx.shape[1])
         if gy.shape[1] != gx.shape[1]:
@@ -224,6 +236,18 @@ class StreamingCKA:
         self.xy += (gx @ gy.T) * scale * fx[:, None] * fy[None, :]
         self.xx += (gx * gx).sum(1) * scale * fx ** 2
         self.yy += (gy * gy).sum(1) * scale * fy ** 2
+        if self.bootstrap:
+            if weights is None or tuple(weights.shape) != (self.bootstrap, b):
+                raise ClrobustError(f"bootstrap weights of shape ({self.bootstrap}, {b}) are needed for this batch.")
+            assert self.bxy is not None and self.bxx is not None and self.byy is not None
+            v = 2 * weights.to(torch.float64) - 1
+            ux, uy = gx.view(-1, b, b), gy.view(-1, b, b)
+            cxy = torch.einsum("iab,jab->ija", ux, uy)
+            cxx = (ux * ux).sum(2)
+            cyy = cxx if py is px else (uy * uy).sum(2)
+            self.bxy += torch.einsum("ija,ra->rij", cxy, v) * (scale * fx[:, None] * fy[None, :])
+            self.bxx += (v @ cxx.T) * (scale * fx ** 2)
+            self.byy += (v @ cyy.T) * (scale * fy ** 2)
         self.n += b
         self.batches += 1
 
@@ -236,10 +260,16 @@ class StreamingCKA:
             self.yy = torch.zeros(cols, dtype=torch.float64)
             self.ex = torch.full((rows,), NO_EXPONENT, dtype=torch.float64)
             self.ey = torch.full((cols,), NO_EXPONENT, dtype=torch.float64)
+            if self.bootstrap:
+                self.bxy = torch.zeros(self.bootstrap, rows, cols, dtype=torch.float64)
+                self.bxx = torch.zeros(self.bootstrap, rows, dtype=torch.float64)
+                self.byy = torch.zeros(self.bootstrap, cols, dtype=torch.float64)
 
     def state(self) -> List[Optional[torch.Tensor]]:
-        """The running sums, e.g. to all-reduce across processes (None before the first batch).
-        They are relative to :meth:`exponents`: :meth:`align` every process first."""
+        """The running sums (and their bootstrap replicates), e.g. to all-reduce across processes (None
+        before the first batch). They are relative to :meth:`exponents`: :meth:`align` every process first."""
+        if self.bootstrap:
+            return [self.xy, self.xx, self.yy, self.bxy, self.bxx, self.byy]
         return [self.xy, self.xx, self.yy]
 
     def exponents(self) -> List[Optional[torch.Tensor]]:
@@ -256,6 +286,10 @@ class StreamingCKA:
         self.xy *= fx[:, None] * fy[None, :]
         self.xx *= fx ** 2
         self.yy *= fy ** 2
+        if self.bxy is not None and self.bxx is not None and self.byy is not None:
+            self.bxy *= fx[:, None] * fy[None, :]
+            self.bxx *= fx ** 2
+            self.byy *= fy ** 2
         self.ex, self.ey = ex, ey
 
     def compute(self) -> np.ndarray:
@@ -275,6 +309,16 @@ class StreamingCKA:
             raise ClrobustError(f"CKA undefined for layer {idx} of the {side}: its activations are "
                                 "constant over the samples (self-HSIC <= 0).")
         return (self.xy / torch.sqrt(self.xx[:, None] * self.yy[None, :])).numpy()
+
+    def replicates(self) -> Optional[np.ndarray]:
+        """(replicates, rows, cols) CKA under each bootstrap replicate's weights (NaN where a replicate
+        leaves a self-HSIC not positive); None without bootstrap."""
+        if not self.bootstrap or self.bxy is None:
+            return None
+        assert self.bxx is not None and self.byy is not None
+        denom = self.bxx[:, :, None] * self.byy[:, None, :]
+        out = self.bxy / torch.sqrt(denom.clamp(min=0))
+        return torch.where(denom > 0, out, torch.full_like(out, float("nan"))).numpy()
 
 
 def disparity(cka_clean_adversarial: ArrayLike) -> np.ndarray:

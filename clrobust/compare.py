@@ -28,11 +28,20 @@ from clrobust.hooks import layer_names
 from clrobust.metrics import metric
 from clrobust.provenance import versions
 from clrobust.results import Drawer, OutputFolder, Result, Table
+from clrobust.uncertainty import (
+    DEFAULT_REPLICATES,
+    Bootstrap,
+    PairedDifference,
+    percentile_interval,
+    wilson_interval,
+    with_interval,
+)
 
 RESULT_FILES = ("results.json", "disparity.csv", "summary.md", "disparity.png", "settings.json")
 #: Version of the layout of results.json; raised when a key changes meaning or goes away.
 SCHEMA = "clrobust.compare-layers/1"
 INPUTS = ("clean", "adversarial")
+LEVEL_TEXT = "95%"
 
 
 @dataclass
@@ -41,6 +50,8 @@ class CompareSettings:
     data: str = "cifar10-mini"
     data_root: Optional[str] = None
     skip_bad_images: bool = False
+    sampling: str = "stratified"  # how --n-samples images are chosen: stratified or first
+    sample_seed: int = 0
     split: str = "test"
     layers: str = "blocks"
     attack: AttackSpec = field(default_factory=AttackSpec)
@@ -52,15 +63,17 @@ class CompareSettings:
     probe_train: Optional[int] = None  # train images for the probe of a model without a classifier [all]
     metric: str = "linear-cka"  # a name of clrobust.metrics.METRICS
     classifier: str = "auto"  # auto: own head when it fits, else a probe; probe: always a probe
+    bootstrap: int = DEFAULT_REPLICATES  # bootstrap replicates over images for the intervals (0: none)
 
     def to_dict(self) -> Dict[str, Any]:
         """The settings as settings.json records them."""
         return {"models": list(self.models), "data": self.data, "data_root": self.data_root,
-                "skip_bad_images": self.skip_bad_images, "split": self.split,
+                "skip_bad_images": self.skip_bad_images, "sampling": self.sampling,
+                "sample_seed": self.sample_seed, "split": self.split,
                 "layers": self.layers, "attack": self.attack.to_dict(), "n_samples": self.n_samples,
                 "batch_size": self.batch_size, "seed": self.seed, "device": self.device,
                 "load_options": self.load_options.kwargs(), "probe_train": self.probe_train,
-                "metric": self.metric, "classifier": self.classifier}
+                "metric": self.metric, "classifier": self.classifier, "bootstrap": self.bootstrap}
 
 
 Entry = Tuple[Tuple[str, str], Tuple[str, str]]  # ((model, input), (model, input))
@@ -88,15 +101,21 @@ class CKAEntry:
     rows: Tuple[str, str]
     cols: Tuple[str, str]
     matrix: np.ndarray
+    ci_low: Optional[np.ndarray] = None  # the bootstrap interval of each entry (None without bootstrap)
+    ci_high: Optional[np.ndarray] = None
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"rows": {"model": self.rows[0], "input": self.rows[1]},
-                "cols": {"model": self.cols[0], "input": self.cols[1]}, "matrix": self.matrix.tolist()}
+        d: Dict[str, Any] = {"rows": {"model": self.rows[0], "input": self.rows[1]},
+                             "cols": {"model": self.cols[0], "input": self.cols[1]}, "matrix": self.matrix.tolist()}
+        if self.ci_low is not None and self.ci_high is not None:
+            d["ci_low"], d["ci_high"] = self.ci_low.tolist(), self.ci_high.tolist()
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "CKAEntry":
+        ci = [np.asarray(d[k], dtype=float) if d.get(k) is not None else None for k in ("ci_low", "ci_high")]
         return cls((d["rows"]["model"], d["rows"]["input"]), (d["cols"]["model"], d["cols"]["input"]),
-                   np.asarray(d["matrix"], dtype=float))
+                   np.asarray(d["matrix"], dtype=float), ci[0], ci[1])
 
 
 @dataclass
@@ -121,6 +140,17 @@ class CompareResult(Result):
     versions: Dict[str, str]
     timings_seconds: Dict[str, float]
     processes: int = 1
+    #: label -> {"ci_low": [...], "ci_high": [...]} per layer; {} without bootstrap
+    disparity_ci: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
+    #: label -> mean disparity over the last third of the layers: {"value", "ci_low", "ci_high", "layers"}
+    late_disparity: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    #: label -> {"clean": [low, high], "adversarial": [low, high]}: Wilson intervals
+    accuracy_ci: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
+    #: every pair of models: per-layer disparity difference on the same images, CI, p, Holm-adjusted p
+    paired_disparity: List[Dict[str, Any]] = field(default_factory=list)
+    #: how the images were chosen and how the intervals were computed
+    sampling: str = "the first n images of the split"
+    uncertainty: str = "none (--bootstrap 0)"
 
     @property
     def labels(self) -> List[str]:
@@ -154,24 +184,61 @@ class CompareResult(Result):
         return "no attack" if a["name"] == "none" else f"{a['name'].upper()} eps {format_eps(a['eps'])}"
 
     def tables(self) -> Dict[str, Table]:
-        rows = [[lab, i, layer, f"{v:.8f}", f"{1 - v:.8f}"]
-                for lab, vals in self.disparity.items() for i, (layer, v) in enumerate(zip(self.layers[lab], vals))]
-        return {"disparity.csv": Table(["model", "layer_index", "layer", "disparity", "cka_clean_adversarial"], rows)}
+        rows = []
+        for lab, vals in self.disparity.items():
+            ci = self.disparity_ci.get(lab, {})
+            for i, (layer, v) in enumerate(zip(self.layers[lab], vals)):
+                low, high = (ci["ci_low"][i], ci["ci_high"][i]) if ci else (float("nan"), float("nan"))
+                rows.append([lab, i, layer, f"{v:.8f}", f"{low:.8f}", f"{high:.8f}", f"{1 - v:.8f}", self.n_samples])
+        return {"disparity.csv": Table(["model", "layer_index", "layer", "disparity", "ci_low", "ci_high",
+                                        "cka_clean_adversarial", "n"], rows)}
 
     def markdown_name(self) -> Optional[str]:
         return "summary.md"
 
-    def markdown(self) -> str:
-        head = ["model", "clean acc", "adv acc", "disp first", "disp mid", "disp last", "mean last 1/3"]
-        lines = [f"Layer-wise {self.metric} of {', '.join(self.labels)} on {self.n_samples} "
-                 f"{self.data['name']} {self.data['split']} images, {self.attack_text()} (seed {self.seed}).", "",
-                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    def _rows(self) -> List[List[str]]:
+        """Per model: accuracies and disparity at the first, middle and last layer and over the last
+        third, each with its interval when there is one."""
+        out = []
         for lab, d in self.disparity.items():
-            a = self.accuracy[lab]
-            lines.append("| " + " | ".join([lab, f"{a['clean']:.1%}", f"{a['adversarial']:.1%}",
-                                            *(f"{v:.3f}" for v in self._disparity_points(d))]) + " |")
+            a, aci = self.accuracy[lab], self.accuracy_ci.get(lab, {})
+            ci = self.disparity_ci.get(lab)
+            idx = [0, len(d) // 2, len(d) - 1]
+            cells = [lab] + [with_interval(a[k], *_pair(aci.get(k)), digits=3, percent=True) for k in INPUTS]
+            cells += [with_interval(d[i], ci["ci_low"][i] if ci else None, ci["ci_high"][i] if ci else None)
+                      for i in idx]
+            late = self.late_disparity.get(lab)
+            cells.append(with_interval(late["value"], late.get("ci_low"), late.get("ci_high")) if late
+                         else f"{self._disparity_points(d)[-1]:.3f}")
+            out.append(cells)
+        return out
+
+    HEAD: ClassVar[List[str]] = ["model", "clean acc", "adv acc", "disp first", "disp mid", "disp last",
+                                 "mean last 1/3"]
+
+    def describe(self) -> str:
+        """One sentence: what was measured, on which images, with which uncertainty."""
+        return (f"Layer-wise {self.metric} of {', '.join(self.labels)} on n = {self.n_samples} "
+                f"{self.data['name']} {self.data['split']} images ({self.sampling}), {self.attack_text()} "
+                f"(seed {self.seed}). Intervals: {self.uncertainty}; accuracies: Wilson {LEVEL_TEXT}.")
+
+    def markdown(self) -> str:
+        lines = [self.describe(), "", "| " + " | ".join(self.HEAD) + " |", "|" + "---|" * len(self.HEAD)]
+        lines += ["| " + " | ".join(r) + " |" for r in self._rows()]
+        lines += self._paired_lines()
         notes = self._notes()
         return "\n".join(lines + ([""] + notes if notes else []))
+
+    def _paired_lines(self) -> List[str]:
+        lines = []
+        for p in self.paired_disparity:
+            held = sum(1 for lo in p["ci_low"] if lo > 0)
+            lower = sum(1 for hi in p["ci_high"] if hi < 0)
+            sig = sum(1 for q in p["p_holm"] if q < 0.05)
+            lines.append(f"{p['a']} - {p['b']} disparity, same images: above 0 at {held}, below 0 at {lower} "
+                         f"of {len(p['layers'])} layers (95% CI); {sig} layer(s) differ at Holm-adjusted p < 0.05; "
+                         f"last layer {with_interval(p['difference'][-1], p['ci_low'][-1], p['ci_high'][-1])}")
+        return [""] + lines if lines else []
 
     @staticmethod
     def _disparity_points(d: Sequence[float]) -> List[float]:
@@ -189,15 +256,14 @@ class CompareResult(Result):
         return lines
 
     def summary(self) -> str:
-        """Plain-text table: accuracy and disparity (first, middle, last layer) per model."""
-        lines = [f"{'model':<22}{'clean acc':>10}{'adv acc':>10}{'disp first':>12}{'disp mid':>10}"
-                 f"{'disp last':>11}{'mean last 1/3':>15}"]
-        for lab, d in self.disparity.items():
-            a = self.accuracy[lab]
-            first, mid, last, late = self._disparity_points(d)
-            lines.append(f"{lab:<22}{a['clean']:>10.1%}{a['adversarial']:>10.1%}{first:>12.3f}"
-                         f"{mid:>10.3f}{last:>11.3f}{late:>15.3f}")
-        return "\n".join(lines + self._notes())
+        """Plain-text table: accuracy and disparity (first, middle, last layer, last third) per model,
+        with intervals, under a line that says what was measured on which images."""
+        rows = [self.HEAD] + self._rows()
+        widths = [max(len(r[i]) for r in rows) for i in range(len(self.HEAD))]
+        table = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                 for r in rows]
+        return "\n".join([self.describe()] + table + [line for line in self._paired_lines() if line]
+                         + self._notes())
 
     def figures(self) -> Dict[str, Drawer]:
         from clrobust import plots
@@ -225,7 +291,8 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
     nets = {lab: lm.network for lab, lm in zip(labels, loaded)}
     names = {lab: layer_names(net, settings.layers) for lab, net in nets.items()}
     data = load_dataset(settings.data, settings.split, settings.data_root,
-                        skip_bad=settings.skip_bad_images).subset(settings.n_samples)
+                        skip_bad=settings.skip_bad_images)
+    data = data.sample(settings.n_samples, settings.sampling, settings.sample_seed)
     for lab, lm in zip(labels, loaded):
         lm.label = lab
         choose_classifier(lm, data.num_classes, settings.data, settings.classifier)
@@ -239,7 +306,8 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
     timings["load"] += time.perf_counter() - t
 
     entries = planned_entries(labels)
-    accs = {e: metric(settings.metric) for e in entries}
+    boot = Bootstrap(settings.bootstrap, settings.seed) if settings.bootstrap else None
+    accs = {e: metric(settings.metric, bootstrap=settings.bootstrap) for e in entries}
     measure = next(iter(accs.values()))
     correct = {lab: {"clean": 0, "adversarial": 0} for lab in labels}
     if len(data) < MIN_BATCH:
@@ -254,8 +322,12 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
             grams[(rec.model, rec.input)] = measure.prepare([a.cpu() for a in rec.layers.values()])
             timings["cka"] += time.perf_counter() - t
         t = time.perf_counter()
+        weights = boot.weights(batch.index, len(batch.y)) if boot is not None else None
         for e in entries:
-            accs[e].update_prepared(grams[e[0]], grams[e[1]])
+            if weights is None:
+                accs[e].update_prepared(grams[e[0]], grams[e[1]])
+            else:
+                accs[e].update_prepared(grams[e[0]], grams[e[1]], weights)
         timings["cka"] += time.perf_counter() - t
     timings["attack"] += stage.timings["attack"]
     timings["forward"] += stage.timings["forward"]
@@ -266,14 +338,21 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
         dist.all_reduce_cka(accs, entries)
         dist.all_reduce_counts(correct)
     t = time.perf_counter()
-    cka_list = [CKAEntry(e[0], e[1], accs[e].compute()) for e in entries]
+    cka_list, replicates = [], {}
+    for e in entries:
+        reps = accs[e].replicates()
+        low, high = percentile_interval(reps) if reps is not None else (None, None)
+        cka_list.append(CKAEntry(e[0], e[1], accs[e].compute(), low, high))
+        replicates[e] = reps
     matrices = {(c.rows, c.cols): c.matrix for c in cka_list}
-    timings["cka"] += time.perf_counter() - t
     n = len(data)
     disparity = {lab: cka_disparity(matrices[((lab, "clean"), (lab, "adversarial"))]).tolist()
                  for lab in labels}
+    stats = _disparity_statistics(labels, names, disparity, replicates)
+    timings["cka"] += time.perf_counter() - t
     accuracy = {lab: {"clean": correct[lab]["clean"] / n, "adversarial": correct[lab]["adversarial"] / n}
                 for lab in labels}
+    accuracy_ci = {lab: {k: list(wilson_interval(correct[lab][k], n)) for k in INPUTS} for lab in labels}
     return CompareResult(
         models={lab: {**lm.describe(), "training": lm.metadata.get("training", {}),
                       **classifiers.get(lab, {"classifier": "own linear head"})}
@@ -283,7 +362,43 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
         batches=len(batch_plan(n, settings.batch_size)), batch_size=settings.batch_size, metric=settings.metric,
         cka_estimator=measure.description, seed=settings.seed, versions=versions(),
         timings_seconds={k: round(v, 3) for k, v in timings.items()},
-        processes=1 if dist is None else dist.world)
+        processes=1 if dist is None else dist.world, accuracy_ci=accuracy_ci,
+        sampling=data.chosen,
+        uncertainty=boot.describe() if boot is not None else "none (--bootstrap 0)", **stats)
+
+
+def _pair(interval: Optional[Sequence[float]]) -> Tuple[Optional[float], Optional[float]]:
+    return (interval[0], interval[1]) if interval else (None, None)
+
+
+def _disparity_statistics(labels: Sequence[str], names: Mapping[str, Sequence[str]],
+                          disparity: Mapping[str, List[float]],
+                          replicates: Mapping[Entry, Optional[np.ndarray]]) -> Dict[str, Any]:
+    """Per-layer disparity intervals, the late-layer mean with its interval, and paired differences
+    between every two models (same images, same bootstrap weights), from the CKA replicates."""
+    reps = {lab: replicates.get(((lab, "clean"), (lab, "adversarial"))) for lab in labels}
+    out: Dict[str, Any] = {"disparity_ci": {}, "late_disparity": {}, "paired_disparity": []}
+    boot_disp = {}
+    for lab in labels:
+        d = np.asarray(disparity[lab])
+        k = max(1, len(d) // 3)
+        late: Dict[str, Any] = {"value": float(d[-k:].mean()), "layers": list(names[lab][-k:])}
+        r = reps[lab]
+        if r is not None:
+            boot_disp[lab] = 1 - np.diagonal(r, axis1=1, axis2=2)  # (replicates, layers)
+            low, high = percentile_interval(boot_disp[lab])
+            out["disparity_ci"][lab] = {"ci_low": low.tolist(), "ci_high": high.tolist()}
+            late_low, late_high = percentile_interval(boot_disp[lab][:, -k:].mean(1))
+            late.update(ci_low=float(late_low), ci_high=float(late_high))
+        out["late_disparity"][lab] = late
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            if a in boot_disp and b in boot_disp and len(disparity[a]) == len(disparity[b]):
+                diff = np.asarray(disparity[a]) - np.asarray(disparity[b])
+                layers = [x if x == y else f"{x} / {y}" for x, y in zip(names[a], names[b])]
+                out["paired_disparity"].append(PairedDifference.from_replicates(
+                    a, b, "disparity", layers, diff, boot_disp[a] - boot_disp[b]).to_dict())
+    return out
 
 
 def heatmap_name(rows: Tuple[str, str], cols: Tuple[str, str]) -> str:

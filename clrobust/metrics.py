@@ -37,10 +37,11 @@ class Metric(Protocol):
     def prepare(self, acts: Sequence[Any]) -> Any:
         """One recording's per-batch contribution (e.g. its Grams), shared by every pair it is in."""
 
-    def update_prepared(self, px: Any, py: Any) -> None:
-        """Add one batch of a pair, given both recordings' :meth:`prepare` results."""
+    def update_prepared(self, px: Any, py: Any, weights: Optional[torch.Tensor] = None) -> None:
+        """Add one batch of a pair, given both recordings' :meth:`prepare` results and, with a bootstrap,
+        the images' weights (replicates x batch size)."""
 
-    def update(self, acts_x: Sequence[Any], acts_y: Sequence[Any]) -> None:
+    def update(self, acts_x: Sequence[Any], acts_y: Sequence[Any], weights: Optional[torch.Tensor] = None) -> None:
         """Add one batch of a pair from the recordings themselves."""
 
     def state(self) -> List[Optional[torch.Tensor]]:
@@ -58,17 +59,21 @@ class Metric(Protocol):
     def compute(self) -> np.ndarray:
         """The (layers of x) x (layers of y) matrix."""
 
+    def replicates(self) -> Optional[np.ndarray]:
+        """The matrix under each bootstrap replicate (replicates x rows x cols); None without bootstrap."""
 
-METRICS: Dict[str, Callable[[], Metric]] = {StreamingCKA.name: StreamingCKA}
+
+METRICS: Dict[str, Callable[..., Metric]] = {StreamingCKA.name: StreamingCKA}
 
 
-def register_metric(name: str, factory: Callable[[], Metric]) -> None:
-    """Add a measure under ``name`` (``compare-layers --metric NAME``)."""
+def register_metric(name: str, factory: Callable[..., Metric]) -> None:
+    """Add a measure under ``name`` (``compare-layers --metric NAME``); ``factory(bootstrap=R)`` makes
+    an accumulator that also keeps R bootstrap replicates."""
     METRICS[name] = factory
 
 
-def metric(name: str) -> Metric:
-    """A fresh accumulator of the measure ``name``."""
+def metric(name: str, bootstrap: int = 0) -> Metric:
+    """A fresh accumulator of the measure ``name`` (with ``bootstrap`` replicates, 0 for none)."""
     if name not in METRICS:
         raise ClrobustError(f"unknown metric {name!r}; use one of: {', '.join(METRICS)}.")
-    return METRICS[name]()
+    return METRICS[name](bootstrap=bootstrap)

@@ -279,6 +279,8 @@ class ProbeSettings:
     data: str = "cifar10-mini"
     data_root: Optional[str] = None
     skip_bad_images: bool = False
+    sampling: str = "stratified"  # how --n-samples images are chosen: stratified or first
+    sample_seed: int = 0
     layers: str = "blocks"
     attack: AttackSpec = field(default_factory=AttackSpec)
     n_train: Optional[int] = 2000
@@ -293,7 +295,8 @@ class ProbeSettings:
     def to_dict(self) -> Dict[str, Any]:
         """The settings as settings.json records them."""
         return {"model": self.model, "data": self.data, "data_root": self.data_root,
-                "skip_bad_images": self.skip_bad_images, "layers": self.layers,
+                "skip_bad_images": self.skip_bad_images, "sampling": self.sampling,
+                "sample_seed": self.sample_seed, "layers": self.layers,
                 "attack": self.attack.to_dict(), "n_train": self.n_train, "n_samples": self.n_samples,
                 "batch_size": self.batch_size, "seed": self.seed, "device": self.device, "cache": self.cache,
                 "load_options": self.load_options.kwargs(), "classifier": self.classifier}
@@ -390,7 +393,8 @@ def _probe_job(s: ProbeSettings, out: Path, progress: bool) -> ProbeLayersResult
 
     lm = load(s.model, device=s.device, **s.load_options.kwargs())
     train = load_dataset(s.data, "train", s.data_root, skip_bad=s.skip_bad_images).subset(s.n_train)
-    test = load_dataset(s.data, "test", s.data_root, skip_bad=s.skip_bad_images).subset(s.n_samples)
+    test = load_dataset(s.data, "test", s.data_root, skip_bad=s.skip_bad_images)
+    test = test.sample(s.n_samples, s.sampling, s.sample_seed)
     choose_classifier(lm, test.num_classes, s.data, s.classifier)
     head = ensure_classifier(lm, train, s.seed, progress)  # the end-to-end attack needs a real head
     r = probe_layers(lm.network, train, test, s.layers, s.attack, s.batch_size, s.seed, progress,

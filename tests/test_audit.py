@@ -190,7 +190,7 @@ def test_audit_counts_recomputed_from_attack_batch(tmp_path, trained_checkpoint,
     report = run_audit(settings, out, progress=False).to_dict()
 
     net = load_model(str(trained_checkpoint)).network
-    data = load_dataset("cifar10-mini", "test").subset(N)
+    data = load_dataset("cifar10-mini", "test").sample(N)  # the job's default: class-stratified, sample seed 0
     specs = {"fgsm": ("fgsm", 1), "pgd20": ("pgd", 20), "apgd-ce": ("apgd", 100), "tm1-pgd20": ("rep", 20)}
 
     def correct(spec=None):

@@ -149,7 +149,7 @@ def test_every_model_is_attacked_with_its_own_examples(tiny_checkpoints, trained
     settings = CompareSettings(models=models, attack=spec, n_samples=34, batch_size=16, seed=5)
     res = run_compare(settings, progress=False)
 
-    data = load_dataset("cifar10-mini", "test").subset(34)
+    data = load_dataset("cifar10-mini", "test").sample(34)  # the default stratified subset
     bounds = [(0, 16), (16, 34)]  # a tail of 2 images is folded into the batch before it
     assert res.batches == 2 and res.n_samples == 34
     recs = {}
@@ -203,3 +203,49 @@ def test_result_files_name_their_schema(tmp_path, tiny_checkpoints):
     assert AuditResult.read(tmp_path / "a" / "report.json").to_dict() == json.loads(json.dumps(report.to_dict()))
     with pytest.raises(ClrobustError, match="has schema 'clrobust.audit/1', not 'clrobust.compare-layers/1'"):
         CompareResult.read(tmp_path / "a" / "report.json")
+
+
+def test_every_number_carries_its_interval(tmp_path, tiny_checkpoints):
+    """CKA entries, disparity (per layer and late mean), accuracies and the paired difference come with 95%
+    intervals that hold their value; CSV and summary carry them; --bootstrap 0 turns them off."""
+    import csv
+
+    from clrobust.attacks import AttackSpec
+    from clrobust.compare import CompareResult, CompareSettings, compare_layers
+    from clrobust.uncertainty import wilson_interval
+
+    models = [str(p) for p in tiny_checkpoints]
+    settings = CompareSettings(models=models, attack=AttackSpec("pgd", 8 / 255, 2), n_samples=40, batch_size=20,
+                               layers="stem,layer2.1,avgpool", bootstrap=200, seed=1)
+    res = compare_layers(settings, tmp_path / "out", progress=False)
+    back = CompareResult.read(tmp_path / "out" / "results.json")
+    for e in back.cka:
+        assert e.ci_low is not None and e.ci_high is not None
+        assert np.all(e.ci_low <= e.matrix + 1e-12) and np.all(e.matrix <= e.ci_high + 1e-12)
+    for lab in res.labels:
+        d, ci = np.array(res.disparity[lab]), res.disparity_ci[lab]
+        cka = res.matrix((lab, "clean"), (lab, "adversarial"))
+        entry = next(e for e in res.cka if e.rows == (lab, "clean") and e.cols == (lab, "adversarial"))
+        np.testing.assert_allclose(ci["ci_low"], 1 - np.diag(entry.ci_high), atol=1e-12)  # 1 - x flips ends
+        np.testing.assert_allclose(ci["ci_high"], 1 - np.diag(entry.ci_low), atol=1e-12)
+        assert np.all(np.array(ci["ci_low"]) <= d + 1e-12) and np.all(d <= np.array(ci["ci_high"]) + 1e-12)
+        np.testing.assert_allclose(d, 1 - np.diag(cka))
+        late = res.late_disparity[lab]
+        assert late["value"] == pytest.approx(d[-1:].mean()) and late["layers"] == ["avgpool"]
+        assert late["ci_low"] <= late["value"] <= late["ci_high"]
+        for inp in ("clean", "adversarial"):
+            k = round(res.accuracy[lab][inp] * 40)
+            assert res.accuracy_ci[lab][inp] == pytest.approx(list(wilson_interval(k, 40)))
+    (pair,) = res.paired_disparity
+    assert (pair["a"], pair["b"]) == ("tiny0", "tiny1") and len(pair["p_holm"]) == 3
+    np.testing.assert_allclose(pair["difference"], np.array(res.disparity["tiny0"]) - res.disparity["tiny1"])
+    with open(tmp_path / "out" / "disparity.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [float(r["ci_low"]) for r in rows[:3]] == pytest.approx(res.disparity_ci["tiny0"]["ci_low"], abs=1e-8)
+    assert {r["n"] for r in rows} == {"40"}
+    text = res.summary()
+    assert "n = 40" in text and "class-stratified, sample seed 0" in text and "200 Poisson bootstrap" in text
+    assert text.count("[") >= 2 * 6  # every accuracy and disparity cell has an interval
+    off = compare_layers(CompareSettings(**{**settings.__dict__, "bootstrap": 0}), tmp_path / "off", progress=False)
+    assert off.disparity_ci == {} and all(e.ci_low is None for e in off.cka) and off.paired_disparity == []
+    np.testing.assert_array_equal(off.cka[0].matrix, res.cka[0].matrix)  # the bootstrap changes no value

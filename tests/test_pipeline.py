@@ -92,18 +92,21 @@ class _CountSamples:
     name = "count"
     description = "images seen per layer pair"
 
-    def __init__(self) -> None:
+    def __init__(self, bootstrap=0) -> None:
         self.sums = None
 
     def prepare(self, acts):
         return [a.shape[0] for a in acts]
 
-    def update_prepared(self, px, py):
+    def update_prepared(self, px, py, weights=None):
         batch = torch.full((len(px), len(py)), float(px[0]), dtype=torch.float64)
         self.sums = batch if self.sums is None else self.sums + batch
 
-    def update(self, acts_x, acts_y):
+    def update(self, acts_x, acts_y, weights=None):
         self.update_prepared(self.prepare(acts_x), self.prepare(acts_y))
+
+    def replicates(self):
+        return None
 
     def state(self):
         return [self.sums]

@@ -372,7 +372,7 @@ def test_probe_layers_cli(tmp_path, tiny_checkpoints):
     from clrobust.checkpoints import load as load_model
 
     r = probe_layers(load_model(str(tiny_checkpoints[1])).network, load_dataset("cifar10-mini", "train").subset(32),
-                     load_dataset("cifar10-mini", "test").subset(16), "stem,avgpool",
+                     load_dataset("cifar10-mini", "test").sample(16), "stem,avgpool",
                      AttackSpec("pgd", 8 / 255, 1, seed=3), 8, seed=3, progress=False)
     assert r.features == "memory"
     for key in ("train_accuracy", "clean_accuracy", "adversarial_accuracy", "feature_dims", "model_accuracy"):

@@ -16,6 +16,7 @@ from clrobust.cli.options import (
     model_options,
     out_options,
     progress_option,
+    sampling_options,
     seed_option,
 )
 from clrobust.errors import ClrobustError
@@ -32,7 +33,8 @@ from clrobust.figures import FAMILIES
               help="Train images the probes are fitted on (the first N of the train split); also the "
                    "probe of a model without a classifier of its own.")
 @click.option("--n-samples", default=512, show_default=True, type=COUNT,
-              help="Test images the probes are evaluated on, clean and adversarial (the first N).")
+              help="Test images the probes are evaluated on, clean and adversarial (chosen by --sampling).")
+@sampling_options
 @click.option("--batch-size", default=128, show_default=True, type=COUNT)
 @model_options
 @classifier_option
@@ -43,8 +45,8 @@ from clrobust.figures import FAMILIES
 @out_options("probe-layers-out")
 @progress_option
 def probe_layers(model, data, data_root,
-                 skip_bad_images, layers, attack, eps, steps, alpha, n_train, n_samples, batch_size,
-                 load_options, classifier, seed, device, cache, out, overwrite, progress):
+                 skip_bad_images, layers, attack, eps, steps, alpha, n_train, n_samples, sampling, sample_seed,
+                 batch_size, load_options, classifier, seed, device, cache, out, overwrite, progress):
     """A linear probe at every layer of MODEL: train, clean test and adversarial test accuracy.
 
     MODEL is a zoo name or a checkpoint path. Every layer is recorded once per batch;
@@ -71,7 +73,8 @@ def probe_layers(model, data, data_root,
                              skip_bad_images=skip_bad_images, layers=layers,
                              attack=attack_spec(attack, eps, steps, alpha, seed), n_train=n_train,
                              n_samples=n_samples, batch_size=batch_size, seed=seed, device=device, cache=cache,
-                             load_options=load_options, classifier=classifier)
+                             load_options=load_options, classifier=classifier, sampling=sampling,
+                             sample_seed=sample_seed)
     res = run_probe_layers(settings, Path(out), overwrite=overwrite, progress=progress)
     p = res.probes
     click.echo(res.summary())
@@ -85,7 +88,8 @@ def probe_layers(model, data, data_root,
 @data_options
 @click.option("--layers", default="blocks", show_default=True, help="blocks, all, or glob patterns.")
 @attack_options
-@click.option("--n-samples", default=512, show_default=True, type=COUNT, help="Test images (the first N).")
+@click.option("--n-samples", default=512, show_default=True, type=COUNT, help="Test images (chosen by --sampling).")
+@sampling_options
 @click.option("--n-train", default=1000, show_default=True, type=COUNT,
               help="Train images for the linear probes (at-probes, and models without a classifier).")
 @click.option("--batch-size", default=128, show_default=True, type=COUNT)
@@ -100,7 +104,8 @@ def probe_layers(model, data, data_root,
 @click.option("--check", is_flag=True, help="Print whether the paper's findings hold in these numbers.")
 @progress_option
 def figures(family, data, data_root,
-            skip_bad_images, layers, attack, eps, steps, alpha, n_samples, n_train, batch_size, models,
+            skip_bad_images, layers, attack, eps, steps, alpha, n_samples, sampling, sample_seed, n_train,
+            batch_size, models,
             load_options, classifier, seed, device, out, overwrite, check,
             progress):
     """Draw the paper's figures (PNG, PDF and the numbers as JSON) into --out.
@@ -130,7 +135,8 @@ def figures(family, data, data_root,
                               attack=attack_spec(attack, eps, steps, alpha, seed), n_samples=n_samples,
                               n_train=n_train, batch_size=batch_size, seed=seed, device=device, models=subs,
                               positional=positional,
-                              load_options=load_options, classifier=classifier)
+                              load_options=load_options, classifier=classifier, sampling=sampling,
+                              sample_seed=sample_seed)
     res = make_figures(fams, settings, Path(out), overwrite=overwrite, progress=progress, check=check)
     for fig in res.figures.values():
         click.echo(fig.summary_line())

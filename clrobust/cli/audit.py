@@ -16,6 +16,7 @@ from clrobust.cli.options import (
     out_options,
     probe_train_option,
     progress_option,
+    sampling_options,
     seed_option,
 )
 
@@ -30,7 +31,8 @@ from clrobust.cli.options import (
 @click.option("--attacks", default="fgsm,pgd20,apgd-ce,autoattack,tm1-pgd20", show_default=True,
               help="fgsm, pgd20, apgd-ce, autoattack (threat model II, end to end) and tm1-pgd20 "
                    "(threat model I: label-free representation attack, then the linear head).")
-@click.option("--n-samples", default=200, show_default=True, type=COUNT, help="Test images (the first N).")
+@click.option("--n-samples", default=200, show_default=True, type=COUNT, help="Test images (chosen by --sampling).")
+@sampling_options
 @click.option("--batch-size", default=100, show_default=True, type=COUNT)
 @model_options
 @classifier_option
@@ -40,7 +42,8 @@ from clrobust.cli.options import (
 @out_options("audit-out", "a finished or different audit")
 @progress_option
 def audit(models, data, data_root,
-          skip_bad_images, split, eps_text, l2_text, attacks, n_samples, batch_size, load_options,
+          skip_bad_images, split, eps_text, l2_text, attacks, n_samples, sampling, sample_seed, batch_size,
+          load_options,
           classifier, probe_train, seed, device, out, overwrite, progress):
     """Robust accuracy of one or many models, as a RobustBench-style table.
 
@@ -66,7 +69,8 @@ def audit(models, data, data_root,
                              eps=parse_eps_list(eps_text), l2_eps=parse_eps_list(l2_text, "L2"),
                              attacks=[a.strip() for a in attacks.split(",") if a.strip()], n_samples=n_samples,
                              batch_size=batch_size, seed=seed, device=device, probe_train=probe_train,
-                             load_options=load_options, classifier=classifier)
+                             load_options=load_options, classifier=classifier, sampling=sampling,
+                             sample_seed=sample_seed)
     dist = Dist.from_env(device)
     if dist is not None:
         settings.device = str(dist.device)  # each rank on its own GPU under torchrun

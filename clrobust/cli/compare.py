@@ -10,6 +10,7 @@ from clrobust.cli.options import (
     COUNT,
     attack_options,
     attack_spec,
+    bootstrap_option,
     classifier_option,
     data_options,
     device_option,
@@ -17,6 +18,7 @@ from clrobust.cli.options import (
     out_options,
     probe_train_option,
     progress_option,
+    sampling_options,
     seed_option,
 )
 from clrobust.errors import ClrobustError
@@ -32,7 +34,8 @@ from clrobust.metrics import METRICS
                    "or comma-separated glob patterns such as 'layer3.*,avgpool'.")
 @attack_options
 @click.option("--n-samples", default=512, show_default=True, type=COUNT,
-              help="Images to use (the first N of the split).")
+              help="Images to use, chosen by --sampling.")
+@sampling_options
 @click.option("--batch-size", default=128, show_default=True, type=COUNT,
               help="Images per batch; each batch adds one unbiased-HSIC term to minibatch CKA.")
 @click.option("--metric", type=click.Choice(list(METRICS)), default="linear-cka", show_default=True,
@@ -41,12 +44,13 @@ from clrobust.metrics import METRICS
 @classifier_option
 @probe_train_option()
 @seed_option
+@bootstrap_option
 @device_option
 @out_options("compare-layers-out")
 @progress_option
 def compare_layers(models, data, data_root,
                    skip_bad_images, split, layers, attack, eps, steps, alpha, n_samples, batch_size,
-                   metric, load_options, classifier, probe_train, seed, device,
+                   sampling, sample_seed, metric, load_options, classifier, probe_train, seed, bootstrap, device,
                    out, overwrite, progress):
     """CKA between every pair of layers, on clean and adversarial inputs.
 
@@ -56,7 +60,8 @@ def compare_layers(models, data, data_root,
 
     \b
     Writes to --out:
-      results.json        layers, CKA matrices, disparity, accuracy, attack, seed, versions
+      results.json        layers, CKA matrices, disparity, accuracy (each with its 95% interval),
+                          paired disparity differences, attack, sampling, seed, versions
       cka_*.png           heatmaps: each model clean vs clean and clean vs adversarial,
                           and across models (clean vs clean, adversarial vs adversarial)
       disparity.csv/.png  1 - CKA(clean_l, adversarial_l) per layer, per model
@@ -81,7 +86,8 @@ def compare_layers(models, data, data_root,
                                skip_bad_images=skip_bad_images, split=split, layers=layers,
                                attack=spec, n_samples=n_samples, batch_size=batch_size, seed=seed, device=device,
                                load_options=load_options, probe_train=probe_train, metric=metric,
-                               classifier=classifier)
+                               classifier=classifier, sampling=sampling, sample_seed=sample_seed,
+                               bootstrap=bootstrap)
     from clrobust.distributed import Dist
 
     dist = Dist.from_env(device)

@@ -163,6 +163,27 @@ def attack_spec(attack: str, eps: str, steps: int, alpha: Optional[float], seed:
     return AttackSpec(attack, parse_eps(eps, norm), steps, alpha, seed=seed)
 
 
+def sampling_options(f: F) -> F:
+    """--sampling and --sample-seed: which --n-samples images of the split are used."""
+    from clrobust.data import SAMPLINGS
+
+    f = click.option("--sample-seed", default=0, show_default=True, type=click.IntRange(0, 2 ** 63 - 1),
+                     help="Seed of the stratified image subset (independent of --seed).")(f)
+    f = click.option("--sampling", type=click.Choice(list(SAMPLINGS)), default="stratified", show_default=True,
+                     help="How the --n-samples images are chosen: a seeded class-stratified random subset "
+                          "(recorded with its indices' hash), or the first N of the split.")(f)
+    return f
+
+
+def bootstrap_option(f: F) -> F:
+    """--bootstrap N: replicates over images for every interval."""
+    from clrobust.uncertainty import DEFAULT_REPLICATES
+
+    return click.option("--bootstrap", default=DEFAULT_REPLICATES, show_default=True, type=COUNT0,
+                        help="Bootstrap replicates over images for the 95% intervals of every CKA, disparity and "
+                             "paired difference (seeded by --seed; 0 turns them off).")(f)
+
+
 def probe_train_option(default: Optional[int] = None, name: str = "--probe-train") -> Callable[[F], F]:
     """Train images a linear probe is fitted on (head-less encoders, per-layer probes)."""
     shown = "all" if default is None else str(default)

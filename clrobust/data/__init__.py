@@ -26,6 +26,8 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 DATASETS = ("cifar10-mini", "cifar10", "cifar100", "imagefolder")
+#: How ``--n-samples`` images are chosen: a seeded class-stratified subset, or the first N.
+SAMPLINGS = ("stratified", "first")
 SPLITS = ("train", "test")
 
 
@@ -38,6 +40,8 @@ class ImageData:
     images: torch.Tensor
     labels: torch.Tensor
     classes: List[str]
+    #: how these images were chosen from the split, in words (``sample`` fills it in)
+    chosen: str = "all images of the split"
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -54,6 +58,31 @@ class ImageData:
             raise ClrobustError(f"--n-samples must be at least 1, got {n}.")
         return ImageData(self.name, self.split, self.images[:n], self.labels[:n], self.classes)
 
+    def sample(self, n: Optional[int], sampling: str = "stratified", seed: int = 0) -> "ImageData":
+        """``n`` images of the split: a seeded class-stratified random subset (each class in proportion
+        to its share, kept in the split's order) or the first ``n`` (``sampling="first"``).
+        All of them when ``n`` is None or at least the split's size.
+
+        Raises:
+            ClrobustError: an unknown ``sampling`` or ``n`` below 1.
+        """
+        if sampling not in SAMPLINGS:
+            raise ClrobustError(f"unknown sampling {sampling!r}; use one of: {', '.join(SAMPLINGS)}.")
+        if n is None or n >= len(self):
+            return self
+        if n < 1:
+            raise ClrobustError(f"--n-samples must be at least 1, got {n}.")
+        if sampling == "first":
+            out = self.subset(n)
+            out.chosen = f"the first {n} of the {len(self)} in the split"
+            return out
+        idx = stratified_indices(self.labels.numpy(), n, seed)
+        digest = hashlib.sha256(idx.astype(np.int64).tobytes()).hexdigest()[:12]
+        t = torch.from_numpy(idx)
+        return ImageData(self.name, self.split, self.images[t], self.labels[t], self.classes,
+                         f"{n} of the {len(self)} in the split, class-stratified, sample seed {seed}, "
+                         f"indices sha256 {digest}")
+
     def fingerprint(self) -> str:
         """SHA-256 of the pixels and labels, in order: which images these are, whatever folder,
         split or subset they came from (caches are keyed by it)."""
@@ -67,6 +96,20 @@ class ImageData:
         """Float batches in [0, 1] with their labels, in order."""
         for i in range(0, len(self), batch_size):
             yield to_float(self.images[i:i + batch_size]), self.labels[i:i + batch_size]
+
+
+def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``n`` of ``labels``: every class gets its share of ``n`` (largest remainders
+    first, ties to the lower class), drawn uniformly within the class by a generator seeded by ``seed``."""
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = n * counts / counts.sum()
+    take = np.floor(quota).astype(int)
+    for i in np.argsort(-(quota - take), kind="stable")[: n - int(take.sum())]:
+        take[i] += 1
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5A3E]))
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(chosen))
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,8 @@ class FigureSettings:
     data: str = "cifar10-mini"
     data_root: Optional[str] = None
     skip_bad_images: bool = False
+    sampling: str = "stratified"  # how --n-samples images are chosen: stratified or first
+    sample_seed: int = 0
     layers: str = "blocks"
     attack: AttackSpec = field(default_factory=AttackSpec)
     n_samples: Optional[int] = 512
@@ -52,7 +54,8 @@ class FigureSettings:
     def to_dict(self) -> Dict[str, Any]:
         """The settings as settings.json records them."""
         return {"data": self.data, "data_root": self.data_root,
-                "skip_bad_images": self.skip_bad_images, "layers": self.layers,
+                "skip_bad_images": self.skip_bad_images, "sampling": self.sampling,
+                "sample_seed": self.sample_seed, "layers": self.layers,
                 "attack": self.attack.to_dict(), "n_samples": self.n_samples, "n_train": self.n_train,
                 "batch_size": self.batch_size, "seed": self.seed, "device": self.device, "models": dict(self.models),
                 "positional": self.positional, "load_options": self.load_options.kwargs(),

@@ -74,7 +74,8 @@ def compute_figures(families: Sequence[str], settings: FigureSettings, progress:
             if s not in specs:
                 specs.append(s)
     cs = CompareSettings(models=specs, data=settings.data, data_root=settings.data_root,
-                         skip_bad_images=settings.skip_bad_images, split="test",
+                         skip_bad_images=settings.skip_bad_images, sampling=settings.sampling,
+                         sample_seed=settings.sample_seed, split="test",
                          layers=settings.layers, attack=replace(settings.attack), n_samples=settings.n_samples,
                          batch_size=settings.batch_size, seed=settings.seed, device=settings.device,
                          load_options=settings.load_options, probe_train=settings.n_train,
@@ -100,7 +101,8 @@ def compute_probes(family: str, settings: FigureSettings, progress: bool = True,
     train = load_dataset(settings.data, "train", settings.data_root,
                          skip_bad=settings.skip_bad_images).subset(settings.n_train)
     test = load_dataset(settings.data, "test", settings.data_root,
-                        skip_bad=settings.skip_bad_images).subset(settings.n_samples)
+                        skip_bad=settings.skip_bad_images)
+    test = test.sample(settings.n_samples, settings.sampling, settings.sample_seed)
     res = {}
     for role, spec in family_models(family, settings):
         lm = load(spec, device=settings.device, **settings.load_options.kwargs())
