@@ -35,8 +35,9 @@ from clrobust.distributed import Dist, owns
 from clrobust.errors import ClrobustError
 from clrobust.hooks import LayerRecorder
 
-#: The inputs a model can be recorded on.
-INPUTS = ("clean", "adversarial")
+#: The inputs a model can be recorded on: the images, the attack's, and the attack's random-noise control
+#: (same eps and norm, the same noise for every model).
+INPUTS = ("clean", "adversarial", "noise")
 #: A last batch smaller than this is folded into the previous one.
 MIN_BATCH = 4
 
@@ -88,15 +89,15 @@ class Stage:
         self.device = device
         self.timings = {"attack": 0.0, "forward": 0.0}
 
-    def batches(self, data: ImageData, batch_size: int, inputs: Sequence[str] = INPUTS,
+    def batches(self, data: ImageData, batch_size: int, inputs: Sequence[str] = ("clean", "adversarial"),
                 dist: Optional[Dist] = None, progress: bool = False, desc: str = "batches",
                 leave: bool = False) -> Iterator[Batch]:
         """The batches this process owns, each with its recordings for every model and input (in that order)."""
         unknown = [i for i in inputs if i not in INPUTS]
         if unknown:
             raise ValueError(f"unknown input {unknown[0]!r}; use {INPUTS}")
-        if "adversarial" in inputs and self.attack is None:
-            raise ValueError("adversarial inputs need an attack")
+        if ("adversarial" in inputs or "noise" in inputs) and self.attack is None:
+            raise ValueError("adversarial and noise inputs need an attack")
         plan = [(i, b) for i, b in enumerate(batch_plan(len(data), batch_size)) if owns(dist, i)]
         recorders = {lab: LayerRecorder(net, self.layers[lab]) for lab, net in self.models.items()}
         try:
@@ -120,6 +121,9 @@ class Stage:
                     t = time.perf_counter()
                     xi = attack_batch(self.attack, net, x, y, batch_index=index)
                     self.timings["attack"] += time.perf_counter() - t
+                elif inp == "noise":
+                    assert self.attack is not None
+                    xi = attack_batch(self.attack.noise(), net, x, y, batch_index=index)
                 t = time.perf_counter()
                 try:
                     acts = recorders[lab].record(xi)

@@ -19,8 +19,9 @@ from torch import nn
 from clrobust.errors import ClrobustError
 from clrobust.losses import nt_xent
 
-#: End-to-end attacks (threat model II) and the representation attack (threat model I).
-ATTACKS = ("none", "fgsm", "pgd", "pgd-l2", "apgd", "autoattack", "rep")
+#: End-to-end attacks (threat model II), the representation attack (threat model I) and the
+#: random-noise control (random-sign L-inf noise at eps; under an L2 spec, a random direction of norm eps).
+ATTACKS = ("none", "fgsm", "pgd", "pgd-l2", "apgd", "autoattack", "rep", "noise")
 L2_ATTACKS = ("pgd-l2",)
 
 
@@ -88,8 +89,26 @@ class AttackSpec:
     def to_dict(self) -> Dict[str, object]:
         d = asdict(self)
         d["eps_text"] = format_eps(self.eps)
-        d["threat_model"] = "I (label-free, encoder)" if self.name == "rep" else "II (end-to-end)"
+        d["threat_model"] = ("none (random noise control)" if self.name == "noise" else
+                             "I (label-free, encoder)" if self.name == "rep" else "II (end-to-end)")
         return d
+
+    def noise(self) -> "AttackSpec":
+        """The random-noise control of this attack: same eps, norm and seed."""
+        return AttackSpec("noise", self.eps, 1, None, seed=self.seed, n_classes=self.n_classes, norm=self.norm)
+
+
+def noise_batch(eps: float, norm: str, x: torch.Tensor, seed: int, batch_index: int) -> torch.Tensor:
+    """``x`` plus random noise of radius ``eps`` (L-inf: a random sign per pixel; L2: a random Gaussian
+    direction scaled to norm eps per image), clipped to [0, 1]. The noise is drawn on the CPU from a
+    generator seeded by (seed, batch index) and moved to ``x``'s device, so every device draws the same."""
+    g = torch.Generator().manual_seed(seed * 100003 + batch_index + 7919)
+    if norm == "Linf":
+        noise = (torch.randint(0, 2, x.shape, generator=g, dtype=torch.int8).float() * 2 - 1) * eps
+    else:
+        d = torch.randn(x.shape, generator=g)
+        noise = d * (eps / d.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, *([1] * (x.dim() - 1)))
+    return (x + noise.to(x.device, x.dtype)).clamp(0, 1)
 
 
 @contextlib.contextmanager
@@ -176,6 +195,8 @@ def attack_batch(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.T
     """Adversarial version of one batch against ``model`` (in eval mode), seeded per batch."""
     if spec.name == "none" or spec.eps == 0:
         return x.clone()
+    if spec.name == "noise":
+        return noise_batch(spec.eps, spec.norm, x, spec.seed, batch_index)
     was_training = model.training
     model.eval()
     try:

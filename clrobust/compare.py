@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
-from clrobust.activations import MIN_BATCH, Stage, batch_plan
+from clrobust.activations import MIN_BATCH, Recording, Stage, batch_plan
 from clrobust.attacks import AttackSpec, format_eps
 from clrobust.checkpoints import LoadedModel, LoadOptions, distinct_labels, load, resolve
 from clrobust.cka import disparity as cka_disparity
@@ -64,6 +65,7 @@ class CompareSettings:
     metric: str = "linear-cka"  # a name of clrobust.metrics.METRICS
     classifier: str = "auto"  # auto: own head when it fits, else a probe; probe: always a probe
     bootstrap: int = DEFAULT_REPLICATES  # bootstrap replicates over images for the intervals (0: none)
+    noise_control: bool = True  # also record random noise of the attack's eps and norm (one more forward pass)
 
     def to_dict(self) -> Dict[str, Any]:
         """The settings as settings.json records them."""
@@ -73,17 +75,21 @@ class CompareSettings:
                 "layers": self.layers, "attack": self.attack.to_dict(), "n_samples": self.n_samples,
                 "batch_size": self.batch_size, "seed": self.seed, "device": self.device,
                 "load_options": self.load_options.kwargs(), "probe_train": self.probe_train,
-                "metric": self.metric, "classifier": self.classifier, "bootstrap": self.bootstrap}
+                "metric": self.metric, "classifier": self.classifier, "bootstrap": self.bootstrap,
+                "noise_control": self.noise_control}
 
 
 Entry = Tuple[Tuple[str, str], Tuple[str, str]]  # ((model, input), (model, input))
 
 
-def planned_entries(labels: Sequence[str]) -> List[Entry]:
-    """Within each model: clean-clean and clean-adversarial; across models: clean-clean and adv-adv."""
+def planned_entries(labels: Sequence[str], noise: bool = False) -> List[Entry]:
+    """Within each model: clean-clean and clean-adversarial (and clean-noise, the control); across models:
+    clean-clean and adv-adv."""
     entries: List[Entry] = []
     for m in labels:
         entries += [((m, "clean"), (m, "clean")), ((m, "clean"), (m, "adversarial"))]
+        if noise:
+            entries.append(((m, "clean"), (m, "noise")))
     for i, a in enumerate(labels):
         for b in labels[i + 1:]:
             entries += [((a, "clean"), (b, "clean")), ((a, "adversarial"), (b, "adversarial"))]
@@ -148,6 +154,13 @@ class CompareResult(Result):
     accuracy_ci: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
     #: every pair of models: per-layer disparity difference on the same images, CI, p, Holm-adjusted p
     paired_disparity: List[Dict[str, Any]] = field(default_factory=list)
+    #: the random-noise control (same eps and norm): label -> 1 - CKA(clean_l, noise_l), its intervals, late mean
+    noise_disparity: Dict[str, List[float]] = field(default_factory=dict)
+    noise_disparity_ci: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
+    noise_late_disparity: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    #: label -> per layer, mean ||f(x+d)-f(x)||/||d|| over mean ||f(x+e)-f(x)||/||e|| (attack d, noise e):
+    #: {"ratio", "ci_low", "ci_high"}
+    amplification: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
     #: how the images were chosen and how the intervals were computed
     sampling: str = "the first n images of the split"
     uncertainty: str = "none (--bootstrap 0)"
@@ -225,9 +238,26 @@ class CompareResult(Result):
     def markdown(self) -> str:
         lines = [self.describe(), "", "| " + " | ".join(self.HEAD) + " |", "|" + "---|" * len(self.HEAD)]
         lines += ["| " + " | ".join(r) + " |" for r in self._rows()]
-        lines += self._paired_lines()
+        lines += self._control_lines() + self._paired_lines()
         notes = self._notes()
         return "\n".join(lines + ([""] + notes if notes else []))
+
+    def _control_lines(self) -> List[str]:
+        """Per model: the noise control's late disparity beside the attack's, and the amplification."""
+        def late_text(d: Mapping[str, Any]) -> str:
+            return with_interval(d.get("value", float("nan")), d.get("ci_low"), d.get("ci_high"))
+
+        lines = []
+        for lab, late in self.noise_late_disparity.items():
+            text = (f"{lab}: random noise of the same eps, mean last 1/3 disparity {late_text(late)} "
+                    f"(attack {late_text(self.late_disparity.get(lab, {}))})")
+            amp = self.amplification.get(lab)
+            if amp:
+                low, high = _pair([amp["ci_low"][-1], amp["ci_high"][-1]] if "ci_low" in amp else None)
+                ratio = with_interval(amp["ratio"][-1], low, high, 1)
+                text += f"; attack/noise amplification at the last layer {ratio}x"
+            lines.append(text)
+        return [""] + lines if lines else []
 
     def _paired_lines(self) -> List[str]:
         lines = []
@@ -262,8 +292,8 @@ class CompareResult(Result):
         widths = [max(len(r[i]) for r in rows) for i in range(len(self.HEAD))]
         table = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
                  for r in rows]
-        return "\n".join([self.describe()] + table + [line for line in self._paired_lines() if line]
-                         + self._notes())
+        extra = [line for line in self._control_lines() + self._paired_lines() if line]
+        return "\n".join([self.describe()] + table + extra + self._notes())
 
     def figures(self) -> Dict[str, Drawer]:
         from clrobust import plots
@@ -272,6 +302,8 @@ class CompareResult(Result):
         out: Dict[str, Drawer] = {}
         for e in self.cka:
             r, c = e.rows, e.cols
+            if "noise" in (r[1], c[1]):
+                continue  # the control's matrices are in results.json; its curve is on disparity.png
             title = f"{r[0]} ({r[1]}) vs {c[0]} ({c[1]})\n{atk}, n={self.n_samples}"
             out[heatmap_name(r, c)] = partial(plots.save_heatmap, matrix=e.matrix, rows=self.layers[r[0]],
                                               cols=self.layers[c[0]], title=title, row_label=f"{r[0]} - {r[1]}",
@@ -305,24 +337,33 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
             classifiers[lab] = ensure_classifier(lm, train, settings.seed, progress)
     timings["load"] += time.perf_counter() - t
 
-    entries = planned_entries(labels)
+    noise = settings.noise_control and settings.attack.name not in ("none", "noise") and settings.attack.eps > 0
+    inputs = ("clean", "adversarial", "noise") if noise else ("clean", "adversarial")
+    entries = planned_entries(labels, noise)
+    gains = {lab: Gains(settings.bootstrap) for lab in labels} if noise else {}
     boot = Bootstrap(settings.bootstrap, settings.seed) if settings.bootstrap else None
     accs = {e: metric(settings.metric, bootstrap=settings.bootstrap) for e in entries}
     measure = next(iter(accs.values()))
-    correct = {lab: {"clean": 0, "adversarial": 0} for lab in labels}
+    correct = {lab: {inp: 0 for inp in inputs} for lab in labels}
     if len(data) < MIN_BATCH:
         raise ClrobustError(f"need at least {MIN_BATCH} samples for minibatch CKA, got {len(data)}.")
     stage = Stage(nets, names, settings.attack, settings.device)
-    for batch in stage.batches(data, settings.batch_size, dist=dist, progress=progress, desc="compare-layers",
-                               leave=True):
+    for batch in stage.batches(data, settings.batch_size, inputs=inputs, dist=dist, progress=progress,
+                               desc="compare-layers", leave=True):
         grams: Dict[Tuple[str, str], Any] = {}
+        weights = boot.weights(batch.index, len(batch.y)) if boot is not None else None
+        held: Dict[str, Recording] = {}  # this model's clean and adversarial recordings, until its noise one
         for rec in batch.recordings:
             correct[rec.model][rec.input] += int((rec.logits.argmax(1) == batch.y).sum())
             t = time.perf_counter()
             grams[(rec.model, rec.input)] = measure.prepare([a.cpu() for a in rec.layers.values()])
+            if noise:
+                held[rec.input] = rec
+                if rec.input == "noise":
+                    gains[rec.model].update(held["clean"], held["adversarial"], rec, batch.x, weights)
+                    held = {}
             timings["cka"] += time.perf_counter() - t
         t = time.perf_counter()
-        weights = boot.weights(batch.index, len(batch.y)) if boot is not None else None
         for e in entries:
             if weights is None:
                 accs[e].update_prepared(grams[e[0]], grams[e[1]])
@@ -337,6 +378,9 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
             accs[e].ensure_state(len(names[e[0][0]]), len(names[e[1][0]]))
         dist.all_reduce_cka(accs, entries)
         dist.all_reduce_counts(correct)
+        for lab in gains:
+            gains[lab].ensure_state(len(names[lab]))
+            dist.all_reduce(gains[lab].state())
     t = time.perf_counter()
     cka_list, replicates = [], {}
     for e in entries:
@@ -349,9 +393,14 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
     disparity = {lab: cka_disparity(matrices[((lab, "clean"), (lab, "adversarial"))]).tolist()
                  for lab in labels}
     stats = _disparity_statistics(labels, names, disparity, replicates)
+    if noise:
+        noise_disparity = {lab: cka_disparity(matrices[((lab, "clean"), (lab, "noise"))]).tolist() for lab in labels}
+        noise_stats = _disparity_statistics(labels, names, noise_disparity, replicates, "noise")
+        stats.update(noise_disparity=noise_disparity, noise_disparity_ci=noise_stats["disparity_ci"],
+                     noise_late_disparity=noise_stats["late_disparity"],
+                     amplification={lab: g.result() for lab, g in gains.items()})
     timings["cka"] += time.perf_counter() - t
-    accuracy = {lab: {"clean": correct[lab]["clean"] / n, "adversarial": correct[lab]["adversarial"] / n}
-                for lab in labels}
+    accuracy = {lab: {k: correct[lab][k] / n for k in INPUTS} for lab in labels}
     accuracy_ci = {lab: {k: list(wilson_interval(correct[lab][k], n)) for k in INPUTS} for lab in labels}
     return CompareResult(
         models={lab: {**lm.describe(), "training": lm.metadata.get("training", {}),
@@ -371,12 +420,62 @@ def _pair(interval: Optional[Sequence[float]]) -> Tuple[Optional[float], Optiona
     return (interval[0], interval[1]) if interval else (None, None)
 
 
+class Gains:
+    """Per layer, how much one model's features move per unit of input change, under the attack and under
+    the noise control: sums over images of ||f(x') - f(x)|| / ||x' - x|| (images the input change leaves
+    untouched are left out of both), with their bootstrap replicates."""
+
+    def __init__(self, bootstrap: int = 0) -> None:
+        self.bootstrap = bootstrap
+        self.sums: Optional[torch.Tensor] = None  # (2, layers): attack, noise
+        self.boot: Optional[torch.Tensor] = None  # (2, replicates, layers)
+
+    def ensure_state(self, layers: int) -> None:
+        if self.sums is None:
+            self.sums = torch.zeros(2, layers, dtype=torch.float64)
+            self.boot = torch.zeros(2, self.bootstrap, layers, dtype=torch.float64)
+
+    def state(self) -> List[torch.Tensor]:
+        assert self.sums is not None and self.boot is not None
+        return [self.sums, self.boot]
+
+    def update(self, clean: Recording, adversarial: Recording, noise: Recording, x: torch.Tensor,
+               weights: Optional[torch.Tensor]) -> None:
+        self.ensure_state(len(clean.layers))
+        assert self.sums is not None and self.boot is not None
+        moved_a = (adversarial.inputs - x).flatten(1).norm(dim=1).double().cpu()
+        moved_n = (noise.inputs - x).flatten(1).norm(dim=1).double().cpu()
+        keep = (moved_a > 0) & (moved_n > 0)
+        per = []
+        for rec, moved in ((adversarial, moved_a), (noise, moved_n)):
+            change = torch.stack([(rec.layers[k] - clean.layers[k]).flatten(1).norm(dim=1).double().cpu()
+                                  for k in clean.layers])  # (layers, n)
+            per.append(torch.where(keep, change / moved.clamp_min(1e-300), torch.zeros_like(change)))
+        g = torch.stack(per)  # (2, layers, n)
+        self.sums += g.sum(2)
+        if self.bootstrap and weights is not None:
+            self.boot += torch.einsum("kla,ra->krl", g, weights.double())
+
+    def result(self) -> Dict[str, List[float]]:
+        """Per layer: the ratio of the attack's mean gain to the noise's, with its bootstrap interval."""
+        assert self.sums is not None and self.boot is not None
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = (self.sums[0] / self.sums[1]).numpy()
+            out: Dict[str, List[float]] = {"ratio": ratio.tolist()}
+            if self.bootstrap:
+                low, high = percentile_interval((self.boot[0] / self.boot[1]).numpy())
+                out.update(ci_low=low.tolist(), ci_high=high.tolist())
+        return out
+
+
 def _disparity_statistics(labels: Sequence[str], names: Mapping[str, Sequence[str]],
                           disparity: Mapping[str, List[float]],
-                          replicates: Mapping[Entry, Optional[np.ndarray]]) -> Dict[str, Any]:
+                          replicates: Mapping[Entry, Optional[np.ndarray]], other: str = "adversarial"
+                          ) -> Dict[str, Any]:
     """Per-layer disparity intervals, the late-layer mean with its interval, and paired differences
-    between every two models (same images, same bootstrap weights), from the CKA replicates."""
-    reps = {lab: replicates.get(((lab, "clean"), (lab, "adversarial"))) for lab in labels}
+    between every two models (same images, same bootstrap weights), from the CKA replicates of clean
+    against ``other`` inputs."""
+    reps = {lab: replicates.get(((lab, "clean"), (lab, other))) for lab in labels}
     out: Dict[str, Any] = {"disparity_ci": {}, "late_disparity": {}, "paired_disparity": []}
     boot_disp = {}
     for lab in labels:

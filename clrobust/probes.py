@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from clrobust.activations import INPUTS, Stage
+from clrobust.activations import Stage
 from clrobust.attacks import AttackSpec
 from clrobust.checkpoints import LoadOptions
 from clrobust.data import ImageData
@@ -142,7 +142,7 @@ def extract_features(net: nn.Module, train: ImageData, test: ImageData, layers: 
     else:
         stage = Stage({"model": net}, {"model": names}, attack, device)
         tr, _ = _pooled(stage, train, batch_size, ("clean",), "probe features train", progress)
-        te, correct = _pooled(stage, test, batch_size, INPUTS, "probe features test", progress)
+        te, correct = _pooled(stage, test, batch_size, ("clean", "adversarial"), "probe features test", progress)
         acc = {k: v / len(test) for k, v in correct.items()}
         feats = LayerFeatures(names, tr["clean"], te["clean"], te["adversarial"], train.labels.numpy().copy(),
                               test.labels.numpy().copy(), acc)

@@ -6,7 +6,7 @@ from typing import Dict
 
 from torch import nn
 
-from clrobust.activations import INPUTS, Stage
+from clrobust.activations import Stage
 from clrobust.attacks import AttackSpec
 from clrobust.data import ImageData
 
@@ -22,7 +22,7 @@ def accuracy(net: nn.Module, data: ImageData, spec: AttackSpec, batch_size: int 
     correct = {"clean": 0, "adversarial": 0}
     device = next(net.parameters()).device
     stage = Stage({"model": net}, None, spec, str(device))
-    for batch in stage.batches(data, batch_size, inputs=INPUTS, progress=progress, desc=desc):
+    for batch in stage.batches(data, batch_size, inputs=("clean", "adversarial"), progress=progress, desc=desc):
         for rec in batch.recordings:
             correct[rec.input] += int((rec.logits.argmax(1) == batch.y).sum())
     n = len(data)

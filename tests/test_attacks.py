@@ -109,7 +109,7 @@ def test_attack_spec_to_dict():
 
 
 @pytest.mark.parametrize("kwargs,msg", [
-    (dict(name="cw"), r"^unknown attack 'cw'; use one of: none, fgsm, pgd, pgd-l2, apgd, autoattack, rep\.$"),
+    (dict(name="cw"), r"^unknown attack 'cw'; use one of: none, fgsm, pgd, pgd-l2, apgd, autoattack, rep, noise\.$"),
     (dict(name="pgd", norm="l2"), r"^unknown norm 'l2'; use Linf or L2\.$"),
     (dict(name="pgd-l2", norm="L1"), r"^unknown norm 'L1'; use Linf or L2\.$"),
     (dict(name="pgd", norm="L2"), r"^attack 'pgd' is L-inf; for L2 use pgd-l2, apgd or autoattack\.$"),
@@ -464,3 +464,23 @@ def test_pgd_lowers_accuracy_more_than_noise():
     adv = attack_batch(AttackSpec("pgd", 8 / 255, steps=5), net, x, y)
     with torch.no_grad():
         assert (net(adv).argmax(1) == y).float().mean() < 0.5
+
+
+def test_the_noise_control_is_random_signs_at_eps_seeded_on_the_cpu():
+    from clrobust.attacks import AttackSpec, attack_batch, noise_batch
+
+    x = torch.rand(4, 3, 8, 8) * 0.8 + 0.1  # away from the box edges: nothing clipped
+    eps = 8 / 255
+    a = noise_batch(eps, "Linf", x, seed=3, batch_index=2)
+    d = a - x
+    assert torch.allclose(d.abs(), torch.full_like(d, eps), atol=1e-6)
+    assert 0.4 < float((d > 0).float().mean()) < 0.6
+    assert torch.equal(a, noise_batch(eps, "Linf", x, 3, 2)) and not torch.equal(a, noise_batch(eps, "Linf", x, 3, 4))
+    l2 = noise_batch(0.5, "L2", x, 3, 2) - x
+    assert torch.allclose(l2.flatten(1).norm(dim=1), torch.full((4,), 0.5), rtol=1e-5)
+    edge = noise_batch(eps, "Linf", torch.zeros(2, 3, 4, 4), 0, 0)
+    assert float(edge.min()) == 0.0 and float(edge.max()) == pytest.approx(eps)  # clipped into [0, 1]
+    spec = AttackSpec("pgd", eps, 3, seed=3)
+    assert spec.noise().name == "noise" and spec.noise().eps == eps and spec.noise().norm == "Linf"
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10))
+    assert torch.equal(attack_batch(spec.noise(), net, x, torch.zeros(4, dtype=torch.long), batch_index=2), a)

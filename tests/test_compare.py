@@ -32,11 +32,12 @@ def test_compare_layers_outputs(tmp_path, tiny_checkpoints):
     pairs = {(e["rows"]["model"], e["rows"]["input"], e["cols"]["model"], e["cols"]["input"]) for e in res["cka"]}
     assert pairs == {("tiny0", "clean", "tiny0", "clean"), ("tiny0", "clean", "tiny0", "adversarial"),
                      ("tiny1", "clean", "tiny1", "clean"), ("tiny1", "clean", "tiny1", "adversarial"),
-                     ("tiny0", "clean", "tiny1", "clean"), ("tiny0", "adversarial", "tiny1", "adversarial")}
+                     ("tiny0", "clean", "tiny1", "clean"), ("tiny0", "adversarial", "tiny1", "adversarial"),
+                     ("tiny0", "clean", "tiny0", "noise"), ("tiny1", "clean", "tiny1", "noise")}  # the control
     for e in res["cka"]:
         m = np.asarray(e["matrix"])
         assert m.shape == (10, 10)
-        assert (m > -1e-6).all() and (m < 1 + 1e-6).all()
+        assert (m > -0.2).all() and (m < 1 + 1e-6).all()  # unbiased CKA dips below 0 near independence
         if e["rows"] == e["cols"]:
             np.testing.assert_allclose(np.diag(m), 1.0, atol=1e-6)
     ent = next(e for e in res["cka"] if e["rows"] == {"model": "tiny0", "input": "clean"}
@@ -139,7 +140,7 @@ def test_every_model_is_attacked_with_its_own_examples(tiny_checkpoints, trained
     The untrained model comes first: examples crafted against it barely move the trained
     model, so crafting every model's examples against the first one cannot pass.
     """
-    from clrobust.attacks import AttackSpec, attack_batch
+    from clrobust.attacks import AttackSpec, attack_batch, noise_batch
     from clrobust.checkpoints import load as load_model
     from clrobust.compare import CompareSettings, run_compare
     from clrobust.data import load_dataset, to_float
@@ -156,18 +157,29 @@ def test_every_model_is_attacked_with_its_own_examples(tiny_checkpoints, trained
     for label, path in zip(("tiny0", "trained"), models):
         net = load_model(path).network
         correct = {"clean": 0, "adversarial": 0}
-        acts = {"clean": [], "adversarial": []}
+        acts = {"clean": [], "adversarial": [], "noise": []}
+        gain = {"adversarial": np.zeros(len(BLOCKS)), "noise": np.zeros(len(BLOCKS))}
         for bi, (lo, hi) in enumerate(bounds):
             x, y = to_float(data.images[lo:hi]), data.labels[lo:hi]
             x_adv = attack_batch(AttackSpec("pgd", 4 / 255, steps=3, seed=5), net, x, y, batch_index=bi)
-            for inp, xi in (("clean", x), ("adversarial", x_adv)):
+            x_noise = noise_batch(4 / 255, "Linf", x, 5, bi)  # the control: random signs at the same eps
+            for inp, xi in (("clean", x), ("adversarial", x_adv), ("noise", x_noise)):
                 a, logits = _record(net, xi, BLOCKS)
                 acts[inp].append(a)
-                correct[inp] += int((logits.argmax(1) == y).sum())
-        assert res.accuracy[label] == {k: v / 34 for k, v in correct.items()}, label
+                if inp in correct:
+                    correct[inp] += int((logits.argmax(1) == y).sum())
+                if inp != "clean":  # feature change per unit of input change, summed over images
+                    moved = (xi - x).flatten(1).norm(dim=1).double().numpy()
+                    gain[inp] += [float((np.linalg.norm((np.asarray(a[n]) - np.asarray(acts["clean"][-1][n]))
+                                                        .reshape(len(x), -1), axis=1) / moved).sum()) for n in BLOCKS]
+        assert {k: res.accuracy[label][k] for k in correct} == {k: v / 34 for k, v in correct.items()}, label
         expect = [1 - _minibatch_cka([b[n] for b in acts["clean"]], [b[n] for b in acts["adversarial"]])
                   for n in BLOCKS]
         np.testing.assert_allclose(res.disparity[label], expect, rtol=0, atol=1e-9)
+        control = [1 - _minibatch_cka([b[n] for b in acts["clean"]], [b[n] for b in acts["noise"]]) for n in BLOCKS]
+        np.testing.assert_allclose(res.noise_disparity[label], control, rtol=0, atol=1e-9)
+        amplification = gain["adversarial"] / gain["noise"]
+        np.testing.assert_allclose(res.amplification[label]["ratio"], amplification, rtol=1e-6)  # float32 norms
         recs[label] = acts
     trained = res.accuracy["trained"]
     assert trained["clean"] > 0.2 and 0 < trained["adversarial"] < trained["clean"]  # non-trivial counts
