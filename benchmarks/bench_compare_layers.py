@@ -7,7 +7,11 @@ the forward passes that record the layers, the CKA (U-centred Grams and their
 products, float64) and writing results and figures. Also times the whole
 command as a user runs it (a fresh process, imports included).
 
-    python benchmarks/bench_compare_layers.py [--repeats 2] [--threads 2]
+    python benchmarks/bench_compare_layers.py [--repeats 2] [--threads 2] [--statistics]
+
+``--statistics`` also runs the job without its intervals and controls (``--bootstrap 0
+--no-noise-control``) and prints what the bootstrap (1000 replicates) and the noise
+control add, part by part, measured within the same process.
 
 Run by hand, not by CI: absolute seconds depend on the machine and on what
 else runs on it; the shares are what to look at.
@@ -30,8 +34,9 @@ from clrobust.compare import CompareSettings, run_compare
 from clrobust.results import write_results
 
 
-def one_run() -> dict:
-    settings = CompareSettings(models=list(DEFAULT_PAIR), attack=AttackSpec(name="pgd", eps=8 / 255, steps=10))
+def one_run(bootstrap: int = 1000, noise_control: bool = True) -> dict:
+    settings = CompareSettings(models=list(DEFAULT_PAIR), attack=AttackSpec(name="pgd", eps=8 / 255, steps=10),
+                               bootstrap=bootstrap, noise_control=noise_control)
     t = time.perf_counter()
     results = run_compare(settings, progress=False)
     timings = dict(results.timings_seconds)
@@ -55,8 +60,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2, help="runs to take the best of")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
+    ap.add_argument("--statistics", action="store_true", help="what the bootstrap and the noise control cost")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.statistics:
+        one_run(0, False)  # warm-up: first loads and allocations
+        plain = min((one_run(0, False) for _ in range(args.repeats)), key=lambda r: r["total (in process)"])
+        boot = min((one_run(1000, False) for _ in range(args.repeats)), key=lambda r: r["total (in process)"])
+        full = min((one_run() for _ in range(args.repeats)), key=lambda r: r["total (in process)"])
+        print(f"{'part':<22}{'plain':>8}{'+bootstrap':>12}{'+noise':>9}   (seconds, best of {args.repeats})")
+        for k in plain:
+            print(f"{k:<22}{plain[k]:>8.2f}{boot[k]:>12.2f}{full[k]:>9.2f}")
+        total = full["total (in process)"]
+        boot_cost = boot["cka"] - plain["cka"]  # the replicates are summed inside the CKA step
+        noise_cost = (full["forward"] + full["cka"]) - (boot["forward"] + boot["cka"])
+        print(f"of the default run ({total:.1f} s): bootstrap {boot_cost:.2f} s ({boot_cost / total:.1%}), "
+              f"noise control {noise_cost:.2f} s ({noise_cost / total:.1%})")
+        return
 
     runs = [one_run() for _ in range(args.repeats)]
     best = min(runs, key=lambda r: r["total (in process)"])

@@ -309,8 +309,11 @@ class CompareResult(Result):
                                               cols=self.layers[c[0]], title=title, row_label=f"{r[0]} - {r[1]}",
                                               col_label=f"{c[0]} - {c[1]}")
         legend = {lab: f"{lab} (adv. acc {a['adversarial']:.1%})" for lab, a in self.accuracy.items()}
+        band = " (bands: 95% bootstrap intervals)" if self.disparity_ci else ""
         out["disparity.png"] = partial(plots.save_disparity, curves=self.disparity, layers=self.layers,
-                                       title=f"Clean vs adversarial disparity over depth ({atk})", legend=legend)
+                                       title=f"Clean vs adversarial disparity over depth ({atk}), n={self.n_samples}"
+                                             f"{band}", legend=legend, bands=self.disparity_ci,
+                                       baselines=self.noise_disparity)
         return out
 
 

@@ -44,12 +44,23 @@ def save_heatmap(path: Path, matrix: np.ndarray, rows: Sequence[str], cols: Sequ
 
 
 def disparity_axes(ax, curves: Mapping[str, Sequence[float]], layers: Mapping[str, Sequence[str]],
-                   title: str, legend: Optional[Mapping[str, str]] = None) -> None:
-    """Disparity 1 - CKA(clean_l, adv_l) over relative depth, one line per model."""
+                   title: str, legend: Optional[Mapping[str, str]] = None,
+                   bands: Optional[Mapping[str, Mapping[str, Sequence[float]]]] = None,
+                   baselines: Optional[Mapping[str, Sequence[float]]] = None) -> None:
+    """Disparity 1 - CKA(clean_l, adv_l) over relative depth, one line per model, with its 95% band
+    (``bands``: label -> {"ci_low", "ci_high"}) and a dashed line of the same colour for the random-noise
+    control (``baselines``: label -> curve)."""
     for label, values in curves.items():
         v = np.asarray(values, dtype=float)
         depth = np.linspace(0, 1, len(v)) if len(v) > 1 else np.zeros(1)
-        ax.plot(depth, v, marker="o", ms=3, label=(legend or {}).get(label, label))
+        (line,) = ax.plot(depth, v, marker="o", ms=3, label=(legend or {}).get(label, label))
+        band = (bands or {}).get(label)
+        if band:
+            ax.fill_between(depth, band["ci_low"], band["ci_high"], color=line.get_color(), alpha=0.2, lw=0)
+        base = (baselines or {}).get(label)
+        if base is not None:
+            ax.plot(depth, np.asarray(base, dtype=float), ls="--", lw=1, color=line.get_color(),
+                    label=f"{label}: random noise, same eps")
     first = next(iter(layers.values()))
     if all(list(l) == list(first) for l in layers.values()):
         ticks = np.linspace(0, 1, len(first)) if len(first) > 1 else [0]
@@ -66,9 +77,11 @@ def disparity_axes(ax, curves: Mapping[str, Sequence[float]], layers: Mapping[st
 
 
 def save_disparity(path: Path, curves: Mapping[str, Sequence[float]], layers: Mapping[str, Sequence[str]],
-                   title: str, legend: Optional[Mapping[str, str]] = None) -> None:
+                   title: str, legend: Optional[Mapping[str, str]] = None,
+                   bands: Optional[Mapping[str, Mapping[str, Sequence[float]]]] = None,
+                   baselines: Optional[Mapping[str, Sequence[float]]] = None) -> None:
     fig, ax = new_figure(figsize=(7, 4.2))
-    disparity_axes(ax, curves, layers, title, legend)
+    disparity_axes(ax, curves, layers, title, legend, bands, baselines)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
