@@ -21,7 +21,7 @@ PACKAGE = Path(clrobust.__file__).resolve().parent
 FLOORS: List[List[str]] = [
     ["clrobust", "clrobust.errors"],
     ["clrobust.models", "clrobust.models.*", "clrobust.data", "clrobust.data.*", "clrobust.cka", "clrobust.metrics",
-     "clrobust.uncertainty",
+     "clrobust.uncertainty", "clrobust.similarity",
      "clrobust.distributed", "clrobust.plots", "clrobust.provenance", "clrobust.results", "clrobust.losses",
      "clrobust.linear_probe", "clrobust.train.augment"],
     ["clrobust.attacks", "clrobust.hooks", "clrobust.checkpoints", "clrobust.checkpoints.*"],
