@@ -164,10 +164,21 @@ class CompareResult(Result):
     #: how the images were chosen and how the intervals were computed
     sampling: str = "the first n images of the split"
     uncertainty: str = "none (--bootstrap 0)"
+    #: every CKA entry's bootstrap replicates (replicates x rows x cols), for statistics derived in the same
+    #: process (the findings check); not written to results.json
+    replicates: Dict[Entry, Optional[np.ndarray]] = field(default_factory=dict, repr=False, compare=False,
+                                                          metadata={"json": False})
 
     @property
     def labels(self) -> List[str]:
         return list(self.layers)
+
+    def matrix_replicates(self, rows: Tuple[str, str], cols: Tuple[str, str]) -> Optional[np.ndarray]:
+        """Bootstrap replicates (replicates x rows x cols) of :meth:`matrix`; None without them."""
+        if (rows, cols) in self.replicates:
+            return self.replicates[(rows, cols)]
+        r = self.replicates.get((cols, rows))
+        return None if r is None else np.swapaxes(r, 1, 2)
 
     def matrix(self, rows: Tuple[str, str], cols: Tuple[str, str]) -> np.ndarray:
         """CKA of (model, input) ``rows`` against ``cols`` (transposed from the stored pair if needed)."""
@@ -182,7 +193,7 @@ class CompareResult(Result):
         return "results.json"
 
     def to_dict(self) -> Dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("json", True)}
         d["cka"] = [e.to_dict() for e in self.cka]
         return {"schema": self.SCHEMA, **d}
 
@@ -416,7 +427,8 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
         timings_seconds={k: round(v, 3) for k, v in timings.items()},
         processes=1 if dist is None else dist.world, accuracy_ci=accuracy_ci,
         sampling=data.chosen,
-        uncertainty=boot.describe() if boot is not None else "none (--bootstrap 0)", **stats)
+        uncertainty=boot.describe() if boot is not None else "none (--bootstrap 0)", replicates=replicates,
+        **stats)
 
 
 def _pair(interval: Optional[Sequence[float]]) -> Tuple[Optional[float], Optional[float]]:

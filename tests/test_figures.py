@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Tuple
 
 import numpy as np
 import pytest
@@ -27,31 +26,17 @@ def _assert_real_pdf(path: Path) -> None:
     assert raw.startswith(b"%PDF-") and b"%%EOF" in raw[-64:] and len(raw) > 2000, path.name
 
 
-def _findings_from_json(figs: Dict[str, Dict[str, Any]]) -> Dict[int, Tuple[str, float]]:
-    """The paper's four findings (status, margin) re-derived from the four figures' JSON summaries.
+def _late(results, label, other="adversarial"):
+    """Mean of 1 - CKA(clean_l, other_l) over the last third of the layers, and its replicates."""
+    d = 1 - np.diag(results.matrix((label, "clean"), (label, other)))
+    reps = 1 - np.diagonal(results.matrix_replicates((label, "clean"), (label, other)), axis1=1, axis2=2)
+    k = max(1, len(d) // 3)
+    return d[-k:].mean(), reps[:, -k:].mean(1)
 
-    The ST reference of finding 2 is the CL model trained without attack (CL ST).
-    """
-    def status(ok: bool) -> str:
-        return "agrees" if ok else "disagrees"
 
-    st = figs["st-clean-vs-adv"]["summary"]
-    lo = min(st["late_disparity"].values())
-    out = {1: (status(lo >= 0.3), lo - 0.3)}
-    at = figs["at-probes"]["summary"]
-    drop = st["late_disparity"]["CL ST"] - np.mean([at["late_disparity"][k] for k in ("CL AT", "CL Full-AT")])
-    rise = np.mean([at["cross_layer_cka_clean"][k] for k in ("CL AT", "CL Full-AT")]) - \
-        st["cross_layer_cka_clean"]["CL ST"]
-    out[2] = (status(drop > 0 and rise > 0), min(drop, rise))
-    sw = figs["eps-sweep"]["summary"]
-    keys = ["AT eps 2/255", "AT eps 8/255", "AT eps 16/255"]  # increasing training eps
-    late = [sw["late_disparity"][k] for k in keys]
-    rob = [sw["robust_accuracy"][k] for k in keys]
-    ok = late[0] >= late[1] >= late[2] and rob[0] <= rob[1] <= rob[2] and late[0] > late[2] and rob[2] > rob[0]
-    out[3] = (status(ok), min(late[0] - late[2], rob[2] - rob[0]))
-    cm = figs["cross-model"]["summary"]["cross_model_cka"]
-    out[4] = (status(cm["AT"]["mean"] > cm["ST"]["mean"]), cm["AT"]["mean"] - cm["ST"]["mean"])
-    return out
+def _verdict(reps):
+    lo, hi = np.nanpercentile(reps, [2.5, 97.5])  # replicates with a non-positive self-HSIC are NaN
+    return ("supported" if lo > 0 else "contradicted" if hi < 0 else "inconclusive"), lo, hi
 
 
 @pytest.fixture(scope="module")
@@ -172,16 +157,33 @@ def test_all_figures_numbers_match_plots(tmp_path, four_models, monkeypatch):
                                                           "adversarial": pr["adversarial_accuracy"][-1]}
     lines = [f.line() for f in res.findings]
     assert [f.number for f in res.findings] == [1, 2, 3, 4]
-    assert all(f.status in ("agrees", "disagrees") and f.margin is not None for f in res.findings)
+    assert all(f.verdict in ("supported", "contradicted", "inconclusive") for f in res.findings), lines
     assert all(ln.startswith(f"finding {i}:") for i, ln in zip(range(1, 5), lines))
     written = json.loads((out / "findings.json").read_text())
-    assert written["large_disparity_threshold"] == figures.LARGE_DISPARITY == 0.3
-    assert [(f["number"], f["status"], f["margin"]) for f in written["findings"]] == \
-        [(f.number, f.status, f.margin) for f in res.findings]
-    figs = {fam: json.loads((out / f"{fam}.json").read_text()) for fam in figures.FAMILIES}
-    for f in res.findings:
-        status, margin = _findings_from_json(figs)[f.number]
-        assert (f.status, f.margin) == (status, pytest.approx(margin, abs=1e-12)), f.line()
+    assert written["schema"] == "clrobust.findings/2" and "Poisson bootstrap" in written["uncertainty"]
+    assert [(f["number"], f["verdict"], f["value"]) for f in written["findings"]] == \
+        [(f.number, f.verdict, f.value) for f in res.findings]
+    # Finding 1 re-derived here: per ST model, late disparity minus the noise control's (same images, paired),
+    # and late minus early disparity; the headline is the model with the smallest lower bound.
+    f1 = res.findings[0]
+    st = {"CL ST": "m0", "SCL ST": "m1", "SL ST": "m2"}
+    excess = {}
+    for key, lab in st.items():
+        (v, r), (vn, rn) = _late(results, lab), _late(results, lab, "noise")
+        excess[key] = (v - vn, *_verdict(r - rn)[1:])
+    weakest = min(excess, key=lambda k: excess[k][1])
+    assert (f1.value, f1.ci_low, f1.ci_high) == pytest.approx(excess[weakest], abs=1e-9)
+    assert "random noise of the same eps" in f1.baseline and f"{f1.verdict.upper()}." in lines[0]
+    # Finding 4: AT pair minus ST pair, mean cross-model CKA on adversarial inputs, paired replicates.
+    f4 = res.findings[3]
+    def cross(a, b):
+        return (results.matrix((a, "adversarial"), (b, "adversarial")).mean(),
+                results.matrix_replicates((a, "adversarial"), (b, "adversarial")).mean((1, 2)))
+    (at, rat), (stv, rst) = cross("m1", "m3"), cross("m0", "m2")
+    verdict, lo, hi = _verdict(rat - rst)
+    assert (f4.verdict, f4.value, f4.ci_low, f4.ci_high) == (verdict, pytest.approx(at - stv), pytest.approx(lo),
+                                                           pytest.approx(hi))
+    assert "crafted against that model" in f4.detail
     # The same folder is refused without overwrite.
     from clrobust.errors import ClrobustError
     with pytest.raises(ClrobustError, match="--overwrite"):
@@ -213,7 +215,10 @@ def test_figures_cli_cross_model_check(tmp_path, four_models):
         assert p["training"] == tr and cm[tr]["mean"] == pytest.approx(float(np.mean(p["matrix"])))
         assert (p["rows"]["model"], p["cols"]["model"]) == (Path(four_models[row]).stem, Path(four_models[col]).stem)
     gap = cm["AT"]["mean"] - cm["ST"]["mean"]
-    assert f"{'AGREES' if gap > 0 else 'DISAGREES'} (margin {gap:+.3f})" in findings[4]
+    assert re.search(rf"(SUPPORTED|CONTRADICTED|INCONCLUSIVE)\. AT - ST mean cross-model CKA {gap:.3f} \[", findings[4])
+    verdict = re.search(r"(SUPPORTED|CONTRADICTED|INCONCLUSIVE)\.", findings[4]).group(1)
+    lo, hi = (float(v) for v in re.search(r"\[(-?[0-9.]+), (-?[0-9.]+)\]", findings[4]).groups())
+    assert verdict == ("SUPPORTED" if lo > 0 else "CONTRADICTED" if hi < 0 else "INCONCLUSIVE")
 
 
 @pytest.mark.slow

@@ -142,4 +142,8 @@ def figures(family, data, data_root,
         click.echo(fig.summary_line())
     for finding in res.findings:
         click.echo(finding.line())
+    if res.findings:
+        from clrobust.figures.findings import SCOPE
+
+        click.echo(SCOPE)
     click.echo(f"{len(res.files)} files in {out}/")

@@ -19,7 +19,7 @@ from clrobust.figures.base import (
     late_mean,
     off_diagonal_mean,
 )
-from clrobust.figures.findings import LARGE_DISPARITY, Finding, FindingsResult, check_findings
+from clrobust.figures.findings import VERDICTS, Finding, FindingsResult, check_findings
 from clrobust.figures.job import (
     FAMILIES,
     FAMILY_CLASSES,
@@ -31,6 +31,6 @@ from clrobust.figures.job import (
     parse_models,
 )
 
-__all__ = ["FAMILIES", "FAMILY_CLASSES", "LARGE_DISPARITY", "ROLES", "FigureResult", "FigureSettings",
-           "FiguresOutcome", "Finding", "FindingsResult", "Role", "check_findings", "compute_figures",
+__all__ = ["FAMILIES", "FAMILY_CLASSES", "ROLES", "FigureResult", "FigureSettings",
+           "FiguresOutcome", "Finding", "VERDICTS", "FindingsResult", "Role", "check_findings", "compute_figures",
            "early_mean", "family_models", "late_mean", "make_figures", "off_diagonal_mean", "parse_models"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 
-from clrobust.compare import CompareSettings, run_compare
+from clrobust.compare import CompareResult, CompareSettings, run_compare
 from clrobust.errors import ClrobustError
 from clrobust.figures.at_probes import AtProbes
 from clrobust.figures.base import FigureResult, FigureSettings, Role
@@ -63,6 +63,12 @@ def family_models(family: str, settings: FigureSettings) -> List[Tuple[Role, str
 def compute_figures(families: Sequence[str], settings: FigureSettings, progress: bool = True,
                     cache_dir: Optional[Path] = None) -> Dict[str, FigureResult]:
     """Numbers of every figure in ``families``: one ``run_compare`` over all their models, probes as needed."""
+    return compute_figures_and_results(families, settings, progress, cache_dir)[0]
+
+
+def compute_figures_and_results(families: Sequence[str], settings: FigureSettings, progress: bool = True,
+                                cache_dir: Optional[Path] = None) -> Tuple[Dict[str, FigureResult], CompareResult]:
+    """:func:`compute_figures` and the one ``compare-layers`` result the figures come from."""
     specs: List[str] = []
     if "cross-model" in families:
         cm = [s for _, s in family_models("cross-model", settings)]
@@ -87,7 +93,7 @@ def compute_figures(families: Sequence[str], settings: FigureSettings, progress:
         cls = FAMILY_CLASSES[f]
         probes = compute_probes(f, settings, progress, cache_dir) if getattr(cls, "NEEDS_PROBES", False) else None
         out[f] = cls.build(settings, family_models(f, settings), results, labels, probes)
-    return out
+    return out, results
 
 
 def compute_probes(family: str, settings: FigureSettings, progress: bool = True,
@@ -149,10 +155,10 @@ def make_figures(families: Sequence[str], settings: FigureSettings, out: Path, o
     check_models(families, settings)
     out = Path(out)
     with OutputFolder(out, output_names(families) + (["findings.json"] if check else []), overwrite) as folder:
-        figs = compute_figures(families, settings, progress, cache_dir=out / "features")
+        figs, compared = compute_figures_and_results(families, settings, progress, cache_dir=out / "features")
         results: List[Result] = list(figs.values())
-        findings = check_findings(figs) if check else []
+        findings = check_findings(figs, compared) if check else []
         if check:
-            results.append(FindingsResult(findings))
+            results.append(FindingsResult(findings, compared.uncertainty))
         files = folder.commit(results, settings.to_dict(), settings.seed)
     return FiguresOutcome(figs, files, findings)
