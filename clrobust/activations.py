@@ -79,14 +79,20 @@ class Stage:
         layers: label -> layer names to record (missing or empty: logits only).
         attack: the attack crafted against each model for the ``adversarial`` input.
         device: where images go.
+        adv_source: a label of ``models``: craft the adversarial inputs against that model only and
+            feed them to every model (shared inputs, so cross-model comparisons see the same images);
+            None: each model gets its own.
     """
 
     def __init__(self, models: Mapping[str, nn.Module], layers: Optional[Mapping[str, Sequence[str]]] = None,
-                 attack: Optional[AttackSpec] = None, device: str = "cpu") -> None:
+                 attack: Optional[AttackSpec] = None, device: str = "cpu", adv_source: Optional[str] = None) -> None:
         self.models = dict(models)
         self.layers = {lab: list((layers or {}).get(lab, [])) for lab in self.models}
         self.attack = attack
         self.device = device
+        if adv_source is not None and adv_source not in self.models:
+            raise ClrobustError(f"--adv-source {adv_source!r} is not one of the models ({', '.join(self.models)}).")
+        self.adv_source = adv_source
         self.timings = {"attack": 0.0, "forward": 0.0}
 
     def batches(self, data: ImageData, batch_size: int, inputs: Sequence[str] = ("clean", "adversarial"),
@@ -113,13 +119,19 @@ class Stage:
 
     def _recordings(self, recorders: Dict[str, LayerRecorder], index: int, x: torch.Tensor, y: torch.Tensor,
                     inputs: Sequence[str]) -> Iterator[Recording]:
+        shared: Optional[torch.Tensor] = None  # the adversarial batch of adv_source, crafted once
         for lab, net in self.models.items():
             for inp in inputs:
                 xi = x
                 if inp == "adversarial":
                     assert self.attack is not None  # checked in batches()
                     t = time.perf_counter()
-                    xi = attack_batch(self.attack, net, x, y, batch_index=index)
+                    if self.adv_source is None:
+                        xi = attack_batch(self.attack, net, x, y, batch_index=index)
+                    else:
+                        if shared is None:
+                            shared = attack_batch(self.attack, self.models[self.adv_source], x, y, batch_index=index)
+                        xi = shared
                     self.timings["attack"] += time.perf_counter() - t
                 elif inp == "noise":
                     assert self.attack is not None

@@ -66,6 +66,7 @@ class CompareSettings:
     classifier: str = "auto"  # auto: own head when it fits, else a probe; probe: always a probe
     bootstrap: int = DEFAULT_REPLICATES  # bootstrap replicates over images for the intervals (0: none)
     noise_control: bool = True  # also record random noise of the attack's eps and norm (one more forward pass)
+    adv_source: Optional[str] = None  # one of ``models``: its adversarial inputs are fed to every model
 
     def to_dict(self) -> Dict[str, Any]:
         """The settings as settings.json records them."""
@@ -76,7 +77,7 @@ class CompareSettings:
                 "batch_size": self.batch_size, "seed": self.seed, "device": self.device,
                 "load_options": self.load_options.kwargs(), "probe_train": self.probe_train,
                 "metric": self.metric, "classifier": self.classifier, "bootstrap": self.bootstrap,
-                "noise_control": self.noise_control}
+                "noise_control": self.noise_control, "adv_source": self.adv_source}
 
 
 Entry = Tuple[Tuple[str, str], Tuple[str, str]]  # ((model, input), (model, input))
@@ -161,6 +162,8 @@ class CompareResult(Result):
     #: label -> per layer, mean ||f(x+d)-f(x)||/||d|| over mean ||f(x+e)-f(x)||/||e|| (attack d, noise e):
     #: {"ratio", "ci_low", "ci_high"}
     amplification: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
+    #: which adversarial inputs each model saw: its own, or those crafted against one model (shared)
+    adversarial_design: str = "each model's own (crafted against that model)"
     #: how the images were chosen and how the intervals were computed
     sampling: str = "the first n images of the split"
     uncertainty: str = "none (--bootstrap 0)"
@@ -244,7 +247,8 @@ class CompareResult(Result):
         """One sentence: what was measured, on which images, with which uncertainty."""
         return (f"Layer-wise {self.metric} of {', '.join(self.labels)} on n = {self.n_samples} "
                 f"{self.data['name']} {self.data['split']} images ({self.sampling}), {self.attack_text()} "
-                f"(seed {self.seed}). Intervals: {self.uncertainty}; accuracies: Wilson {LEVEL_TEXT}.")
+                f"(seed {self.seed}); adversarial inputs: {self.adversarial_design}. Intervals: {self.uncertainty}; "
+                f"accuracies: Wilson {LEVEL_TEXT}.")
 
     def markdown(self) -> str:
         lines = [self.describe(), "", "| " + " | ".join(self.HEAD) + " |", "|" + "---|" * len(self.HEAD)]
@@ -361,7 +365,17 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
     correct = {lab: {inp: 0 for inp in inputs} for lab in labels}
     if len(data) < MIN_BATCH:
         raise ClrobustError(f"need at least {MIN_BATCH} samples for minibatch CKA, got {len(data)}.")
-    stage = Stage(nets, names, settings.attack, settings.device)
+    source = None
+    if settings.adv_source is not None:
+        specs = list(settings.models)
+        if settings.adv_source in specs:
+            source = labels[specs.index(settings.adv_source)]
+        elif settings.adv_source in labels:
+            source = settings.adv_source
+        else:
+            raise ClrobustError(f"--adv-source {settings.adv_source!r} is not one of the compared models "
+                                f"({', '.join(specs)}); name one of them.")
+    stage = Stage(nets, names, settings.attack, settings.device, adv_source=source)
     for batch in stage.batches(data, settings.batch_size, inputs=inputs, dist=dist, progress=progress,
                                desc="compare-layers", leave=True):
         grams: Dict[Tuple[str, str], Any] = {}
@@ -427,6 +441,8 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
         timings_seconds={k: round(v, 3) for k, v in timings.items()},
         processes=1 if dist is None else dist.world, accuracy_ci=accuracy_ci,
         sampling=data.chosen,
+        adversarial_design=("each model's own (crafted against that model)" if source is None else
+                            f"crafted against {source}, the same for every model"),
         uncertainty=boot.describe() if boot is not None else "none (--bootstrap 0)", replicates=replicates,
         **stats)
 
@@ -530,8 +546,10 @@ def compare_layers(settings: CompareSettings, out: Path, overwrite: bool = False
     """
     out = Path(out)
     main = dist is None or dist.is_main
-    for m in settings.models:
-        resolve(m)  # a mistyped model name is reported before anything about --out
+    labels = [resolve(m)[0] for m in settings.models]  # a mistyped model name is reported before anything
+    if settings.adv_source is not None and settings.adv_source not in list(settings.models) + labels:
+        raise ClrobustError(f"--adv-source {settings.adv_source!r} is not one of the compared models "
+                            f"({', '.join(settings.models)}); name one of them.")
     with OutputFolder(out, RESULT_FILES, overwrite, active=main) as folder:  # fails before any work
         result = run_compare(settings, progress=progress and main, dist=dist)
         folder.commit([result], settings.to_dict(), settings.seed)

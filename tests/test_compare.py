@@ -261,3 +261,39 @@ def test_every_number_carries_its_interval(tmp_path, tiny_checkpoints):
     off = compare_layers(CompareSettings(**{**settings.__dict__, "bootstrap": 0}), tmp_path / "off", progress=False)
     assert off.disparity_ci == {} and all(e.ci_low is None for e in off.cka) and off.paired_disparity == []
     np.testing.assert_array_equal(off.cka[0].matrix, res.cka[0].matrix)  # the bootstrap changes no value
+
+
+def test_shared_adversarial_inputs_from_one_model(tiny_checkpoints):
+    """--adv-source: the inputs crafted against one model are what every model is recorded on."""
+    import torch
+
+    from clrobust.attacks import AttackSpec, attack_batch
+    from clrobust.checkpoints import load as load_model
+    from clrobust.compare import CompareSettings, run_compare
+    from clrobust.data import load_dataset, to_float
+    from clrobust.errors import ClrobustError
+
+    models = [str(p) for p in tiny_checkpoints]
+    spec = AttackSpec("pgd", 8 / 255, steps=2, seed=2)
+    base = dict(models=models, attack=spec, n_samples=16, batch_size=16, layers="stem,avgpool", bootstrap=0)
+    res = run_compare(CompareSettings(**base, adv_source=models[0]), progress=False)
+    assert res.adversarial_design == "crafted against tiny0, the same for every model"
+    assert "adversarial inputs: crafted against tiny0" in res.describe()
+    data = load_dataset("cifar10-mini", "test").sample(16)
+    x, y = to_float(data.images), data.labels
+    source = load_model(models[0]).network
+    shared = attack_batch(spec, source, x, y, batch_index=0)
+    other = load_model(models[1]).network
+    own_adv = attack_batch(spec, other, x, y, batch_index=0)  # the attack needs gradients: outside no_grad
+    with torch.no_grad():
+        want = float((other(shared).argmax(1) == y).float().mean())
+        own = float((other(own_adv).argmax(1) == y).float().mean())
+    assert res.accuracy["tiny1"]["adversarial"] == pytest.approx(want)  # transfer, not its own attack
+    separate = run_compare(CompareSettings(**base), progress=False)
+    assert separate.accuracy["tiny1"]["adversarial"] == pytest.approx(own)
+    assert separate.adversarial_design.startswith("each model's own")
+    assert res.accuracy["tiny0"] == separate.accuracy["tiny0"]  # the source sees its own attack either way
+    assert res.disparity["tiny0"] == separate.disparity["tiny0"]
+    assert not np.allclose(res.disparity["tiny1"], separate.disparity["tiny1"])  # tiny1 saw other inputs
+    with pytest.raises(ClrobustError, match="--adv-source 'simclr-st' is not one of the compared models"):
+        run_compare(CompareSettings(**base, adv_source="simclr-st"), progress=False)

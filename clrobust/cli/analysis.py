@@ -101,12 +101,15 @@ def probe_layers(model, data, data_root,
 @seed_option
 @device_option
 @out_options("figures-out", "figures")
+@click.option("--adv-source", default=None, metavar="MODEL",
+              help="Craft the adversarial inputs against this model (a zoo name of the figures, e.g. simclr-st) and "
+                   "feed them to every model: the titles and findings say so [each model its own].")
 @click.option("--check", is_flag=True, help="Print whether the paper's findings hold in these numbers.")
 @progress_option
 def figures(family, data, data_root,
             skip_bad_images, layers, attack, eps, steps, alpha, n_samples, sampling, sample_seed, n_train,
             batch_size, models,
-            load_options, classifier, seed, device, out, overwrite, check,
+            load_options, classifier, seed, device, out, overwrite, adv_source, check,
             progress):
     """Draw the paper's figures (PNG, PDF and the numbers as JSON) into --out.
 
@@ -136,7 +139,7 @@ def figures(family, data, data_root,
                               n_train=n_train, batch_size=batch_size, seed=seed, device=device, models=subs,
                               positional=positional,
                               load_options=load_options, classifier=classifier, sampling=sampling,
-                              sample_seed=sample_seed)
+                              sample_seed=sample_seed, adv_source=adv_source)
     res = make_figures(fams, settings, Path(out), overwrite=overwrite, progress=progress, check=check)
     for fig in res.figures.values():
         click.echo(fig.summary_line())

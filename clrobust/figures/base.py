@@ -50,6 +50,7 @@ class FigureSettings:
     positional: Optional[List[str]] = None
     load_options: LoadOptions = field(default_factory=LoadOptions)
     classifier: str = "auto"
+    adv_source: Optional[str] = None  # a zoo name of the figures' models (or its --models replacement)
 
     def to_dict(self) -> Dict[str, Any]:
         """The settings as settings.json records them."""
@@ -59,7 +60,7 @@ class FigureSettings:
                 "attack": self.attack.to_dict(), "n_samples": self.n_samples, "n_train": self.n_train,
                 "batch_size": self.batch_size, "seed": self.seed, "device": self.device, "models": dict(self.models),
                 "positional": self.positional, "load_options": self.load_options.kwargs(),
-                "classifier": self.classifier}
+                "classifier": self.classifier, "adv_source": self.adv_source}
 
 
 def late_mean(values: Sequence[float]) -> float:
@@ -158,6 +159,9 @@ class FigureResult(Result):
             "clean_accuracy": {k: m["accuracy"]["clean"] for k, m in models.items()},
         }
         data_text = f"{results.data['name']} {results.data['split']}, n={results.n_samples}"
+        if results.adversarial_design.startswith("crafted against"):  # shared inputs: the title says so
+            data_text += f"; adversarial inputs {results.adversarial_design}"
+        summary["adversarial_design"] = results.adversarial_design
         title, panels, extra = cls.specific(pairs, labels, results, summary, probes, f"{atk}; {data_text}")
         return cls(family=cls.FAMILY, title=title, attack=results.attack, attack_text=atk, data=results.data,
                    n_samples=results.n_samples, layer_set=settings.layers, seed=settings.seed, models=models,

@@ -245,9 +245,12 @@ def finding_4(figs: Mapping[str, FigureResult], num: Numbers) -> Finding:
     labels = [m["label"] for m in figs["cross-model"].models.values()]  # CL ST, SL ST, CL AT, SL AT
     c = Contrast.of("AT - ST mean cross-model CKA",
                     *_minus(num.cross_model(labels[2], labels[3]), num.cross_model(labels[0], labels[1])))
-    return Finding(4, STATEMENTS[4], c.verdict, c.name, c.value, c.low, c.high, "0 (the ST pair, same images)",
-                   "Design: each model's adversarial inputs are crafted against that model, so the two sides of "
-                   "a cross-model entry see different images; part of the gap can come from that.")
+    design = num.r.adversarial_design
+    note = (f"Design: adversarial inputs {design}, so both sides of a cross-model entry see the same images."
+            if design.startswith("crafted against") else
+            "Design: each model's adversarial inputs are crafted against that model, so the two sides of "
+            "a cross-model entry see different images; part of the gap can come from that (--adv-source shares them).")
+    return Finding(4, STATEMENTS[4], c.verdict, c.name, c.value, c.low, c.high, "0 (the ST pair, same images)", note)
 
 
 def check_findings(figs: Mapping[str, FigureResult], results: Optional[CompareResult] = None) -> List[Finding]:

@@ -85,7 +85,12 @@ def compute_figures_and_results(families: Sequence[str], settings: FigureSetting
                          layers=settings.layers, attack=replace(settings.attack), n_samples=settings.n_samples,
                          batch_size=settings.batch_size, seed=settings.seed, device=settings.device,
                          load_options=settings.load_options, probe_train=settings.n_train,
-                         classifier=settings.classifier)
+                         classifier=settings.classifier,
+                         adv_source=None if settings.adv_source is None else
+                         settings.models.get(settings.adv_source, settings.adv_source))
+    if cs.adv_source is not None and cs.adv_source not in specs:
+        raise ClrobustError(f"--adv-source {settings.adv_source!r} is not one of these figures' models "
+                            f"({', '.join(specs)}).")
     results = run_compare(cs, progress=progress)
     labels = dict(zip(specs, results.labels))
     out: Dict[str, FigureResult] = {}
