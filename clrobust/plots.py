@@ -87,12 +87,17 @@ def save_disparity(path: Path, curves: Mapping[str, Sequence[float]], layers: Ma
 
 
 def probe_axes(ax, layers: Sequence[str], curves: Mapping[str, Sequence[float]], title: str,
-               chance: Optional[float] = None) -> None:
-    """Linear-probe accuracy over depth, one line per curve (e.g. train, clean, adversarial)."""
+               chance: Optional[float] = None, bands: Optional[Mapping[str, Sequence[Sequence[float]]]] = None) -> None:
+    """Linear-probe accuracy over depth, one line per curve (e.g. train, clean, adversarial), with a shaded
+    95% band for the curves in ``bands`` (name -> per layer [low, high])."""
     x = np.arange(len(layers))
     styles = {"train": ":", "clean": "-", "adversarial": "--"}
     for name, values in curves.items():
-        ax.plot(x, np.asarray(values, dtype=float), marker="o", ms=3, ls=styles.get(name, "-"), label=name)
+        (line,) = ax.plot(x, np.asarray(values, dtype=float), marker="o", ms=3, ls=styles.get(name, "-"), label=name)
+        band = (bands or {}).get(name)
+        if band:
+            b = np.asarray(band, dtype=float)
+            ax.fill_between(x, b[:, 0], b[:, 1], color=line.get_color(), alpha=0.15, lw=0)
     if chance is not None:
         ax.axhline(chance, color="grey", lw=0.8, ls="-.", label="chance")
     ax.set_xticks(x)

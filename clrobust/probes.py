@@ -34,6 +34,7 @@ from clrobust.hooks import layer_names
 from clrobust.linear_probe import fit_linear_probe
 from clrobust.provenance import versions, weights_hash
 from clrobust.results import Drawer, OutputFolder, Result, Table
+from clrobust.uncertainty import wilson_interval, with_interval
 
 #: Spatial size conv maps are average pooled to before flattening.
 POOL_SIZE = 2
@@ -79,9 +80,19 @@ class ProbeResult:
     features: str = "computed"
     cache_file: Optional[str] = None
     timings_seconds: Dict[str, float] = field(default_factory=dict)
+    #: per layer, the 95% Wilson interval [low, high] of each accuracy (train: of the n_train images)
+    train_ci: List[List[float]] = field(default_factory=list)
+    clean_ci: List[List[float]] = field(default_factory=list)
+    adversarial_ci: List[List[float]] = field(default_factory=list)
+    #: how the test images were chosen
+    sampling: str = ""
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
+
+    def interval(self, which: str, i: int) -> Tuple[Optional[float], Optional[float]]:
+        ci = getattr(self, f"{which}_ci")
+        return (ci[i][0], ci[i][1]) if ci else (None, None)
 
 
 def pool_flatten(act: torch.Tensor, size: int = POOL_SIZE) -> torch.Tensor:
@@ -263,7 +274,12 @@ def probe_layers(model: nn.Module, train_data: ImageData, test_data: ImageData,
         n_train=len(train_data), n_test=len(test_data), n_classes=test_data.num_classes,
         attack=attack.to_dict(), seed=seed, model_accuracy=dict(feats.model_accuracy),
         features=feats.from_cache, cache_file=feats.cache_file,
-        timings_seconds={"features": round(t1 - t0, 3), "fit": round(t2 - t1, 3)})
+        timings_seconds={"features": round(t1 - t0, 3), "fit": round(t2 - t1, 3)},
+        train_ci=[list(wilson_interval(round(a * len(train_data)), len(train_data))) for a in accs["train"]],
+        clean_ci=[list(wilson_interval(round(a * len(test_data)), len(test_data))) for a in accs["clean"]],
+        adversarial_ci=[list(wilson_interval(round(a * len(test_data)), len(test_data)))
+                        for a in accs["adversarial"]],
+        sampling=test_data.chosen)
 
 
 PROBE_FILES = ("probes.json", "probes.csv", "probes.md", "probes.png", "settings.json")
@@ -328,10 +344,16 @@ class ProbeLayersResult(Result):
 
     def tables(self) -> Dict[str, Table]:
         p = self.probes
+        def ci(which: str, i: int) -> List[str]:
+            low, high = p.interval(which, i)
+            return [f"{v:.6f}" if v is not None else "" for v in (low, high)]
+
         rows = [[i, name, p.feature_dims[i], f"{p.train_accuracy[i]:.6f}", f"{p.clean_accuracy[i]:.6f}",
-                 f"{p.adversarial_accuracy[i]:.6f}"] for i, name in enumerate(p.layers)]
+                 *ci("clean", i), f"{p.adversarial_accuracy[i]:.6f}", *ci("adversarial", i), p.n_test]
+                for i, name in enumerate(p.layers)]
         return {"probes.csv": Table(["layer_index", "layer", "feature_dim", "train_accuracy", "clean_accuracy",
-                                     "adversarial_accuracy"], rows)}
+                                     "clean_ci_low", "clean_ci_high", "adversarial_accuracy", "adversarial_ci_low",
+                                     "adversarial_ci_high", "n_test"], rows)}
 
     def attack_text(self) -> str:
         a = self.probes.attack
@@ -342,19 +364,31 @@ class ProbeLayersResult(Result):
 
     def markdown(self) -> str:
         p = self.probes
-        lines = [f"Linear probe per layer of {self.model['label']}: fit on {p.n_train} {self.data['name']} train "
-                 f"images, tested on {p.n_test} test images, clean and under {self.attack_text()} (seed {p.seed}).",
-                 "", "| layer | dim | train | clean | adversarial |", "|---|---|---|---|---|"]
-        lines += [f"| {name} | {p.feature_dims[i]} | {p.train_accuracy[i]:.1%} | {p.clean_accuracy[i]:.1%} | "
-                  f"{p.adversarial_accuracy[i]:.1%} |" for i, name in enumerate(p.layers)]
+        lines = [self.describe(), "", "| layer | dim | train | clean | adversarial |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {p.feature_dims[i]} | {self._cell('train', i)} | {self._cell('clean', i)} | "
+                  f"{self._cell('adversarial', i)} |" for i, name in enumerate(p.layers)]
         return "\n".join(lines)
+
+    def describe(self) -> str:
+        p = self.probes
+        chosen = f" ({p.sampling})" if p.sampling else ""
+        return (f"Linear probe per layer of {self.model['label']}: fit on {p.n_train} {self.data['name']} train "
+                f"images, tested on n = {p.n_test} test images{chosen}, clean and under {self.attack_text()} "
+                f"(seed {p.seed}); 95% Wilson intervals.")
+
+    def _cell(self, which: str, i: int) -> str:
+        return with_interval(getattr(self.probes, f"{which}_accuracy")[i], *self.probes.interval(which, i),
+                             percent=True)
 
     def summary(self) -> str:
         p = self.probes
-        lines = [f"{'layer':<14}{'dim':>6}{'train':>8}{'clean':>8}{'adv':>8}"]
-        lines += [f"{name:<14}{p.feature_dims[i]:>6}{p.train_accuracy[i]:>8.1%}{p.clean_accuracy[i]:>8.1%}"
-                  f"{p.adversarial_accuracy[i]:>8.1%}" for i, name in enumerate(p.layers)]
-        return "\n".join(lines)
+        rows = [["layer", "dim", "train", "clean", "adv"]]
+        rows += [[name, str(p.feature_dims[i]), self._cell("train", i), self._cell("clean", i),
+                  self._cell("adversarial", i)] for i, name in enumerate(p.layers)]
+        widths = [max(len(r[c]) for r in rows) for c in range(5)]
+        table = ["  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths)))
+                 for r in rows]
+        return "\n".join([self.describe()] + table)
 
     def figures(self) -> Dict[str, Drawer]:
         return {"probes.png": self._plot}
@@ -367,7 +401,8 @@ class ProbeLayersResult(Result):
                  f"{p.n_test} test images)\n{p.pooling}")
         fig, ax = plots.new_figure(figsize=(7, 4.2))
         plots.probe_axes(ax, p.layers, {"train": p.train_accuracy, "clean": p.clean_accuracy,
-                                        "adversarial": p.adversarial_accuracy}, title, chance=1.0 / p.n_classes)
+                                        "adversarial": p.adversarial_accuracy}, title, chance=1.0 / p.n_classes,
+                         bands={"clean": p.clean_ci, "adversarial": p.adversarial_ci})
         fig.tight_layout()
         fig.savefig(path, dpi=110)
 

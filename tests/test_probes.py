@@ -284,6 +284,11 @@ def test_probe_layers_tiny_model_and_cache(tmp_path, tiny_checkpoints):
     for acc in (r.train_accuracy, r.clean_accuracy, r.adversarial_accuracy):
         assert len(acc) == 4 and all(0 <= a <= 1 for a in acc)
     assert "2x2" in r.pooling and r.attack["eps_text"] == "8/255"
+    from clrobust.uncertainty import wilson_interval
+
+    for which, n in (("train", 40), ("clean", 16), ("adversarial", 16)):  # Wilson intervals of n images
+        for acc, ci in zip(getattr(r, f"{which}_accuracy"), getattr(r, f"{which}_ci")):
+            assert ci == pytest.approx(list(wilson_interval(round(acc * n), n))) and ci[0] <= acc <= ci[1]
     again = probe_layers(net, train, test, "stem,layer2.?,avgpool", spec, 8, 0, False, tmp_path)
     assert again.features == "memory" and again.clean_accuracy == r.clean_accuracy
     clear_memory_cache()
@@ -303,7 +308,8 @@ def test_probe_layers_tiny_model_and_cache(tmp_path, tiny_checkpoints):
     assert fresh.features == "computed" and fresh.adversarial_accuracy == r.adversarial_accuracy
 
 
-PROBE_CSV_HEADER = ["layer_index", "layer", "feature_dim", "train_accuracy", "clean_accuracy", "adversarial_accuracy"]
+PROBE_CSV_HEADER = ["layer_index", "layer", "feature_dim", "train_accuracy", "clean_accuracy", "clean_ci_low",
+                    "clean_ci_high", "adversarial_accuracy", "adversarial_ci_low", "adversarial_ci_high", "n_test"]
 
 
 def _assert_csv_is_json(path: Path, data: Dict) -> None:
@@ -314,8 +320,14 @@ def _assert_csv_is_json(path: Path, data: Dict) -> None:
     for i, row in enumerate(rows[1:]):
         assert len(row) == len(PROBE_CSV_HEADER)
         assert (int(row[0]), row[1], int(row[2])) == (i, data["layers"][i], data["feature_dims"][i])
-        for col, value in zip(PROBE_CSV_HEADER[3:], row[3:]):
-            assert float(value) == pytest.approx(data[col][i], abs=5.1e-7), (i, col)
+        cell = dict(zip(PROBE_CSV_HEADER, row))
+        for col in ("train_accuracy", "clean_accuracy", "adversarial_accuracy"):
+            assert float(cell[col]) == pytest.approx(data[col][i], abs=5.1e-7), (i, col)
+        for which in ("clean", "adversarial"):  # the Wilson interval of each accuracy, beside it
+            ci = data.get(f"{which}_ci") or []
+            got = [cell[f"{which}_ci_low"], cell[f"{which}_ci_high"]]
+            assert got == ([f"{v:.6f}" for v in ci[i]] if ci else ["", ""]), (i, which)
+        assert int(cell["n_test"]) == data["n_test"]
 
 
 def _assert_real_png(path: Path) -> None:

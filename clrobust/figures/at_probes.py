@@ -47,7 +47,8 @@ class AtProbes(FigureResult):
             plots.probe_axes(ax, pr["layers"], {"train": pr["train_accuracy"], "clean": pr["clean_accuracy"],
                                                 "adversarial": pr["adversarial_accuracy"]},
                              f"{key}: linear probe per layer\n{attack_text(pr['attack'])}, "
-                             f"fit on {pr['n_train']} train images", chance=1.0 / pr["n_classes"])
+                             f"fit on {pr['n_train']} train images (bands: 95% Wilson)", chance=1.0 / pr["n_classes"],
+                             bands={"clean": pr.get("clean_ci", []), "adversarial": pr.get("adversarial_ci", [])})
         fig.suptitle(self.title, fontsize=10)
         fig.tight_layout()
         if self.probes:
