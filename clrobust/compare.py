@@ -8,6 +8,7 @@ Grams once and add every requested pair into its :class:`~clrobust.cka.Streaming
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, fields
 from functools import partial
@@ -20,6 +21,7 @@ import torch
 from clrobust.activations import MIN_BATCH, Recording, Stage, batch_plan
 from clrobust.attacks import AttackSpec, format_eps
 from clrobust.checkpoints import LoadedModel, LoadOptions, distinct_labels, load, resolve
+from clrobust.checkpoints.zoo import expand_models
 from clrobust.cka import disparity as cka_disparity
 from clrobust.data import load_dataset
 from clrobust.distributed import Dist
@@ -162,6 +164,10 @@ class CompareResult(Result):
     #: label -> per layer, mean ||f(x+d)-f(x)||/||d|| over mean ||f(x+e)-f(x)||/||e|| (attack d, noise e):
     #: {"ratio", "ci_low", "ci_high"}
     amplification: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
+    #: groups of one recipe's training runs (a model argument NAME@a,b or a glob): argument -> labels
+    groups: Dict[str, List[str]] = field(default_factory=dict)
+    #: per group: mean, between-run SD, t-interval of the mean over runs, and the values, of each summary number
+    group_summary: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     #: which adversarial inputs each model saw: its own, or those crafted against one model (shared)
     adversarial_design: str = "each model's own (crafted against that model)"
     #: how the images were chosen and how the intervals were computed
@@ -253,9 +259,23 @@ class CompareResult(Result):
     def markdown(self) -> str:
         lines = [self.describe(), "", "| " + " | ".join(self.HEAD) + " |", "|" + "---|" * len(self.HEAD)]
         lines += ["| " + " | ".join(r) + " |" for r in self._rows()]
-        lines += self._control_lines() + self._paired_lines()
+        lines += self._group_lines() + self._control_lines() + self._paired_lines()
         notes = self._notes()
         return "\n".join(lines + ([""] + notes if notes else []))
+
+    def _group_lines(self) -> List[str]:
+        """Per group of training runs: the mean over runs with its t-interval and the between-run SD."""
+        lines = []
+        def cell(e: Mapping[str, Any], percent: bool = False) -> str:
+            sd = e.get("sd")
+            spread = "" if sd is None else (f", SD {sd:.1%}" if percent else f", SD {sd:.3f}")
+            return with_interval(e["mean"], e.get("ci_low"), e.get("ci_high"), percent=percent) + spread
+
+        for group, g in self.group_summary.items():
+            lines.append(f"{group} ({len(g['runs'])} training runs: {', '.join(g['runs'])}): mean last 1/3 "
+                         f"disparity {cell(g['late_disparity'])}; clean acc {cell(g['clean_accuracy'], True)}; "
+                         f"adv acc {cell(g['adversarial_accuracy'], True)} (interval: t over runs)")
+        return [""] + lines if lines else []
 
     def _control_lines(self) -> List[str]:
         """Per model: the noise control's late disparity beside the attack's, and the amplification."""
@@ -307,7 +327,7 @@ class CompareResult(Result):
         widths = [max(len(r[i]) for r in rows) for i in range(len(self.HEAD))]
         table = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
                  for r in rows]
-        extra = [line for line in self._control_lines() + self._paired_lines() if line]
+        extra = [line for line in self._group_lines() + self._control_lines() + self._paired_lines() if line]
         return "\n".join([self.describe()] + table + extra + self._notes())
 
     def figures(self) -> Dict[str, Drawer]:
@@ -336,7 +356,8 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
     """Compute the results of ``compare-layers`` (no files written)."""
     timings = {"load": 0.0, "attack": 0.0, "forward": 0.0, "cka": 0.0}
     t = time.perf_counter()
-    loaded = [load(m, device=settings.device, **settings.load_options.kwargs()) for m in settings.models]
+    specs, groups = expand_models(list(settings.models))
+    loaded = [load(m, device=settings.device, **settings.load_options.kwargs()) for m in specs]
     labels = _labels(loaded)
     nets = {lab: lm.network for lab, lm in zip(labels, loaded)}
     names = {lab: layer_names(net, settings.layers) for lab, net in nets.items()}
@@ -367,7 +388,6 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
         raise ClrobustError(f"need at least {MIN_BATCH} samples for minibatch CKA, got {len(data)}.")
     source = None
     if settings.adv_source is not None:
-        specs = list(settings.models)
         if settings.adv_source in specs:
             source = labels[specs.index(settings.adv_source)]
         elif settings.adv_source in labels:
@@ -430,7 +450,7 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
     timings["cka"] += time.perf_counter() - t
     accuracy = {lab: {k: correct[lab][k] / n for k in INPUTS} for lab in labels}
     accuracy_ci = {lab: {k: list(wilson_interval(correct[lab][k], n)) for k in INPUTS} for lab in labels}
-    return CompareResult(
+    result = CompareResult(
         models={lab: {**lm.describe(), "training": lm.metadata.get("training", {}),
                       **classifiers.get(lab, {"classifier": "own linear head"})}
                 for lab, lm in zip(labels, loaded)},
@@ -441,10 +461,38 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
         timings_seconds={k: round(v, 3) for k, v in timings.items()},
         processes=1 if dist is None else dist.world, accuracy_ci=accuracy_ci,
         sampling=data.chosen,
+        groups={g: [labels[specs.index(m)] for m in members] for g, members in groups.items()},
         adversarial_design=("each model's own (crafted against that model)" if source is None else
                             f"crafted against {source}, the same for every model"),
         uncertainty=boot.describe() if boot is not None else "none (--bootstrap 0)", replicates=replicates,
         **stats)
+    result.group_summary = group_summary(result)
+    return result
+
+
+def group_summary(result: CompareResult) -> Dict[str, Dict[str, Any]]:
+    """Per group of training runs: the mean over runs, the between-run SD and the t-interval of the mean
+    (runs as the sample: a statement about the recipe, not one model) of each summary number."""
+    from scipy.stats import t as student_t
+
+    numbers = {"late_disparity": lambda lab: result.late_disparity[lab]["value"],
+               "clean_accuracy": lambda lab: result.accuracy[lab]["clean"],
+               "adversarial_accuracy": lambda lab: result.accuracy[lab]["adversarial"]}
+    if result.noise_late_disparity:
+        numbers["noise_late_disparity"] = lambda lab: result.noise_late_disparity[lab]["value"]
+    out: Dict[str, Dict[str, Any]] = {}
+    for group, labels in result.groups.items():
+        stats: Dict[str, Any] = {"runs": list(labels)}
+        for name, get in numbers.items():
+            v = np.array([get(lab) for lab in labels], dtype=float)
+            entry: Dict[str, Any] = {"mean": float(v.mean()), "values": v.tolist(), "n": len(v)}
+            if len(v) > 1:
+                sd = float(v.std(ddof=1))
+                half = float(student_t.ppf(0.975, len(v) - 1)) * sd / math.sqrt(len(v))
+                entry.update(sd=sd, ci_low=entry["mean"] - half, ci_high=entry["mean"] + half)
+            stats[name] = entry
+        out[group] = stats
+    return out
 
 
 def _pair(interval: Optional[Sequence[float]]) -> Tuple[Optional[float], Optional[float]]:
@@ -546,10 +594,11 @@ def compare_layers(settings: CompareSettings, out: Path, overwrite: bool = False
     """
     out = Path(out)
     main = dist is None or dist.is_main
-    labels = [resolve(m)[0] for m in settings.models]  # a mistyped model name is reported before anything
-    if settings.adv_source is not None and settings.adv_source not in list(settings.models) + labels:
+    specs, _ = expand_models(list(settings.models))
+    labels = [resolve(m)[0] for m in specs]  # a mistyped model name is reported before anything
+    if settings.adv_source is not None and settings.adv_source not in specs + labels:
         raise ClrobustError(f"--adv-source {settings.adv_source!r} is not one of the compared models "
-                            f"({', '.join(settings.models)}); name one of them.")
+                            f"({', '.join(specs)}); name one of them.")
     with OutputFolder(out, RESULT_FILES, overwrite, active=main) as folder:  # fails before any work
         result = run_compare(settings, progress=progress and main, dist=dist)
         folder.commit([result], settings.to_dict(), settings.seed)

@@ -297,3 +297,40 @@ def test_shared_adversarial_inputs_from_one_model(tiny_checkpoints):
     assert not np.allclose(res.disparity["tiny1"], separate.disparity["tiny1"])  # tiny1 saw other inputs
     with pytest.raises(ClrobustError, match="--adv-source 'simclr-st' is not one of the compared models"):
         run_compare(CompareSettings(**base, adv_source="simclr-st"), progress=False)
+
+
+def test_groups_of_training_runs_report_mean_and_spread(tmp_path):
+    """NAME@a,b,c and globs name several runs of one recipe; the summary gives their mean, SD and t-interval."""
+    from conftest import tiny_network
+    from scipy.stats import t as student_t
+
+    from clrobust.attacks import AttackSpec
+    from clrobust.checkpoints import save_network
+    from clrobust.checkpoints.zoo import expand_group, expand_models
+    from clrobust.compare import CompareSettings, run_compare
+    from clrobust.errors import ClrobustError
+
+    for i, run in enumerate(("s0", "s1", "s2")):
+        save_network(tmp_path / f"rec-{run}", tiny_network(20 + i))
+    save_network(tmp_path / "other", tiny_network(30))
+    group = f"{tmp_path}/rec@s0,s1,s2"
+    assert expand_group(group) == [f"{tmp_path}/rec-{r}" for r in ("s0", "s1", "s2")]
+    assert expand_group(f"{tmp_path}/rec-s*.safetensors") == [str(tmp_path / f"rec-{r}.safetensors")
+                                                              for r in ("s0", "s1", "s2")]
+    assert expand_group("simclr-at@a,b") == ["simclr-at-a", "simclr-at-b"] and expand_group("x") == ["x"]
+    assert expand_models([group, "x"])[1] == {group: expand_group(group)}
+    with pytest.raises(ClrobustError, match="matches no file"):
+        expand_group(f"{tmp_path}/none-*.safetensors")
+    with pytest.raises(ClrobustError, match="write NAME@a,b,c"):
+        expand_group("rec@")
+    res = run_compare(CompareSettings(models=[group, str(tmp_path / "other.safetensors")],
+                                      attack=AttackSpec("pgd", 8 / 255, 1), n_samples=16, batch_size=16,
+                                      layers="stem,avgpool", bootstrap=0), progress=False)
+    assert res.labels == ["rec-s0", "rec-s1", "rec-s2", "other"]
+    assert res.groups == {group: ["rec-s0", "rec-s1", "rec-s2"]}
+    g = res.group_summary[group]["late_disparity"]
+    v = np.array([res.late_disparity[lab]["value"] for lab in res.groups[group]])
+    half = student_t.ppf(0.975, 2) * v.std(ddof=1) / np.sqrt(3)
+    assert (g["mean"], g["sd"], g["ci_low"], g["ci_high"], g["n"]) == pytest.approx(
+        (v.mean(), v.std(ddof=1), v.mean() - half, v.mean() + half, 3))
+    assert f"{group} (3 training runs: rec-s0, rec-s1, rec-s2)" in res.summary()

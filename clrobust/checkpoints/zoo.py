@@ -99,6 +99,47 @@ def resolve(name_or_path: str) -> Tuple[str, Path]:
                         f"({', '.join(known) if known else 'zoo is empty'}).")
 
 
+def expand_group(spec: str) -> List[str]:
+    """The checkpoints a model argument names: a group of one recipe's training runs, or itself.
+
+    * ``NAME@a,b,c``: ``NAME-a``, ``NAME-b``, ``NAME-c`` (zoo names or paths; a ``.safetensors``
+      suffix of NAME stays at the end), e.g. ``simclr-at@s0,s1,s2``;
+    * a glob (``runs/simclr-at-s*.safetensors``): the matching files, sorted;
+    * anything else: ``[spec]``.
+
+    Raises:
+        ClrobustError: an empty ``@`` list or a glob that matches nothing.
+    """
+    import glob
+
+    if "@" in spec:
+        base, _, members = spec.rpartition("@")
+        names = [m.strip() for m in members.split(",") if m.strip()]
+        if not base or not names:
+            raise ClrobustError(f"model group {spec!r}: write NAME@a,b,c (e.g. simclr-at@s0,s1,s2).")
+        stem, suffix = (base[: -len(".safetensors")], ".safetensors") if base.endswith(".safetensors") else (base, "")
+        return [f"{stem}-{m}{suffix}" for m in names]
+    if any(c in spec for c in "*?["):
+        hits = sorted(p for p in glob.glob(os.path.expanduser(spec)) if not p.endswith(".json"))
+        if not hits:
+            raise ClrobustError(f"model group {spec!r} matches no file.")
+        return hits
+    return [spec]
+
+
+def expand_models(specs: List[str]) -> Tuple[List[str], Dict[str, List[str]]]:
+    """Every model argument expanded (:func:`expand_group`), and the groups: argument -> its specs
+    (only arguments that named more than one checkpoint)."""
+    out: List[str] = []
+    groups: Dict[str, List[str]] = {}
+    for spec in specs:
+        members = expand_group(spec)
+        out += members
+        if len(members) > 1 or members != [spec]:
+            groups[spec] = members
+    return out, groups
+
+
 _COLUMNS = [("name", "name", "{}"), ("scheme", "scheme", "{}"), ("scenario", "scenario", "{}"),
             ("train eps", "eps", "{}"), ("train attack", "train_attack", "{}"), ("epochs", "epochs", "{}"),
             ("seed", "seed", "{}"), ("clean", "clean_accuracy", "{:.1%}"),

@@ -63,7 +63,14 @@ def compare_layers(models, data, data_root,
 
     MODELS are zoo names (see `clrobust zoo`) or checkpoint paths; with none, the
     embedded standard (simclr-st) and adversarially trained (simclr-at) SimCLR
-    encoders are compared on cifar10-mini test under PGD 8/255.
+    encoders are compared on cifar10-mini test under PGD 8/255. NAME@a,b,c
+    (NAME-a, NAME-b, NAME-c) or a quoted glob names several training runs of one
+    recipe: each is compared, and the group's mean, between-run SD and t-interval
+    are reported.
+
+    Every number comes with a 95% interval (a bootstrap over the images,
+    --bootstrap), the images are a seeded class-stratified subset (--sampling), and
+    random noise of the same eps is recorded beside the attack as its baseline.
 
     \b
     Writes to --out:
