@@ -27,8 +27,11 @@ class EpsSweep(FigureResult):
         curves = {"disparity": {k: results.disparity[lab] for k, lab in keys.items()},
                   "layers": {k: results.layers[lab] for k, lab in keys.items()},
                   "legend": {k: f"{k}: {lab} (robust acc {results.accuracy[lab]['adversarial']:.1%})"
-                             for k, lab in keys.items()}}
+                             for k, lab in keys.items()},
+                  "bands": {k: results.disparity_ci[lab] for k, lab in keys.items() if lab in results.disparity_ci}}
         title = f"Clean vs adversarial disparity over depth by training eps ({context})"
+        if curves["bands"]:
+            title += "\nbands: 95% bootstrap intervals over images"
         return title, [], {"curves": curves}
 
     def draw(self) -> Any:
@@ -36,6 +39,6 @@ class EpsSweep(FigureResult):
 
         fig, ax = plots.new_figure(figsize=(8, 4.8))
         c = self.curves
-        plots.disparity_axes(ax, c["disparity"], c["layers"], self.title, c["legend"])
+        plots.disparity_axes(ax, c["disparity"], c["layers"], self.title, c["legend"], c.get("bands"))
         fig.tight_layout()
         return fig
