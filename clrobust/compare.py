@@ -340,9 +340,10 @@ class CompareResult(Result):
             if "noise" in (r[1], c[1]):
                 continue  # the control's matrices are in results.json; its curve is on disparity.png
             title = f"{r[0]} ({r[1]}) vs {c[0]} ({c[1]})\n{atk}, n={self.n_samples}"
+            width = None if e.ci_low is None or e.ci_high is None else np.asarray(e.ci_high) - np.asarray(e.ci_low)
             out[heatmap_name(r, c)] = partial(plots.save_heatmap, matrix=e.matrix, rows=self.layers[r[0]],
                                               cols=self.layers[c[0]], title=title, row_label=f"{r[0]} - {r[1]}",
-                                              col_label=f"{c[0]} - {c[1]}")
+                                              col_label=f"{c[0]} - {c[1]}", ci_width=width)
         legend = {lab: f"{lab} (adv. acc {a['adversarial']:.1%})" for lab, a in self.accuracy.items()}
         band = " (bands: 95% bootstrap intervals)" if self.disparity_ci else ""
         out["disparity.png"] = partial(plots.save_disparity, curves=self.disparity, layers=self.layers,

@@ -34,11 +34,28 @@ def heatmap(ax, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], ti
     ax.tick_params(labelsize=6)
 
 
+def interval_width_heatmap(ax, width: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str) -> None:
+    """The width of each entry's 95% interval (same layout as :func:`heatmap`, its own colour scale)."""
+    import seaborn as sns
+
+    sns.heatmap(width[::-1], ax=ax, vmin=0, cmap="viridis", square=True, xticklabels=list(cols),
+                yticklabels=list(rows)[::-1], cbar_kws={"label": "95% interval width"})
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=6)
+
+
 def save_heatmap(path: Path, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str,
-                 row_label: str = "", col_label: str = "") -> None:
+                 row_label: str = "", col_label: str = "", ci_width: Optional[np.ndarray] = None) -> None:
+    """A CKA heatmap; with ``ci_width``, a second panel beside it holds each entry's interval width."""
     size = max(4.5, 0.32 * max(len(rows), len(cols)) + 2)
-    fig, ax = new_figure(figsize=(size + 1, size))
-    heatmap(ax, matrix, rows, cols, title, row_label, col_label)
+    if ci_width is None:
+        fig, ax = new_figure(figsize=(size + 1, size))
+        heatmap(ax, matrix, rows, cols, title, row_label, col_label)
+    else:
+        fig, (ax, ax_w) = new_figure(1, 2, figsize=(2 * size + 2, size))
+        heatmap(ax, matrix, rows, cols, title, row_label, col_label)
+        interval_width_heatmap(ax_w, ci_width, rows, cols, f"width of the 95% bootstrap interval\n(max "
+                               f"{float(np.nanmax(ci_width)):.3f})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
