@@ -40,6 +40,16 @@ from clrobust.hooks import LayerRecorder
 INPUTS = ("clean", "adversarial", "noise")
 #: A last batch smaller than this is folded into the previous one.
 MIN_BATCH = 4
+#: How layer maps are reduced where a job keeps features of every image (probes, full-batch measures).
+POOL_SIZE = 2
+POOLING = f"adaptive average pool of conv maps to {POOL_SIZE}x{POOL_SIZE}, then flatten"
+
+
+def pool_flatten(act: torch.Tensor, size: int = POOL_SIZE) -> torch.Tensor:
+    """(N, C, H, W) maps -> adaptive average pool to ``size`` x ``size`` -> (N, C*size*size); (N, D) unchanged."""
+    if act.dim() == 4:
+        act = torch.nn.functional.adaptive_avg_pool2d(act, size)
+    return act.reshape(act.shape[0], -1)
 
 
 def batch_plan(n: int, batch_size: int) -> List[Tuple[int, int]]:

@@ -18,7 +18,8 @@ from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from clrobust.activations import MIN_BATCH, Recording, Stage, batch_plan
+from clrobust import similarity
+from clrobust.activations import MIN_BATCH, Recording, Stage, batch_plan, pool_flatten
 from clrobust.attacks import AttackSpec, format_eps
 from clrobust.checkpoints import LoadedModel, LoadOptions, distinct_labels, load, resolve
 from clrobust.checkpoints.zoo import expand_models
@@ -31,6 +32,7 @@ from clrobust.hooks import layer_names
 from clrobust.metrics import metric
 from clrobust.provenance import versions
 from clrobust.results import Drawer, OutputFolder, Result, Table
+from clrobust.similarity import MEASURES
 from clrobust.uncertainty import (
     DEFAULT_REPLICATES,
     Bootstrap,
@@ -69,6 +71,7 @@ class CompareSettings:
     bootstrap: int = DEFAULT_REPLICATES  # bootstrap replicates over images for the intervals (0: none)
     noise_control: bool = True  # also record random noise of the attack's eps and norm (one more forward pass)
     adv_source: Optional[str] = None  # one of ``models``: its adversarial inputs are fed to every model
+    measures: Sequence[str] = ()  # full-batch measures of clrobust.similarity besides the streamed metric
 
     def to_dict(self) -> Dict[str, Any]:
         """The settings as settings.json records them."""
@@ -79,7 +82,7 @@ class CompareSettings:
                 "batch_size": self.batch_size, "seed": self.seed, "device": self.device,
                 "load_options": self.load_options.kwargs(), "probe_train": self.probe_train,
                 "metric": self.metric, "classifier": self.classifier, "bootstrap": self.bootstrap,
-                "noise_control": self.noise_control, "adv_source": self.adv_source}
+                "noise_control": self.noise_control, "adv_source": self.adv_source, "measures": list(self.measures)}
 
 
 Entry = Tuple[Tuple[str, str], Tuple[str, str]]  # ((model, input), (model, input))
@@ -168,6 +171,11 @@ class CompareResult(Result):
     groups: Dict[str, List[str]] = field(default_factory=dict)
     #: per group: mean, between-run SD, t-interval of the mean over runs, and the values, of each summary number
     group_summary: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    #: other measures (clrobust.similarity), full batch on pooled features: measure -> label -> per-layer
+    #: clean-vs-adversarial dissimilarity (1 - similarity; the Procrustes distance as it is); point values
+    measures: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
+    #: conclusions of the main metric that another measure reverses (one sentence each)
+    measure_flips: List[str] = field(default_factory=list)
     #: which adversarial inputs each model saw: its own, or those crafted against one model (shared)
     adversarial_design: str = "each model's own (crafted against that model)"
     #: how the images were chosen and how the intervals were computed
@@ -259,9 +267,21 @@ class CompareResult(Result):
     def markdown(self) -> str:
         lines = [self.describe(), "", "| " + " | ".join(self.HEAD) + " |", "|" + "---|" * len(self.HEAD)]
         lines += ["| " + " | ".join(r) + " |" for r in self._rows()]
-        lines += self._group_lines() + self._control_lines() + self._paired_lines()
+        lines += self._group_lines() + self._control_lines() + self._paired_lines() + self._measure_lines()
         notes = self._notes()
         return "\n".join(lines + ([""] + notes if notes else []))
+
+    def _measure_lines(self) -> List[str]:
+        if not self.measures:
+            return []
+        lines = ["other measures (full batch on pooled features, no interval): late clean-vs-adversarial "
+                 "dissimilarity " + "; ".join(
+                     f"{m}: " + ", ".join(f"{lab} {np.mean(v[-max(1, len(v) // 3):]):.3f}" for lab, v in c.items())
+                     for m, c in self.measures.items())]
+        lines += ([f"FLIP: {f}" for f in self.measure_flips] or
+                  [f"no conclusion of {self.metric} about disparity ordering or its rise with depth flips under "
+                   f"{', '.join(self.measures)}"])
+        return [""] + lines
 
     def _group_lines(self) -> List[str]:
         """Per group of training runs: the mean over runs with its t-interval and the between-run SD."""
@@ -327,7 +347,8 @@ class CompareResult(Result):
         widths = [max(len(r[i]) for r in rows) for i in range(len(self.HEAD))]
         table = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
                  for r in rows]
-        extra = [line for line in self._group_lines() + self._control_lines() + self._paired_lines() if line]
+        extra = [line for line in self._group_lines() + self._control_lines() + self._paired_lines()
+                 + self._measure_lines() if line]
         return "\n".join([self.describe()] + table + extra + self._notes())
 
     def figures(self) -> Dict[str, Drawer]:
@@ -381,6 +402,12 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
     inputs = ("clean", "adversarial", "noise") if noise else ("clean", "adversarial")
     entries = planned_entries(labels, noise)
     gains = {lab: Gains(settings.bootstrap) for lab in labels} if noise else {}
+    unknown = [m for m in settings.measures if m not in MEASURES]
+    if unknown:
+        raise ClrobustError(f"unknown measure {unknown[0]!r}; use some of: {', '.join(MEASURES)}.")
+    if settings.measures and dist is not None:
+        raise ClrobustError("--measures needs every image's features in one process; run it without torchrun.")
+    pooled: Dict[Tuple[str, str], Dict[str, List[torch.Tensor]]] = {(lab, i): {} for lab in labels for i in INPUTS}
     boot = Bootstrap(settings.bootstrap, settings.seed) if settings.bootstrap else None
     accs = {e: metric(settings.metric, bootstrap=settings.bootstrap) for e in entries}
     measure = next(iter(accs.values()))
@@ -403,6 +430,9 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
         weights = boot.weights(batch.index, len(batch.y)) if boot is not None else None
         held: Dict[str, Recording] = {}  # this model's clean and adversarial recordings, until its noise one
         for rec in batch.recordings:
+            if settings.measures and rec.input in INPUTS:
+                for name, act in rec.layers.items():
+                    pooled[(rec.model, rec.input)].setdefault(name, []).append(pool_flatten(act).double().cpu())
             correct[rec.model][rec.input] += int((rec.logits.argmax(1) == batch.y).sum())
             t = time.perf_counter()
             grams[(rec.model, rec.input)] = measure.prepare([a.cpu() for a in rec.layers.values()])
@@ -468,7 +498,47 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
         uncertainty=boot.describe() if boot is not None else "none (--bootstrap 0)", replicates=replicates,
         **stats)
     result.group_summary = group_summary(result)
+    if settings.measures:
+        t = time.perf_counter()
+        feats = {k: {name: torch.cat(chunks) for name, chunks in v.items()} for k, v in pooled.items()}
+        result.measures = {m: {lab: [_dissimilarity(m, feats[(lab, "clean")][layer], feats[(lab, "adversarial")][layer])
+                                     for layer in names[lab]] for lab in labels} for m in settings.measures}
+        result.measure_flips = measure_flips(result)
+        result.timings_seconds["measures"] = round(time.perf_counter() - t, 3)
     return result
+
+
+def _dissimilarity(measure: str, x: torch.Tensor, y: torch.Tensor) -> float:
+    """How far apart two representations are under ``measure``: 1 - similarity, or the distance itself."""
+    value = similarity.compute(measure, x, y)
+    return value if not MEASURES[measure].higher_is_similar else 1.0 - value
+
+
+def measure_flips(result: CompareResult) -> List[str]:
+    """Conclusions of the main metric's disparity that another measure reverses: the ordering of two models'
+    late-layer disparity, and whether a model's disparity rises from the first to the last third."""
+    def late(v: Sequence[float]) -> float:
+        return float(np.mean(v[-max(1, len(v) // 3):]))
+
+    def rise(v: Sequence[float]) -> float:
+        k = max(1, len(v) // 3)
+        return float(np.mean(v[-k:]) - np.mean(v[:k]))
+
+    flips = []
+    for m, curves in result.measures.items():
+        for lab in result.labels:
+            a, b = rise(result.disparity[lab]), rise(curves[lab])
+            if a * b < 0:
+                flips.append(f"{lab}: disparity {'rises' if a > 0 else 'falls'} with depth under {result.metric} "
+                             f"({a:+.3f}) but {'rises' if b > 0 else 'falls'} under {m} ({b:+.3f})")
+        for i, x in enumerate(result.labels):
+            for y in result.labels[i + 1:]:
+                a = late(result.disparity[x]) - late(result.disparity[y])
+                b = late(curves[x]) - late(curves[y])
+                if a * b < 0:
+                    flips.append(f"late disparity {x} {'>' if a > 0 else '<'} {y} under {result.metric} "
+                                 f"({a:+.3f}) but {'>' if b > 0 else '<'} under {m} ({b:+.3f})")
+    return flips
 
 
 def group_summary(result: CompareResult) -> Dict[str, Dict[str, Any]]:

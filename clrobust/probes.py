@@ -21,11 +21,10 @@ from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from clrobust.activations import Stage
+from clrobust.activations import POOL_SIZE, POOLING, Stage, pool_flatten
 from clrobust.attacks import AttackSpec
 from clrobust.checkpoints import LoadOptions
 from clrobust.data import ImageData
@@ -37,8 +36,6 @@ from clrobust.results import Drawer, OutputFolder, Result, Table
 from clrobust.uncertainty import wilson_interval, with_interval
 
 #: Spatial size conv maps are average pooled to before flattening.
-POOL_SIZE = 2
-POOLING = f"adaptive average pool of conv maps to {POOL_SIZE}x{POOL_SIZE}, then flatten"
 #: Feature sets kept in memory (least recently used dropped first).
 MEMORY_CACHE_SIZE = 4
 _MEMORY: "OrderedDict[str, LayerFeatures]" = OrderedDict()
@@ -93,13 +90,6 @@ class ProbeResult:
     def interval(self, which: str, i: int) -> Tuple[Optional[float], Optional[float]]:
         ci = getattr(self, f"{which}_ci")
         return (ci[i][0], ci[i][1]) if ci else (None, None)
-
-
-def pool_flatten(act: torch.Tensor, size: int = POOL_SIZE) -> torch.Tensor:
-    """(N, C, H, W) maps -> adaptive average pool to ``size`` x ``size`` -> (N, C*size*size); (N, D) unchanged."""
-    if act.dim() == 4:
-        act = F.adaptive_avg_pool2d(act, size)
-    return act.reshape(act.shape[0], -1)
 
 
 def feature_key(net: nn.Module, layers: Sequence[str], train: ImageData, test: ImageData,

@@ -334,3 +334,47 @@ def test_groups_of_training_runs_report_mean_and_spread(tmp_path):
     assert (g["mean"], g["sd"], g["ci_low"], g["ci_high"], g["n"]) == pytest.approx(
         (v.mean(), v.std(ddof=1), v.mean() - half, v.mean() + half, 3))
     assert f"{group} (3 training runs: rec-s0, rec-s1, rec-s2)" in res.summary()
+
+
+def test_other_measures_on_the_same_features_and_flips(tiny_checkpoints):
+    """--measures: each layer's clean-vs-adversarial dissimilarity under another measure, on the pooled features
+    recomputed here with hooks of our own; a reversed conclusion is reported as a flip."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+    from conftest import hooked_forward
+
+    from clrobust import similarity
+    from clrobust.attacks import AttackSpec, attack_batch
+    from clrobust.checkpoints import load as load_model
+    from clrobust.compare import CompareSettings, measure_flips, run_compare
+    from clrobust.data import load_dataset, to_float
+    from clrobust.errors import ClrobustError
+
+    spec = AttackSpec("pgd", 8 / 255, 1, seed=1)
+    settings = CompareSettings(models=[str(tiny_checkpoints[0])], attack=spec, n_samples=24, batch_size=24,
+                               layers="stem,layer3.1,avgpool", bootstrap=0, measures=["rsa", "procrustes"])
+    res = run_compare(settings, progress=False)
+    net = load_model(str(tiny_checkpoints[0])).network
+    data = load_dataset("cifar10-mini", "test").sample(24)
+    x, y = to_float(data.images), data.labels
+    names = ["stem", "layer3.1", "avgpool"]
+    clean, _ = hooked_forward(net, x, names)
+    adv, _ = hooked_forward(net, attack_batch(spec, net, x, y, batch_index=0), names)
+
+    def pooled(a):
+        return (F.adaptive_avg_pool2d(a, 2) if a.dim() == 4 else a).flatten(1).double()
+
+    for n, layer in enumerate(names):
+        want_rsa = 1 - similarity.compute("rsa", pooled(clean[layer]), pooled(adv[layer]))
+        want_pro = similarity.compute("procrustes", pooled(clean[layer]), pooled(adv[layer]))
+        assert res.measures["rsa"]["tiny0"][n] == pytest.approx(want_rsa, abs=1e-6)
+        assert res.measures["procrustes"]["tiny0"][n] == pytest.approx(want_pro, abs=1e-6)
+    assert "other measures (full batch" in res.summary() and "measures" in res.timings_seconds
+    fake = SimpleNamespace(labels=["a", "b"], metric="linear-cka", disparity={"a": [0.0, 0.1, 0.5], "b": [0, 0, 0.1]},
+                           measures={"m": {"a": [0.2, 0.1, 0.0], "b": [0.0, 0.0, 0.3]}})
+    flips = measure_flips(fake)
+    assert flips == ["a: disparity rises with depth under linear-cka (+0.500) but falls under m (-0.200)",
+                     "late disparity a > b under linear-cka (+0.400) but < under m (-0.300)"]
+    with pytest.raises(ClrobustError, match="unknown measure 'cca'"):
+        run_compare(CompareSettings(**{**settings.__dict__, "measures": ["cca"]}), progress=False)

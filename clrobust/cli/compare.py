@@ -46,6 +46,10 @@ from clrobust.metrics import METRICS
 @click.option("--noise-control/--no-noise-control", default=True, show_default=True,
               help="Also record random noise of the attack's eps and norm (one more forward pass): its disparity "
                    "is the baseline the attack's is read against, and the attack/noise amplification per layer.")
+@click.option("--measures", default="", metavar="NAMES",
+              help="Also compute these measures of clrobust.similarity (comma-separated: rbf-cka, procrustes, rsa, "
+                   "svcca, linear-cka-unbiased ...) between each layer's clean and adversarial features, full batch "
+                   "on pooled features, and report any conclusion of the main metric they reverse.")
 @click.option("--adv-source", default=None, metavar="MODEL",
               help="Craft the adversarial inputs against this one of MODELS and feed them to every model "
                    "(shared inputs: cross-model comparisons see the same images) [each model its own].")
@@ -56,8 +60,8 @@ from clrobust.metrics import METRICS
 @progress_option
 def compare_layers(models, data, data_root,
                    skip_bad_images, split, layers, attack, eps, steps, alpha, n_samples, batch_size,
-                   sampling, sample_seed, metric, load_options, classifier, probe_train, noise_control, adv_source,
-                   seed, bootstrap, device,
+                   sampling, sample_seed, metric, load_options, classifier, probe_train, noise_control, measures,
+                   adv_source, seed, bootstrap, device,
                    out, overwrite, progress):
     """CKA between every pair of layers, on clean and adversarial inputs.
 
@@ -101,7 +105,8 @@ def compare_layers(models, data, data_root,
                                attack=spec, n_samples=n_samples, batch_size=batch_size, seed=seed, device=device,
                                load_options=load_options, probe_train=probe_train, metric=metric,
                                classifier=classifier, sampling=sampling, sample_seed=sample_seed,
-                               bootstrap=bootstrap, noise_control=noise_control, adv_source=adv_source)
+                               bootstrap=bootstrap, noise_control=noise_control, adv_source=adv_source,
+                               measures=[m.strip() for m in measures.split(",") if m.strip()])
     from clrobust.distributed import Dist
 
     dist = Dist.from_env(device)
