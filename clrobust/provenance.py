@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import sys
@@ -23,20 +24,33 @@ def weights_hash(net: "torch.nn.Module") -> str:
     return h.hexdigest()
 
 
-def versions() -> Dict[str, str]:
-    """Versions of Python, clrobust and the libraries that shape the numbers."""
-    import numpy
-    import torch
+#: key in versions() -> distribution name, read from the installed package metadata (no import)
+_DISTRIBUTIONS = {"torch": "torch", "numpy": "numpy", "torchvision": "torchvision", "torchattacks": "torchattacks",
+                  "sklearn": "scikit-learn", "kornia": "kornia"}
 
+
+@functools.lru_cache(maxsize=1)
+def _installed() -> Dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for key, dist in _DISTRIBUTIONS.items():
+        try:
+            out[key] = version(dist)
+        except PackageNotFoundError:  # pragma: no cover - optional at run time
+            pass
+    return out
+
+
+def versions() -> Dict[str, str]:
+    """Versions of Python, clrobust and the libraries that shape the numbers, from the installed packages'
+    metadata (importing a library only to read its version costs seconds at start-up)."""
     import clrobust
 
-    out = {"python": platform.python_version(), "clrobust": clrobust.__version__,
-           "torch": torch.__version__, "numpy": numpy.__version__}
-    for mod in ("torchvision", "torchattacks", "sklearn", "kornia"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # pragma: no cover - optional at run time
-            pass
+    out = {"python": platform.python_version(), "clrobust": clrobust.__version__, **_installed()}
+    torch = sys.modules.get("torch")
+    if torch is not None:  # the build that actually runs (e.g. a +cpu or +cu build), when it differs
+        out["torch"] = str(torch.__version__)
     return out
 
 

@@ -99,3 +99,17 @@ def test_the_checker_sees_upward_imports_and_cycles(tmp_path):
     mods = {"clrobust.cli": Path("x"), "clrobust.errors": Path("y")}
     assert _imports(tmp_path / "a.py", mods) == {"clrobust.cli", "clrobust.errors"}
     assert _floor("clrobust.cli.options") > _floor("clrobust.checkpoints.table") > _floor("clrobust.errors")
+
+
+def test_versions_come_from_package_metadata_without_importing_the_libraries():
+    """Recording versions must not import scikit-learn, kornia or torchattacks (seconds at start-up), and
+    must say what those imports would say."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from clrobust.provenance import versions; v = versions(); "
+            "print(sorted(m for m in ('sklearn', 'kornia', 'torchattacks', 'torchvision') if m in sys.modules)); "
+            "import sklearn, torchattacks; print(v['sklearn'] == sklearn.__version__, "
+            "v['torchattacks'] == torchattacks.__version__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]" and out[1] == "True True", out

@@ -378,7 +378,7 @@ for cmd in ("compare-layers", "probe-layers", "audit"):
     row("options", f"{cmd}-seed-too-big", lambda d, c=cmd: [c, tiny(d), "--seed", "99999999999999999999", NP], 2,
         r"--seed.*99999999999999999999 is not in the range")
     row("options", f"{cmd}-device-nonsense", lambda d, c=cmd: [c, tiny(d), "--device", "nonsense", NP], 2,
-        r"'nonsense' is not a device; use cpu, cuda or cuda:N")
+        r"'nonsense' is not a device; use auto, cpu, cuda or cuda:N")
     row("options", f"{cmd}-device-cuda-without-gpu", lambda d, c=cmd: [c, tiny(d), "--device", "cuda", NP], 2,
         r"CUDA is not available on this machine; use --device cpu")
 row("options", "seed-negative", lambda d: ["compare-layers", tiny(d), "--seed", "-1", NP], 2, r"--seed")

@@ -178,5 +178,48 @@ def test_a_bad_device_is_one_line_before_any_work(tmp_path, capsys, device, mess
         main(["compare-layers", "--device", device, "--out", str(tmp_path / "o"), "--no-progress"])
     err = capsys.readouterr().err
     assert info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
-    assert "use --device cpu" in err or "GPU(s)" in err or "use cpu, cuda or cuda:N" in err
+    assert "use --device cpu" in err or "GPU(s)" in err or "use auto, cpu, cuda or cuda:N" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_device_auto_picks_cuda_when_there_is_one_and_records_the_real_device(monkeypatch):
+    import torch
+
+    from clrobust.cli.options import check_device, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and check_device(None, None, "auto") == "cpu"
+    assert check_device(None, None, "AUTO") == "cpu" and check_device(None, None, "cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == "cuda" and check_device(None, None, "auto") == "cuda"
+    assert check_device(None, None, "cuda:1") == "cuda:1"
+
+
+def test_every_analysis_command_defaults_to_device_auto():
+    from clrobust.cli import cli
+
+    for name in ("compare-layers", "probe-layers", "figures", "audit"):
+        opt = next(p for p in cli.commands[name].params if p.name == "device")
+        assert opt.default == "auto", name
+
+
+def test_threads_option_sets_torch_threads_and_defaults_to_physical_cores(capsys):
+    import os
+
+    import torch
+
+    from clrobust.cli import main, physical_cores
+
+    before = torch.get_num_threads()
+    try:
+        main(["--threads", "1", "zoo"])
+        assert torch.get_num_threads() == 1
+        main(["zoo"])
+        assert torch.get_num_threads() == physical_cores()
+        assert 1 <= physical_cores() <= (os.cpu_count() or 1)
+        with pytest.raises(SystemExit) as exc:
+            main(["--threads", "0", "zoo"])
+        assert exc.value.code == 2 and "--threads" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)

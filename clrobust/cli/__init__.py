@@ -39,6 +39,9 @@ def _debug_requested(argv: List[str]) -> bool:
 @click.version_option(clrobust.__version__, prog_name="clrobust")
 @click.option("--debug", is_flag=True, expose_value=False, is_eager=True,
               help=f"Show the full traceback of an error instead of one line (or set {DEBUG_ENV}=1).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, expose_value=False,
+              callback=lambda ctx, param, value: set_threads(value),
+              help="CPU threads for torch [the machine's physical cores available to this process].")
 def cli() -> None:
     """How adversarial training changes what an image encoder learns, layer by layer.
 
@@ -59,6 +62,34 @@ class Terminated(Exception):
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on: hyper-threads of one core share its floating-point units,
+    so more torch threads than cores only adds contention."""
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cores, physical, core = set(), "0", "0"
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "physical id":
+                    physical = value.strip()
+                elif key == "core id":
+                    core = value.strip()
+                    cores.add((physical, core))
+        per_core = max(1, (os.cpu_count() or 1) // max(1, len(cores))) if cores else 1
+    except OSError:
+        per_core = 1
+    return max(1, logical // per_core)
+
+
+def set_threads(threads: Optional[int]) -> None:
+    """torch's CPU threads: ``threads``, or :func:`physical_cores` when None."""
+    import torch
+
+    torch.set_num_threads(threads or physical_cores())
 
 
 def _one_line(text: object) -> str:

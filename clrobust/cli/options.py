@@ -198,14 +198,26 @@ def seed_option(f: F) -> F:
                              "starts.")(f)
 
 
-def check_device(ctx: Optional[click.Context], param: Optional[click.Parameter], value: str) -> str:
-    """--device: ``cpu``, ``cuda`` or ``cuda:N`` on a machine that has that GPU; anything else is refused."""
+def resolve_device(value: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is available, else ``cpu``; other values unchanged."""
     import torch
 
+    if value.strip().lower() == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return value
+
+
+def check_device(ctx: Optional[click.Context], param: Optional[click.Parameter], value: str) -> str:
+    """--device: ``auto`` (a GPU when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N`` on a
+    machine that has that GPU; anything else is refused. Returns the device the run uses (``auto`` resolved,
+    so settings record the real one)."""
+    import torch
+
+    value = resolve_device(value)
     try:
         dev = torch.device(value)
     except (RuntimeError, ValueError):
-        raise click.BadParameter(f"{value!r} is not a device; use cpu, cuda or cuda:N.") from None
+        raise click.BadParameter(f"{value!r} is not a device; use auto, cpu, cuda or cuda:N.") from None
     if dev.type not in ("cpu", "cuda"):
         raise click.BadParameter(f"{value!r}: clrobust runs on cpu or cuda; use --device cpu.")
     if dev.type == "cuda":
@@ -218,8 +230,8 @@ def check_device(ctx: Optional[click.Context], param: Optional[click.Parameter],
 
 
 def device_option(f: F) -> F:
-    return click.option("--device", default="cpu", show_default=True, callback=check_device,
-                        help="cpu, cuda, cuda:1 ...")(f)
+    return click.option("--device", default="auto", show_default=True, callback=check_device,
+                        help="auto (CUDA when available, else the CPU), cpu, cuda, cuda:1 ...")(f)
 
 
 def out_options(default: str, what: str = "results") -> Callable[[F], F]:
