@@ -14,6 +14,7 @@ from fractions import Fraction
 from typing import Callable, Dict, Iterator, List, Optional, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from clrobust.errors import ClrobustError
@@ -131,16 +132,14 @@ class _Logits(nn.Module):
 
 
 def torchattacks_attack(spec: AttackSpec, model: nn.Module):
-    """Build the torchattacks object for an end-to-end attack (threat model II)."""
+    """Build the torchattacks object for FGSM, APGD and AutoAttack (threat model II). PGD and L2 PGD are
+    clrobust's own loops (:func:`pgd_maximize`, :func:`pgd_l2`), whose random starts come from the CPU
+    generator; torchattacks draws its starts on the device."""
     import torchattacks as ta
 
     m = _Logits(model)
     if spec.name == "fgsm":
         return ta.FGSM(m, eps=spec.eps)
-    if spec.name == "pgd":
-        return ta.PGD(m, eps=spec.eps, alpha=spec.alpha, steps=spec.steps, random_start=spec.random_start)
-    if spec.name == "pgd-l2":
-        return ta.PGDL2(m, eps=spec.eps, alpha=spec.alpha, steps=spec.steps, random_start=spec.random_start)
     if spec.name == "apgd":
         return ta.APGD(m, norm=spec.norm, eps=spec.eps, steps=spec.steps, n_restarts=1,
                        loss="ce", seed=spec.seed)
@@ -158,13 +157,20 @@ def torchattacks_attack(spec: AttackSpec, model: nn.Module):
     raise ValueError(spec.name)
 
 
+def cpu_uniform(like: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """U(low, high) of ``like``'s shape and dtype, drawn from torch's CPU generator and moved to ``like``'s
+    device: the same draw on every device, so a CPU and a CUDA run with one seed start from the same point."""
+    return torch.empty(like.shape, dtype=like.dtype).uniform_(low, high).to(like.device)
+
+
 def pgd_maximize(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float,
                  alpha: float, steps: int, random_start: bool = True) -> torch.Tensor:
-    """L-inf PGD that maximises ``loss_fn(x_adv)`` within ``eps`` of ``x``, staying in [0, 1]."""
+    """L-inf PGD that maximises ``loss_fn(x_adv)`` within ``eps`` of ``x``, staying in [0, 1]; the random
+    start is drawn on the CPU (:func:`cpu_uniform`)."""
     x = x.detach()
     if eps == 0:
         return x.clone()
-    delta = torch.empty_like(x).uniform_(-eps, eps) if random_start else torch.zeros_like(x)
+    delta = cpu_uniform(x, -eps, eps) if random_start else torch.zeros_like(x)
     x_adv = (x + delta).clamp_(0, 1)
     for _ in range(steps):
         x_adv.requires_grad_(True)
@@ -172,6 +178,32 @@ def pgd_maximize(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
         with torch.no_grad():
             x_adv = x_adv + alpha * grad.sign()
             x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0, 1)
+    return x_adv.detach()
+
+
+def pgd_l2(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float, alpha: float,
+           steps: int, random_start: bool = True) -> torch.Tensor:
+    """L2 PGD (as torchattacks' PGDL2): a random start along a Gaussian direction at a radius uniform in
+    [0, eps] (drawn on the CPU), steps along the L2-normalised gradient, projection onto the eps ball and
+    [0, 1]."""
+    x = x.detach()
+    if eps == 0:
+        return x.clone()
+    b = x.shape[0]
+    x_adv = x.clone()
+    if random_start:
+        direction = torch.empty(x.shape, dtype=x.dtype).normal_()
+        radius = torch.zeros(b, *([1] * (x.dim() - 1)), dtype=x.dtype).uniform_(0, 1)
+        norms = direction.flatten(1).norm(dim=1).view(b, *([1] * (x.dim() - 1)))
+        x_adv = (x + (direction * (radius / norms * eps)).to(x.device)).clamp(0, 1)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        grad, = torch.autograd.grad(loss_fn(x_adv), x_adv)
+        with torch.no_grad():
+            grad = grad / (grad.flatten(1).norm(dim=1) + 1e-10).view(b, *([1] * (x.dim() - 1)))
+            delta = x_adv + alpha * grad - x
+            scale = torch.clamp(eps / delta.flatten(1).norm(dim=1), max=1.0)
+            x_adv = (x + delta * scale.view(b, *([1] * (x.dim() - 1)))).clamp(0, 1)
     return x_adv.detach()
 
 
@@ -201,10 +233,16 @@ def attack_batch(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.T
     model.eval()
     try:
         with seeded(spec.seed * 100003 + batch_index):
+            assert spec.alpha is not None  # filled in AttackSpec.__post_init__
             if spec.name == "rep":
-                assert spec.alpha is not None  # filled in AttackSpec.__post_init__
                 return representation_attack(model, x, spec.eps, spec.alpha, spec.steps,
                                              random_start=spec.random_start)
+            if spec.name in ("pgd", "pgd-l2"):  # clrobust's own loops: random starts from the CPU generator
+                def loss(xa: torch.Tensor) -> torch.Tensor:
+                    return F.cross_entropy(model(xa), y)
+
+                run = pgd_maximize if spec.name == "pgd" else pgd_l2
+                return run(loss, x, spec.eps, spec.alpha, spec.steps, spec.random_start)
             return torchattacks_attack(spec, model)(x, y).detach()
     finally:
         model.train(was_training)

@@ -145,13 +145,12 @@ def _net64(projector: bool = True) -> nn.Module:
 
 def test_builders_pass_every_setting():
     net = tiny_network()
-    pgd = torchattacks_attack(AttackSpec("pgd", 3 / 255, steps=4, alpha=0.004, random_start=False), net)
-    assert isinstance(pgd, ta.PGD) and (pgd.eps, pgd.alpha, pgd.steps, pgd.random_start) == (3 / 255, 0.004, 4, False)
-    assert isinstance(pgd.model, _Logits) and pgd.model.model is net
-    l2 = torchattacks_attack(AttackSpec("pgd-l2", 0.3, steps=4, alpha=0.05, random_start=False), net)
-    assert isinstance(l2, ta.PGDL2) and (l2.eps, l2.alpha, l2.steps, l2.random_start) == (0.3, 0.05, 4, False)
+    for own in ("pgd", "pgd-l2"):  # clrobust's own loops, random starts from the CPU generator
+        with pytest.raises(ValueError, match=f"^{own}$"):
+            torchattacks_attack(AttackSpec(own, 0.3 if own == "pgd-l2" else 3 / 255, steps=4), net)
     fgsm = torchattacks_attack(AttackSpec("fgsm", 3 / 255), net)
     assert isinstance(fgsm, ta.FGSM) and fgsm.eps == 3 / 255
+    assert isinstance(fgsm.model, _Logits) and fgsm.model.model is net
     apgd = torchattacks_attack(AttackSpec("apgd", 0.5, steps=7, seed=3, norm="L2"), net)
     assert isinstance(apgd, ta.APGD)
     assert (apgd.norm, apgd.eps, apgd.steps, apgd.n_restarts, apgd.loss, apgd.seed) == ("L2", 0.5, 7, 1, "ce", 3)
@@ -484,3 +483,36 @@ def test_the_noise_control_is_random_signs_at_eps_seeded_on_the_cpu():
     assert spec.noise().name == "noise" and spec.noise().eps == eps and spec.noise().norm == "Linf"
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10))
     assert torch.equal(attack_batch(spec.noise(), net, x, torch.zeros(4, dtype=torch.long), batch_index=2), a)
+
+
+def test_random_starts_come_from_the_cpu_generator(monkeypatch):
+    """The start is drawn by torch's CPU generator and moved to the input's device: the values do not depend
+    on the device's own generator (here: a CUDA-like generator that would give other numbers is never used)."""
+    from clrobust.attacks import cpu_uniform
+
+    x = torch.rand(3, 3, 8, 8, dtype=torch.float64)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(11)
+        a = cpu_uniform(x, -0.1, 0.1)
+    drawn_on = []
+    real_empty = torch.empty
+
+    def spy_empty(*args, **kw):
+        out = real_empty(*args, **kw)
+        drawn_on.append(out.device.type)
+        return out
+
+    monkeypatch.setattr(torch, "empty", spy_empty)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(11)
+        b = cpu_uniform(x, -0.1, 0.1)
+    assert drawn_on == ["cpu"] and torch.equal(a, b) and b.dtype == x.dtype
+    assert float(a.abs().max()) <= 0.1
+    net = tiny_network()
+    y = torch.zeros(3, dtype=torch.long)
+    for name, eps in (("pgd", 8 / 255), ("pgd-l2", 0.5)):
+        spec = AttackSpec(name, eps, steps=2, seed=4)
+        drawn_on.clear()
+        first = attack_batch(spec, net, x.float(), y, batch_index=1)
+        assert "cpu" in drawn_on and set(drawn_on) == {"cpu"}, name
+        assert torch.equal(first, attack_batch(spec, net, x.float(), y, batch_index=1)), name
