@@ -187,6 +187,16 @@ def run_clrobust(model: nn.Module, loader: DataLoader) -> np.ndarray:
     return acc.compute()
 
 
+def run_clrobust_fast(model: nn.Module, loader: DataLoader) -> np.ndarray:
+    """clrobust with ``precision="fast"``: float32 Gram products, float64 everything else."""
+    acc = StreamingCKA(precision="fast")
+    with LayerRecorder(model, LAYERS) as rec:
+        for x, _ in loader:
+            acts = list(rec.record(x).values())
+            acc.update(acts, acts)
+    return acc.compute()
+
+
 def run_torch_cka(model: nn.Module, loader: DataLoader) -> np.ndarray:
     from torch_cka import CKA
 
@@ -237,6 +247,7 @@ def run_ckatorch(model: nn.Module, loader: DataLoader) -> np.ndarray:
 
 METHODS = [  # label, distribution (for the version), adapter
     ("clrobust", "clrobust", run_clrobust),
+    ("clrobust --precision fast", "clrobust", run_clrobust_fast),
     ("torch-cka (torch_cka.CKA)", "torch-cka", run_torch_cka),
     ("pytorch_cka (cka.compute_cka)", "pytorch_cka", run_pytorch_cka),
     ("cka-pytorch (CKACalculator)", "cka-pytorch", run_cka_pytorch),

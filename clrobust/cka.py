@@ -25,12 +25,17 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 NO_EXPONENT = -1.0e6
 
 
-def flatten(x: ArrayLike, what: str = "features") -> torch.Tensor:
-    """(N, ...) -> (N, D) float64 tensor (conv maps flattened channel-major), checked.
+def flatten(x: ArrayLike, what: str = "features", dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """(N, ...) -> (N, D) float64 (or ``dtype``) tensor (conv maps flattened channel-major), checked.
 
     float16, bfloat16 and integer inputs are upcast; 0-d, empty, complex, boolean-less
     garbage and NaN/Inf values are refused with a :class:`ClrobustError` naming ``what``.
     """
+    return _checked(x, what, dtype)[0]
+
+
+def _checked(x: ArrayLike, what: str, dtype: torch.dtype) -> Tuple[torch.Tensor, float]:
+    """:func:`flatten`, and the largest |entry| (found by the same pass that checks finiteness)."""
     try:
         t = torch.as_tensor(x)
     except (TypeError, ValueError, RuntimeError) as exc:
@@ -41,12 +46,21 @@ def flatten(x: ArrayLike, what: str = "features") -> torch.Tensor:
         raise ClrobustError(f"{what}: a 0-d value; CKA needs one row per sample (an N x D array).")
     if t.shape[0] == 0 or t[0].numel() == 0:
         raise ClrobustError(f"{what}: empty ({tuple(t.shape)}); CKA needs samples with at least one feature.")
-    t = t.reshape(t.shape[0], -1).to(torch.float64)
-    if not bool(torch.isfinite(t).all()):
+    t = t.reshape(t.shape[0], -1).to(dtype)
+    low, high = torch.aminmax(t)  # one pass, no mask: NaN and Inf propagate into the extremes
+    if not (math.isfinite(float(low)) and math.isfinite(float(high))):
         bad = int((~torch.isfinite(t)).any(1).nonzero()[0])
         raise ClrobustError(f"{what}: NaN or Inf values (first in sample {bad}); CKA of non-finite "
                             "features is undefined.")
-    return t
+    return t, max(-float(low), float(high))
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every entry is finite: one min/max pass (NaN and Inf propagate into the extremes), no mask."""
+    if not t.numel() or not t.is_floating_point():
+        return True
+    low, high = torch.aminmax(t.detach())
+    return math.isfinite(float(low)) and math.isfinite(float(high))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -54,27 +68,46 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _ldexp(t: torch.Tensor, e: int) -> torch.Tensor:
-    """``t * 2**e``, exact (in two steps, so that 2**e itself never overflows or underflows)."""
+    """``t * 2**e``, exact (in two steps when 2**e itself would overflow or underflow the dtype)."""
+    if abs(e) < (1000 if t.dtype == torch.float64 else 120):  # 2**e and the product stay normal numbers
+        return t * (2.0 ** e)
     half = e // 2
     return t * (2.0 ** half) * (2.0 ** (e - half))
 
 
-def scaled(t: torch.Tensor) -> Tuple[torch.Tensor, int]:
-    """``(t * 2**-e, e)`` with ``e`` the binary exponent of max |t|: entries become O(1) exactly
-    (a power-of-two scaling rounds nothing), so Gram products neither overflow nor underflow
-    whatever the features' magnitude. An all-zero ``t`` has ``e = 0``."""
-    m = float(t.abs().max()) if t.numel() else 0.0
-    if m == 0.0:
+#: A batch whose largest |entry| lies within 2**±SAFE_EXPONENT is used as it is by the streaming form:
+#: its Gram entries stay far inside even float32's range, so rescaling it would only cost a pass.
+SAFE_EXPONENT = 20
+
+
+def scaled(t: torch.Tensor, largest: Optional[float] = None, lazy: bool = False) -> Tuple[torch.Tensor, int]:
+    """``(t * 2**-e, e)`` with ``e`` the binary exponent of max |t| (``largest``, when known): entries
+    become O(1) exactly (a power-of-two scaling rounds nothing), so Gram products neither overflow nor
+    underflow whatever the features' magnitude. An all-zero ``t`` has ``e = 0``; with ``lazy``, so does
+    one within 2**±:data:`SAFE_EXPONENT`, returned unscaled."""
+    if not t.numel():
         return t, 0
-    e = math.frexp(m)[1]
+    if largest is None:
+        low, high = torch.aminmax(t)
+        largest = max(-float(low), float(high))
+    if largest == 0.0:
+        return t, 0
+    e = math.frexp(largest)[1]
+    if lazy and abs(e) <= SAFE_EXPONENT:
+        return t, 0
     return _ldexp(t, -e), e
 
 
-def _centre(t: torch.Tensor) -> torch.Tensor:
+def _centre(t: torch.Tensor, largest: Optional[float] = None) -> torch.Tensor:
     """Column-centred ``t``; exactly zero when ``t`` is constant over the samples up to the
-    rounding of the mean (which would otherwise leave a CKA of pure rounding noise)."""
+    rounding of the mean (which would otherwise leave a CKA of pure rounding noise). ``largest``
+    (max |t|, when known) bounds ||t|| and usually spares computing it."""
     c = t - t.mean(0, keepdim=True)
-    if not float(c.norm()) > 8 * t.shape[0] * torch.finfo(torch.float64).eps * float(t.norm()):
+    spread = float(c.norm())
+    bound = 8 * t.shape[0] * torch.finfo(t.dtype).eps
+    if largest is not None and spread > bound * largest * math.sqrt(t.numel()):  # ||t|| <= largest sqrt(numel)
+        return c
+    if not spread > bound * float(t.norm()):
         return torch.zeros_like(c)
     return c
 
@@ -154,13 +187,28 @@ class PreparedGrams(NamedTuple):
     exponents: torch.Tensor
 
 
-def ugram_stack(acts: Sequence[ArrayLike]) -> PreparedGrams:
+#: ``exact``: everything in float64; ``fast``: each layer's features checked, rescaled, centred and multiplied
+#: into their Gram (the O(n^2 D) step) in float32, everything after the Gram (U-centring, sums) in float64.
+PRECISIONS = ("exact", "fast")
+
+
+def ugram_stack(acts: Sequence[ArrayLike], precision: str = "exact") -> PreparedGrams:
     """Every layer's U-centred Gram of one batch (features rescaled by a power of two), stacked."""
+    if precision not in PRECISIONS:
+        raise ClrobustError(f"unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}.")
     grams, exps = [], []
     for i, a in enumerate(acts):
-        t, e = scaled(flatten(a, f"layer {i}"))
-        t = _centre(t)
-        grams.append(u_centre(t @ t.T).reshape(-1))
+        dtype = torch.float64
+        if precision == "fast":  # float32 from here on; float64 input is rescaled first, so it cannot overflow
+            given = torch.as_tensor(a).dtype if torch.is_tensor(a) or isinstance(a, np.ndarray) else None
+            dtype = torch.float64 if given == torch.float64 else torch.float32
+        t, largest = _checked(a, f"layer {i}", dtype)
+        t, e = scaled(t, largest, lazy=True)
+        largest = math.ldexp(largest, -e)
+        if precision == "fast":
+            t = t.float()
+        t = _centre(t, largest)
+        grams.append(u_centre((t @ t.T).double()).reshape(-1))
         exps.append(float(e))
     if not grams:
         raise ClrobustError("no layers to compare: the recording is empty (check --layers).")
@@ -189,13 +237,18 @@ class StreamingCKA:
     name = "linear-cka"
     description = "minibatch linear CKA, unbiased HSIC summed over batches (float64)"
 
-    @staticmethod
-    def prepare(acts: Sequence[ArrayLike]) -> PreparedGrams:
+    def prepare(self, acts: Sequence[ArrayLike]) -> PreparedGrams:
         """What one recording contributes to every pair it is in, once per batch: its U-centred Grams."""
-        return ugram_stack(acts)
+        return ugram_stack(acts, self.precision)
 
-    def __init__(self, bootstrap: int = 0) -> None:
+    def __init__(self, bootstrap: int = 0, precision: str = "exact") -> None:
+        if precision not in PRECISIONS:
+            raise ClrobustError(f"unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}.")
         self.bootstrap = bootstrap
+        self.precision = precision
+        if precision == "fast":
+            self.description = ("minibatch linear CKA, unbiased HSIC summed over batches (float32 Gram products "
+                                "of float64-centred features, float64 after them)")
         self.xy: torch.Tensor | None = None
         self.xx: torch.Tensor | None = None
         self.yy: torch.Tensor | None = None
@@ -209,8 +262,8 @@ class StreamingCKA:
 
     def update(self, acts_x: Sequence[ArrayLike], acts_y: Sequence[ArrayLike],
                weights: Optional[torch.Tensor] = None) -> None:
-        px = ugram_stack(acts_x)
-        py = px if acts_y is acts_x else ugram_stack(acts_y)
+        px = ugram_stack(acts_x, self.precision)
+        py = px if acts_y is acts_x else ugram_stack(acts_y, self.precision)
         self.update_prepared(px, py, weights)
 
     def update_prepared(self, px: PreparedGrams, py: PreparedGrams, weights: Optional[torch.Tensor] = None) -> None:

@@ -72,6 +72,7 @@ class CompareSettings:
     noise_control: bool = True  # also record random noise of the attack's eps and norm (one more forward pass)
     adv_source: Optional[str] = None  # one of ``models``: its adversarial inputs are fed to every model
     measures: Sequence[str] = ()  # full-batch measures of clrobust.similarity besides the streamed metric
+    precision: str = "exact"  # exact: float64 throughout; fast: float32 Gram products (see clrobust.cka)
 
     def to_dict(self) -> Dict[str, Any]:
         """The settings as settings.json records them."""
@@ -82,7 +83,8 @@ class CompareSettings:
                 "batch_size": self.batch_size, "seed": self.seed, "device": self.device,
                 "load_options": self.load_options.kwargs(), "probe_train": self.probe_train,
                 "metric": self.metric, "classifier": self.classifier, "bootstrap": self.bootstrap,
-                "noise_control": self.noise_control, "adv_source": self.adv_source, "measures": list(self.measures)}
+                "noise_control": self.noise_control, "adv_source": self.adv_source, "measures": list(self.measures),
+                "precision": self.precision}
 
 
 Entry = Tuple[Tuple[str, str], Tuple[str, str]]  # ((model, input), (model, input))
@@ -409,7 +411,7 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
         raise ClrobustError("--measures needs every image's features in one process; run it without torchrun.")
     pooled: Dict[Tuple[str, str], Dict[str, List[torch.Tensor]]] = {(lab, i): {} for lab in labels for i in INPUTS}
     boot = Bootstrap(settings.bootstrap, settings.seed) if settings.bootstrap else None
-    accs = {e: metric(settings.metric, bootstrap=settings.bootstrap) for e in entries}
+    accs = {e: metric(settings.metric, bootstrap=settings.bootstrap, precision=settings.precision) for e in entries}
     measure = next(iter(accs.values()))
     correct = {lab: {inp: 0 for inp in inputs} for lab in labels}
     if len(data) < MIN_BATCH:

@@ -16,6 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union, cast
 import torch
 from torch import nn
 
+from clrobust.cka import all_finite
 from clrobust.errors import ClrobustError
 from clrobust.models import LAYER_TYPES
 
@@ -171,7 +172,7 @@ class LayerRecorder:
                                 "it is not on the path from input to features.")
         out = {n: self._out[n] for n in self.names}
         for n, t in out.items():
-            if not torch.isfinite(t).all():
+            if not all_finite(t):
                 raise ClrobustError(f"layer {n!r} produced NaN or infinite activations; the checkpoint "
                                     "or the input normalisation is broken (check --normalize).")
         self._out = {}

@@ -67,13 +67,14 @@ METRICS: Dict[str, Callable[..., Metric]] = {StreamingCKA.name: StreamingCKA}
 
 
 def register_metric(name: str, factory: Callable[..., Metric]) -> None:
-    """Add a measure under ``name`` (``compare-layers --metric NAME``); ``factory(bootstrap=R)`` makes
-    an accumulator that also keeps R bootstrap replicates."""
+    """Add a measure under ``name`` (``compare-layers --metric NAME``); ``factory(bootstrap=R, precision=P)``
+    makes an accumulator that also keeps R bootstrap replicates, in precision ``exact`` or ``fast``."""
     METRICS[name] = factory
 
 
-def metric(name: str, bootstrap: int = 0) -> Metric:
-    """A fresh accumulator of the measure ``name`` (with ``bootstrap`` replicates, 0 for none)."""
+def metric(name: str, bootstrap: int = 0, precision: str = "exact") -> Metric:
+    """A fresh accumulator of the measure ``name`` (with ``bootstrap`` replicates, 0 for none, and the
+    arithmetic ``precision``: ``exact`` or ``fast``)."""
     if name not in METRICS:
         raise ClrobustError(f"unknown metric {name!r}; use one of: {', '.join(METRICS)}.")
-    return METRICS[name](bootstrap=bootstrap)
+    return METRICS[name](bootstrap=bootstrap, precision=precision)

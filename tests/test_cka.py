@@ -1,6 +1,5 @@
 """CKA against float64 references written here, invariances, and the streaming form."""
 
-import math
 
 import numpy as np
 import pytest
@@ -221,7 +220,12 @@ def test_ugram_stack_shape_and_rows():
     f = f - f.mean(0)
     want = u_centre(f @ f.T).reshape(-1) * 2.0 ** (-2 * exps[0])  # features rescaled by 2**-e
     torch.testing.assert_close(g[0], want, rtol=0, atol=1e-12)
-    assert [2.0 ** (e - 1) <= float(a.abs().max()) < 2.0 ** e for a, e in zip(acts, exps.tolist())] == [True] * 2
+    assert exps.tolist() == [0.0, 0.0]  # magnitudes near 1 are used as they are (no rescaling pass)
+    big = [a * 1e40 for a in acts]  # beyond 2**SAFE_EXPONENT: rescaled by 2**-e, e the exponent of max |x|
+    g_big, e_big = ugram_stack(big)
+    assert [2.0 ** (e - 1) <= float(a.abs().max()) < 2.0 ** e for a, e in zip(big, e_big.tolist())] == [True] * 2
+    torch.testing.assert_close(g_big * 2.0 ** (2 * e_big[:, None]) / 1e80, g,
+                               rtol=1e-12, atol=0)
 
 
 def test_centring_before_the_gram_keeps_precision():
@@ -283,7 +287,7 @@ def test_streaming_state_counts_and_raw_sums():
     assert acc.n == 22 and acc.batches == 3
     xy, xx, yy = acc.state()  # relative to 2**(2 ex) and 2**(2 ey), the reference exponents
     ex, ey = (float(t) for t in acc.exponents())
-    assert (ex, ey) == (math.frexp(float(np.abs(a).max()))[1], math.frexp(float(np.abs(b).max()))[1])
+    assert (ex, ey) == (0, 0)  # magnitudes near 1: no rescaling, the sums are the raw ones
     xy, xx, yy = xy * 2 ** (2 * ex + 2 * ey), xx * 2 ** (4 * ex), yy * 2 ** (4 * ey)
     gram = lambda m: (m - m.mean(0)) @ (m - m.mean(0)).T  # noqa: E731
     parts = [(gram(a[lo:hi]), gram(b[lo:hi])) for lo, hi in bounds]
@@ -368,11 +372,11 @@ def test_prepared_updates_equal_plain_updates_and_metric_identity():
     plain, prepared = StreamingCKA(), StreamingCKA()
     for _ in range(2):
         plain.update(xs, ys)
-        prepared.update_prepared(StreamingCKA.prepare(xs), prepared.prepare(ys))
+        prepared.update_prepared(StreamingCKA().prepare(xs), prepared.prepare(ys))
     for a, b in zip(plain.state(), prepared.state()):
         assert torch.equal(a, b)
     assert prepared.n == 18 and prepared.batches == 2
-    assert tuple(StreamingCKA.prepare(xs).grams.shape) == (2, 81)
+    assert tuple(StreamingCKA().prepare(xs).grams.shape) == (2, 81)
     assert StreamingCKA.name == "linear-cka" and "unbiased HSIC" in StreamingCKA.description
     empty = StreamingCKA()
     empty.ensure_state(2, 1)
@@ -460,3 +464,22 @@ def test_bad_features_are_refused_by_name(xy, bad, message):
             StreamingCKA().update([torch.as_tensor(bad(x))], [torch.as_tensor(y)])
     with pytest.raises(ClrobustError, match="no layers to compare"):
         StreamingCKA().update([], [torch.as_tensor(y)])
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1.0, 1e30])
+def test_fast_precision_stays_within_1e_6_of_exact(scale):
+    """--precision fast: float32 Gram products of centred features; the minibatch CKA of post-ReLU layers
+    (uncentred means far from 0, where float32 Grams of raw features lose 1e-2) within 1e-6 of float64."""
+    rng = np.random.default_rng(30)
+    layers = [np.maximum(rng.normal(1.0, 1.0, size=(200, d)), 0) * scale for d in (8, 300, 3000)]
+    layers = [torch.from_numpy(a).float() for a in layers]
+    other = [torch.relu(a + 0.5 * scale * torch.randn(a.shape, generator=torch.Generator().manual_seed(1)))
+             for a in layers]
+    exact, fast = StreamingCKA(), StreamingCKA(precision="fast")
+    for lo in range(0, 200, 50):
+        for acc in (exact, fast):
+            acc.update([a[lo:lo + 50] for a in layers], [b[lo:lo + 50] for b in other])
+    assert np.abs(fast.compute() - exact.compute()).max() < 1e-6
+    assert "float32 Gram" in fast.description
+    with pytest.raises(ClrobustError, match="unknown precision 'half'"):
+        StreamingCKA(precision="half")

@@ -378,3 +378,16 @@ def test_other_measures_on_the_same_features_and_flips(tiny_checkpoints):
                      "late disparity a > b under linear-cka (+0.400) but < under m (-0.300)"]
     with pytest.raises(ClrobustError, match="unknown measure 'cca'"):
         run_compare(CompareSettings(**{**settings.__dict__, "measures": ["cca"]}), progress=False)
+
+
+def test_precision_fast_matches_exact_in_the_job(tiny_checkpoints):
+    from clrobust.attacks import AttackSpec
+    from clrobust.compare import CompareSettings, run_compare
+
+    base = dict(models=[str(tiny_checkpoints[0])], attack=AttackSpec("pgd", 8 / 255, 1), n_samples=24,
+                batch_size=12, bootstrap=0)
+    exact = run_compare(CompareSettings(**base), progress=False)
+    fast = run_compare(CompareSettings(**base, precision="fast"), progress=False)
+    assert "float32 Gram" in fast.cka_estimator and "float32" not in exact.cka_estimator
+    for a, b in zip(exact.cka, fast.cka):
+        assert np.abs(a.matrix - b.matrix).max() < 1e-6

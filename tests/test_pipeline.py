@@ -92,7 +92,7 @@ class _CountSamples:
     name = "count"
     description = "images seen per layer pair"
 
-    def __init__(self, bootstrap=0) -> None:
+    def __init__(self, bootstrap=0, precision="exact") -> None:
         self.sums = None
 
     def prepare(self, acts):

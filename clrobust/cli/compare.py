@@ -46,6 +46,9 @@ from clrobust.metrics import METRICS
 @click.option("--noise-control/--no-noise-control", default=True, show_default=True,
               help="Also record random noise of the attack's eps and norm (one more forward pass): its disparity "
                    "is the baseline the attack's is read against, and the attack/noise amplification per layer.")
+@click.option("--precision", type=click.Choice(["exact", "fast"]), default="exact", show_default=True,
+              help="exact: CKA in float64 throughout; fast: each layer's Gram product in float32 (from features "
+                   "centred in float64), everything after it in float64 (error in docs/statistics.md).")
 @click.option("--measures", default="", metavar="NAMES",
               help="Also compute these measures of clrobust.similarity (comma-separated: rbf-cka, procrustes, rsa, "
                    "svcca, linear-cka-unbiased ...) between each layer's clean and adversarial features, full batch "
@@ -60,8 +63,8 @@ from clrobust.metrics import METRICS
 @progress_option
 def compare_layers(models, data, data_root,
                    skip_bad_images, split, layers, attack, eps, steps, alpha, n_samples, batch_size,
-                   sampling, sample_seed, metric, load_options, classifier, probe_train, noise_control, measures,
-                   adv_source, seed, bootstrap, device,
+                   sampling, sample_seed, metric, load_options, classifier, probe_train, noise_control, precision,
+                   measures, adv_source, seed, bootstrap, device,
                    out, overwrite, progress):
     """CKA between every pair of layers, on clean and adversarial inputs.
 
@@ -106,7 +109,7 @@ def compare_layers(models, data, data_root,
                                load_options=load_options, probe_train=probe_train, metric=metric,
                                classifier=classifier, sampling=sampling, sample_seed=sample_seed,
                                bootstrap=bootstrap, noise_control=noise_control, adv_source=adv_source,
-                               measures=[m.strip() for m in measures.split(",") if m.strip()])
+                               measures=[m.strip() for m in measures.split(",") if m.strip()], precision=precision)
     from clrobust.distributed import Dist
 
     dist = Dist.from_env(device)
