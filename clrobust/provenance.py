@@ -54,6 +54,23 @@ def versions() -> Dict[str, str]:
     return out
 
 
+def arithmetic() -> Dict[str, Any]:
+    """How the numbers were computed: torch's CPU threads and whether CUDA matrix products may use TF32
+    (off unless ``clrobust --tf32``; CKA sums are float64 on every device)."""
+    import torch
+
+    return {"threads": torch.get_num_threads(), "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+            "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32), "cka_sums": "float64"}
+
+
+def set_tf32(enabled: bool) -> None:
+    """Allow (or forbid, the default) TF32 in CUDA matrix products and convolutions."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
 def command_line() -> str:
     return " ".join(["clrobust"] + sys.argv[1:]) if sys.argv else ""
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Type, TypeVar
 
 from clrobust.errors import ClrobustError
-from clrobust.provenance import versions, write_json
+from clrobust.provenance import arithmetic, versions, write_json
 
 R = TypeVar("R", bound="Result")
 #: Draws one figure into the given path.
@@ -86,7 +86,7 @@ class Result:
 
 def settings_record(settings: Mapping[str, Any], seed: int) -> Dict[str, Any]:
     """settings.json: the command's settings, its seed and the versions that shaped the numbers."""
-    return {"command": dict(settings), "versions": versions(), "seed": seed}
+    return {"command": dict(settings), "versions": versions(), "seed": seed, "arithmetic": arithmetic()}
 
 
 def write_results(out: Path, results: Sequence[Result], settings: Optional[Mapping[str, Any]] = None,

@@ -223,3 +223,23 @@ def test_threads_option_sets_torch_threads_and_defaults_to_physical_cores(capsys
         assert exc.value.code == 2 and "--threads" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+
+
+def test_tf32_is_off_unless_asked_and_settings_record_the_arithmetic(capsys):
+    import torch
+
+    from clrobust.cli import main
+    from clrobust.results import settings_record
+
+    try:
+        main(["--tf32", "zoo"])
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert settings_record({}, 0)["arithmetic"]["tf32_matmul"] is True
+        main(["zoo"])
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        rec = settings_record({"x": 1}, 3)["arithmetic"]
+        assert rec == {"threads": torch.get_num_threads(), "tf32_matmul": False, "tf32_cudnn": False,
+                       "cka_sums": "float64"}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False

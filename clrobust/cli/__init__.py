@@ -19,6 +19,7 @@ import click
 import clrobust
 from clrobust.cli import analysis, audit, checkpoints, compare, train, zoo
 from clrobust.errors import ClrobustError
+from clrobust.provenance import set_tf32
 
 DEBUG_ENV = "CLROBUST_DEBUG"
 
@@ -39,6 +40,10 @@ def _debug_requested(argv: List[str]) -> bool:
 @click.version_option(clrobust.__version__, prog_name="clrobust")
 @click.option("--debug", is_flag=True, expose_value=False, is_eager=True,
               help=f"Show the full traceback of an error instead of one line (or set {DEBUG_ENV}=1).")
+@click.option("--tf32/--no-tf32", default=False, expose_value=False,
+              callback=lambda ctx, param, value: set_tf32(value),
+              help="Let CUDA matrix products and convolutions use TF32 (faster, about 1e-3 relative error); "
+                   "off by default, recorded in settings.json.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, expose_value=False,
               callback=lambda ctx, param, value: set_threads(value),
               help="CPU threads for torch [the machine's physical cores available to this process].")
