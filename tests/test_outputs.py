@@ -196,10 +196,10 @@ def test_device_auto_picks_cuda_when_there_is_one_and_records_the_real_device(mo
     assert check_device(None, None, "cuda:1") == "cuda:1"
 
 
-def test_every_analysis_command_defaults_to_device_auto():
+def test_every_compute_command_defaults_to_device_auto():
     from clrobust.cli import cli
 
-    for name in ("compare-layers", "probe-layers", "figures", "audit"):
+    for name in ("compare-layers", "probe-layers", "figures", "audit", "train"):
         opt = next(p for p in cli.commands[name].params if p.name == "device")
         assert opt.default == "auto", name
 

@@ -333,3 +333,14 @@ def test_clae_perturbation_raises_batch_loss_and_respects_eps(tmp_path):
     assert cfg.attack_alpha == pytest.approx(cfg.eps)  # one FGSM step of size eps
     # The checkpoint keeps both BNs; the default load uses the clean one.
     assert any(".adv." in k for k in net.state_dict())
+
+
+def test_the_training_device_is_recorded_and_a_run_resumes_on_any_device(tmp_path):
+    """--device is part of the recorded settings but not of what a resumed run must share."""
+    a = Trainer(TrainConfig(device="cuda"), tmp_path / "m", progress=False)
+    b = Trainer(TrainConfig(device="cpu"), tmp_path / "m", progress=False)
+    assert a._settings_key() == b._settings_key()
+    assert Trainer(TrainConfig(device="cpu", seed=1), tmp_path / "m")._settings_key() != b._settings_key()
+    cfg = dict(scheme="supervised", scenario="st", seed=1, **{**TINY, "epochs": 1})
+    meta = Trainer(TrainConfig(**cfg, device="cpu"), tmp_path / "run", progress=False).run()
+    assert meta["training"]["device"] == "cpu"

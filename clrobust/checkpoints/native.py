@@ -50,7 +50,7 @@ def save_network(path: Union[str, Path], net: Network, metadata: Optional[Dict[s
 
     weights, meta_path = _paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
     config = net.config.to_dict()
     meta = {"format": FORMAT, "model": config, **(metadata or {})}
     tmp_w, tmp_m = weights.with_name(f".{weights.name}.partial"), meta_path.with_name(f".{meta_path.name}.partial")

@@ -12,6 +12,7 @@ from clrobust.cli.options import (
     NONNEGATIVE,
     POSITIVE,
     data_options,
+    device_option,
     load_options,
     progress_option,
     seed_option,
@@ -60,6 +61,7 @@ from clrobust.train.trainer import ADV_METHODS, AUGMENTS, SCENARIOS, SCHEMES
 @click.option("--n-train", default=None, type=COUNT, help="Use only the first N training images.")
 @click.option("--eval-samples", default=None, type=COUNT, help="Test images for the final evaluation [all].")
 @seed_option
+@device_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint path without suffix: writes OUT.safetensors, OUT.json, OUT.history.csv.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT.state.pt.")
@@ -68,7 +70,7 @@ from clrobust.train.trainer import ADV_METHODS, AUGMENTS, SCENARIOS, SCHEMES
 def train(scheme, scenario, adv_method, arch, width, epochs, batch_size, lr, temperature, eps, attack_steps,
           attack_alpha, clae_weight, augment, classifier_epochs, init, init_format, init_normalize, init_bn,
           init_trust_checkpoint, data, data_root,
-          skip_bad_images, n_train, eval_samples, seed, out, resume, overwrite, progress):
+          skip_bad_images, n_train, eval_samples, seed, device, out, resume, overwrite, progress):
     """Train an encoder under one scheme and scenario, then its linear classifier.
 
     Writes a safetensors checkpoint with a JSON beside it recording the settings,
@@ -91,7 +93,7 @@ def train(scheme, scenario, adv_method, arch, width, epochs, batch_size, lr, tem
                       attack_steps=attack_steps, attack_alpha=attack_alpha, clae_weight=clae_weight,
                       augment=augment, classifier_epochs=classifier_epochs, init=init, data=data, data_root=data_root,
                       skip_bad_images=skip_bad_images,
-                      n_train=n_train, eval_samples=eval_samples, seed=seed,
+                      n_train=n_train, eval_samples=eval_samples, seed=seed, device=device,
                       init_load=load_options(None, None, init_format, init_normalize, init_bn, False,
                                              init_trust_checkpoint).kwargs() if init else {})
     out_path = checkpoint_target(out, overwrite or resume, "--out")

@@ -57,6 +57,7 @@ class TrainConfig:
     data: str = "cifar10-mini"
     data_root: Optional[str] = None
     skip_bad_images: bool = False
+    device: str = "cpu"  # where the network trains (the CLI resolves --device auto)
     n_train: Optional[int] = None
     epochs: int = 20
     batch_size: int = 256
@@ -178,7 +179,8 @@ class Trainer:
                                        skip_bad=cfg.skip_bad_images).subset(cfg.n_train)
         self.test_data = load_dataset(cfg.data, "test", cfg.data_root,
                                       skip_bad=cfg.skip_bad_images).subset(cfg.eval_samples)
-        self.net = self._build()
+        self.device = torch.device(cfg.device)
+        self.net = self._build().to(self.device)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         resume_state = None
         if resume and self.state_path.exists():
@@ -243,8 +245,8 @@ class Trainer:
             losses = []
             for i in range(0, len(data) - bs + 1, bs):  # full batches only
                 idx = order[i:i + bs]
-                x = to_float(data.images[idx])
-                y = data.labels[idx]
+                x = to_float(data.images[idx]).to(self.device)
+                y = data.labels[idx].to(self.device)
                 loss = step(x, y, augment)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -267,7 +269,8 @@ class Trainer:
         """What a resumed run must share with the run that saved the state."""
         import json
 
-        return json.dumps(asdict(self.cfg), sort_keys=True, default=str)
+        settings = {k: v for k, v in asdict(self.cfg).items() if k != "device"}  # any device may resume
+        return json.dumps(settings, sort_keys=True, default=str)
 
     def _save_state(self, state: Dict[str, Any]) -> None:
         """Write the state next to the checkpoint, atomically (a kill mid-write leaves the last one)."""
@@ -376,13 +379,13 @@ class Trainer:
         feats = []
         with torch.no_grad():
             for x, _ in self.train_data.batches(512):
-                feats.append(net.features(x))
+                feats.append(net.features(x.to(self.device)).cpu())
         f = torch.cat(feats)
         y = self.train_data.labels
         head = net.classifier
         fit_linear_probe(f, y, self.train_data.num_classes, weight_decay=1e-4, seed=self.cfg.seed).to_linear(head)
         with torch.no_grad():
-            acc = (head(f).argmax(1) == y).float().mean().item()
+            acc = (head(f.to(self.device)).argmax(1).cpu() == y).float().mean().item()
         self.history.append({"phase": "linear-probe", "epoch": 1, "loss": float("nan"), "train_acc": acc})
 
     # ------------------------------------------------------------------ eval & outputs
