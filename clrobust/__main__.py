@@ -1,7 +1,7 @@
 """``python -m clrobust`` and the ``clrobust`` console script.
 
-The command's modules import torch and friends, which takes seconds; a Ctrl-C or
-SIGTERM in that time still ends in one line (exit 130 or 143), not a traceback.
+Importing torch takes seconds; a Ctrl-C or SIGTERM in that time still ends in one line
+(exit 130 or 143), not a traceback. ``clrobust --help`` does not import it at all.
 """
 
 import os
@@ -19,14 +19,19 @@ def _stopped_at_startup(signum: int, frame: Any) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    """Import the command line (one-line exit on Ctrl-C or SIGTERM meanwhile), then run it."""
+    """Import the command line and, unless only help or the version is asked for, torch (one-line exit on
+    Ctrl-C or SIGTERM meanwhile: libraries can swallow an exception raised while they import), then run it."""
+    args = list(sys.argv[1:] if argv is None else argv)
     previous = {s: signal.signal(s, _stopped_at_startup) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         from clrobust.cli import main as run
+
+        if not any(a in ("-h", "--help", "--version") for a in args):
+            import torch  # noqa: F401  (the seconds-long import every command needs, under the start-up guard)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    run(argv)
+    run(args)
 
 
 if __name__ == "__main__":

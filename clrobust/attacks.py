@@ -19,11 +19,7 @@ from torch import nn
 
 from clrobust.errors import ClrobustError
 from clrobust.losses import nt_xent
-
-#: End-to-end attacks (threat model II), the representation attack (threat model I) and the
-#: random-noise control (random-sign L-inf noise at eps; under an L2 spec, a random direction of norm eps).
-ATTACKS = ("none", "fgsm", "pgd", "pgd-l2", "apgd", "autoattack", "rep", "noise")
-L2_ATTACKS = ("pgd-l2",)
+from clrobust.names import ATTACKS, L2_ATTACKS  # the one list, torch-free for the CLI
 
 
 def parse_eps(text: "str | float", norm: str = "Linf") -> float:

@@ -21,7 +21,7 @@ from clrobust.linear_probe import fit_linear_probe
 
 #: ``--classifier``: ``auto`` keeps a model's own head when it fits the data set (head-less
 #: models get a probe); ``probe`` always drops the head and fits a probe.
-CLASSIFIER_MODES = ("auto", "probe")
+from clrobust.names import CLASSIFIER_MODES  # the one list, torch-free for the CLI
 
 
 def choose_classifier(lm: LoadedModel, num_classes: int, data_name: str, mode: str = "auto") -> None:

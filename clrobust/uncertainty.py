@@ -20,8 +20,7 @@ import torch
 
 #: Two-sided level of every interval clrobust reports.
 LEVEL = 0.95
-#: Bootstrap replicates by default (``--bootstrap``).
-DEFAULT_REPLICATES = 1000
+from clrobust.names import DEFAULT_REPLICATES  # noqa: E402  (torch-free for the CLI)
 
 
 @dataclass(frozen=True)

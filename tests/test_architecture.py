@@ -19,7 +19,7 @@ import clrobust
 PACKAGE = Path(clrobust.__file__).resolve().parent
 
 FLOORS: List[List[str]] = [
-    ["clrobust", "clrobust.errors"],
+    ["clrobust", "clrobust.errors", "clrobust.names"],
     ["clrobust.models", "clrobust.models.*", "clrobust.data", "clrobust.data.*", "clrobust.cka", "clrobust.metrics",
      "clrobust.uncertainty", "clrobust.similarity",
      "clrobust.distributed", "clrobust.plots", "clrobust.provenance", "clrobust.results", "clrobust.losses",
@@ -113,3 +113,44 @@ def test_versions_come_from_package_metadata_without_importing_the_libraries():
             "v['torchattacks'] == torchattacks.__version__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == "[]" and out[1] == "True True", out
+
+
+def test_the_command_line_starts_without_torch():
+    """clrobust --help needs only the option names (clrobust.names): importing the CLI imports no torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, clrobust.cli; print('torch' in sys.modules, 'numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False False", out
+    code = ("import sys; from clrobust.__main__ import main; main(['--help']); "
+            "print('torch' in sys.modules, file=sys.stderr)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert p.stderr.strip() == "False" and "compare-layers" in p.stdout
+
+
+def test_every_offered_name_has_its_implementation():
+    from clrobust import metrics, names
+    from clrobust.attacks import AttackSpec
+    from clrobust.data import load_dataset
+    from clrobust.errors import ClrobustError
+    from clrobust.figures.job import FAMILY_CLASSES
+    from clrobust.heads import choose_classifier
+    from clrobust.models import ModelConfig, create_model
+    from clrobust.train import TrainConfig
+
+    for a in names.ATTACKS:
+        AttackSpec(a, 0.5 if a in names.L2_ATTACKS else 8 / 255)
+    for d in names.DATASETS:
+        try:
+            load_dataset(d, "test")
+        except ClrobustError as exc:
+            assert "unknown data set" not in str(exc) and "--data-root" in str(exc), d
+    for stem in names.STEMS:
+        create_model(ModelConfig(width=4, stem=stem))
+    for scheme in names.SCHEMES:
+        for scenario in names.SCENARIOS:
+            if (scheme, scenario) != ("supervised", "pat"):  # refused by design: no frozen encoder to probe
+                TrainConfig(scheme=scheme, scenario=scenario)
+    assert set(names.METRICS) <= set(metrics.METRICS) and tuple(FAMILY_CLASSES) == names.FIGURE_FAMILIES
+    assert choose_classifier.__module__ == "clrobust.heads" and names.CLASSIFIER_MODES == ("auto", "probe")

@@ -23,7 +23,7 @@ from clrobust.checkpoints.report import LoadReport
 from clrobust.checkpoints.table import NORMALIZATIONS, CheckpointFormat, Norm, get_format, parse_normalize
 from clrobust.errors import ClrobustError
 from clrobust.models import DualBatchNorm2d, ModelConfig, Network, architecture, create_model
-from clrobust.models.resnet import STEMS
+from clrobust.names import STEMS
 
 
 def _resolve_normalize(user: Optional[str], mapped: Mapped, fmt: CheckpointFormat) -> Tuple[Norm, Dict[str, Any]]:

@@ -140,8 +140,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         cli.main(args=args, prog_name="clrobust", standalone_mode=False)
-    except click.exceptions.Abort:
-        _fail("aborted.", 130, debug)
+    except click.exceptions.Abort:  # click's form of Ctrl-C while it parses the command line
+        _fail("interrupted: nothing was written to --out (a resumable job resumes when run again).", 130, debug)
     except click.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx is not None else "clrobust"
         _fail(f"error: {_one_line(exc.format_message())} (see '{command} --help')", exc.exit_code, debug)

@@ -20,7 +20,7 @@ from clrobust.cli.options import (
     seed_option,
 )
 from clrobust.errors import ClrobustError
-from clrobust.figures import FAMILIES
+from clrobust.names import FIGURE_FAMILIES as FAMILIES
 
 
 @click.command("probe-layers")

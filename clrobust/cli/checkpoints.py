@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import textwrap
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import click
 
-from clrobust.checkpoints import LoadOptions
 from clrobust.cli.options import model_options
 
+if TYPE_CHECKING:
+    from clrobust.checkpoints import LoadOptions
 
-def _load(checkpoint: str, load_options: LoadOptions):
+
+def _load(checkpoint: str, load_options: "LoadOptions"):
     from clrobust.checkpoints import load
 
     lm = load(checkpoint, **load_options.kwargs())

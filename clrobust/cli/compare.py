@@ -22,7 +22,7 @@ from clrobust.cli.options import (
     seed_option,
 )
 from clrobust.errors import ClrobustError
-from clrobust.metrics import METRICS
+from clrobust.names import METRICS
 
 
 @click.command("compare-layers")

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import click
 
-from clrobust.attacks import ATTACKS, parse_eps, parse_eps_list
-from clrobust.checkpoints import LoadOptions
-from clrobust.data import DATASETS
 from clrobust.errors import ClrobustError
-from clrobust.models.resnet import STEMS
+from clrobust.names import ATTACKS, DATASETS, STEMS
+
+if TYPE_CHECKING:  # the CLI imports torch only once a command runs, so --help starts fast
+    from clrobust.checkpoints import LoadOptions
 
 F = Callable[..., Any]
 
@@ -35,6 +35,8 @@ class EpsType(click.ParamType):
         self.many = many
 
     def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> str:
+        from clrobust.attacks import parse_eps, parse_eps_list
+
         text = str(value).strip()
         try:
             (parse_eps_list if self.many else parse_eps)(text, "L2")  # syntax and sign; the norm comes later
@@ -113,8 +115,10 @@ def model_options(f: F) -> F:
 
 
 def load_options(arch: Optional[str], stem: Optional[str], fmt: Optional[str], normalize: Optional[str],
-                 bn: str, allow_missing: bool, trust: bool) -> LoadOptions:
+                 bn: str, allow_missing: bool, trust: bool) -> "LoadOptions":
     """The :class:`LoadOptions` of :func:`model_options`' values."""
+    from clrobust.checkpoints import LoadOptions
+
     adversarial_bn = None if bn == "auto" else bn == "adversarial"
     return LoadOptions(arch=arch, format=fmt, normalize=normalize, trust=trust, adversarial_bn=adversarial_bn,
                        strict=not allow_missing, stem=stem)
@@ -122,7 +126,7 @@ def load_options(arch: Optional[str], stem: Optional[str], fmt: Optional[str], n
 
 def classifier_option(f: F) -> F:
     """--classifier: a model's own head, or a linear probe fitted on its frozen features."""
-    from clrobust.heads import CLASSIFIER_MODES
+    from clrobust.names import CLASSIFIER_MODES
 
     return click.option("--classifier", type=click.Choice(list(CLASSIFIER_MODES)), default="auto",
                         show_default=True,
@@ -157,7 +161,7 @@ def attack_options(f: F) -> F:
 
 def attack_spec(attack: str, eps: str, steps: int, alpha: Optional[float], seed: int) -> Any:
     """The :class:`~clrobust.attacks.AttackSpec` of :func:`attack_options`' values."""
-    from clrobust.attacks import L2_ATTACKS, AttackSpec
+    from clrobust.attacks import L2_ATTACKS, AttackSpec, parse_eps
 
     norm = "L2" if attack in L2_ATTACKS else "Linf"
     return AttackSpec(attack, parse_eps(eps, norm), steps, alpha, seed=seed)
@@ -165,7 +169,7 @@ def attack_spec(attack: str, eps: str, steps: int, alpha: Optional[float], seed:
 
 def sampling_options(f: F) -> F:
     """--sampling and --sample-seed: which --n-samples images of the split are used."""
-    from clrobust.data import SAMPLINGS
+    from clrobust.names import SAMPLINGS
 
     f = click.option("--sample-seed", default=0, show_default=True, type=click.IntRange(0, 2 ** 63 - 1),
                      help="Seed of the stratified image subset (independent of --seed).")(f)
@@ -177,7 +181,7 @@ def sampling_options(f: F) -> F:
 
 def bootstrap_option(f: F) -> F:
     """--bootstrap N: replicates over images for every interval."""
-    from clrobust.uncertainty import DEFAULT_REPLICATES
+    from clrobust.names import DEFAULT_REPLICATES
 
     return click.option("--bootstrap", default=DEFAULT_REPLICATES, show_default=True, type=COUNT0,
                         help="Bootstrap replicates over images for the 95% intervals of every CKA, disparity and "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from clrobust.attacks import parse_eps
 from clrobust.cli.options import (
     COUNT,
     COUNT0,
@@ -17,7 +16,7 @@ from clrobust.cli.options import (
     progress_option,
     seed_option,
 )
-from clrobust.train.trainer import ADV_METHODS, AUGMENTS, SCENARIOS, SCHEMES
+from clrobust.names import ADV_METHODS, AUGMENTS, SCENARIOS, SCHEMES
 
 
 @click.command()
@@ -83,6 +82,7 @@ def train(scheme, scenario, adv_method, arch, width, epochs, batch_size, lr, tem
       clrobust train --scheme simclr --scenario at --adv-method clae --out runs/simclr-clae
       clrobust train --scheme simclr --scenario fat --init runs/simclr-at.safetensors --out runs/simclr-fat
     """
+    from clrobust.attacks import parse_eps
     from clrobust.checkpoints import checkpoint_target
     from clrobust.train import TrainConfig, Trainer
 

@@ -25,10 +25,7 @@ CIFAR10_CLASSES = [
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
-DATASETS = ("cifar10-mini", "cifar10", "cifar100", "imagefolder")
-#: How ``--n-samples`` images are chosen: a seeded class-stratified subset, or the first N.
-SAMPLINGS = ("stratified", "first")
-SPLITS = ("train", "test")
+from clrobust.names import DATASETS, SAMPLINGS, SPLITS  # noqa: E402  (the one list, torch-free for the CLI)
 
 
 @dataclass

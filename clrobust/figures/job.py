@@ -15,11 +15,13 @@ from clrobust.figures.cross_model import CrossModel
 from clrobust.figures.eps_sweep import EpsSweep
 from clrobust.figures.findings import Finding, FindingsResult, check_findings
 from clrobust.figures.st_clean_vs_adv import StCleanVsAdv
+from clrobust.names import FIGURE_FAMILIES
 from clrobust.results import OutputFolder, Result
 
 #: Family name -> its result class, in the order ``figures all`` draws them.
 FAMILY_CLASSES: Dict[str, Type[FigureResult]] = {c.FAMILY: c for c in (StCleanVsAdv, AtProbes, EpsSweep, CrossModel)}
-FAMILIES = tuple(FAMILY_CLASSES)
+FAMILIES = FIGURE_FAMILIES
+assert FAMILIES == tuple(FAMILY_CLASSES), "clrobust.names.FIGURE_FAMILIES must list the families in order"
 ROLES: Dict[str, List[Role]] = {f: list(c.ROLES) for f, c in FAMILY_CLASSES.items()}
 
 

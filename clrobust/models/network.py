@@ -114,7 +114,7 @@ class ModelConfig:
         if "extra" in d and not isinstance(d["extra"], dict):
             raise bad("extra is not an object")
         from clrobust.models.registry import architecture
-        from clrobust.models.resnet import STEMS
+        from clrobust.names import STEMS
 
         if d.get("stem", "cifar") not in STEMS:
             raise bad(f"stem={d['stem']!r} is not one of {', '.join(STEMS)}")

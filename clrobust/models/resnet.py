@@ -67,7 +67,6 @@ def _shortcut(in_planes: int, out_planes: int, stride: int, dual_bn: bool) -> nn
 #: padding 2), ``cifar-norelu`` (lightly's CIFAR benchmark backbone: conv and bn without the
 #: ReLU, which its ResNet applies functionally and so leaves out of ``children()``) and
 #: ``imagenet`` (7x7, stride 2, max-pool).
-STEMS = ("cifar", "cifar-pad2", "cifar-norelu", "imagenet")
 
 
 class Stem(nn.Module):

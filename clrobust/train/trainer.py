@@ -33,14 +33,11 @@ from clrobust.errors import ClrobustError
 from clrobust.linear_probe import fit_linear_probe
 from clrobust.losses import nt_xent, supcon
 from clrobust.models import ModelConfig, Network, adversarial_bn, create_model
+from clrobust.names import ADV_METHODS, AUGMENTS, SCENARIOS, SCHEMES
 from clrobust.provenance import command_line, versions
 from clrobust.robustness import accuracy
 from clrobust.train.augment import crop_flip_augment, simclr_augment
 
-SCHEMES = ("simclr", "supcon", "supervised")
-SCENARIOS = ("st", "at", "pat", "fat")
-ADV_METHODS = ("pgd", "clae")
-AUGMENTS = ("simclr", "crop-flip")
 CONTRASTIVE = ("simclr", "supcon")
 
 
