@@ -24,7 +24,7 @@ import torch
 from clrobust.activations import Stage
 from clrobust.attacks import AttackSpec, format_eps
 from clrobust.checkpoints import LoadOptions, distinct_labels, load, resolve
-from clrobust.data import ImageData, load_dataset
+from clrobust.data import ImageData, chosen_images
 from clrobust.distributed import Dist
 from clrobust.errors import ClrobustError
 from clrobust.heads import choose_classifier, ensure_classifier
@@ -260,9 +260,7 @@ def _audit(settings: AuditSettings, out: Path, labels: List[str], overwrite: boo
     """Every model's rows: clean, each attack and the worst case, resumed from the cache where it has them."""
     cache_path = out / "audit-cache.json"
     cache = _read_cache(cache_path, settings, overwrite, main)
-    data = load_dataset(settings.data, settings.split, settings.data_root,
-                        skip_bad=settings.skip_bad_images)
-    data = data.sample(settings.n_samples, settings.sampling, settings.sample_seed)
+    data = chosen_images(settings, settings.split, settings.n_samples)
     images = data.fingerprint()
     if cache.get("data", images) != images:  # the same path and options, other files
         if main:
@@ -278,8 +276,7 @@ def _audit(settings: AuditSettings, out: Path, labels: List[str], overwrite: boo
         net = lm.network
         choose_classifier(lm, data.num_classes, settings.data, settings.classifier)
         if not lm.has_classifier and train is None:
-            train = load_dataset(settings.data, "train", settings.data_root,
-                                 skip_bad=settings.skip_bad_images).subset(settings.probe_train)
+            train = chosen_images(settings, "train", settings.probe_train, sampled=False)
         info = ensure_classifier(lm, train, settings.seed, progress and main)
         models_info[lm.label] = {**lm.describe(), **info}
         weights = weights_hash(net)

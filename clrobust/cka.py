@@ -388,6 +388,25 @@ def disparity(cka_clean_adversarial: ArrayLike) -> np.ndarray:
     return 1.0 - np.diag(m)
 
 
+def depth_thirds(n: int) -> Tuple[slice, slice]:
+    """The first and the last third of ``n`` layers (at least one layer each): where every summary reads
+    "early" and "late"."""
+    k = max(1, n // 3)
+    return slice(0, k), slice(n - k, n)
+
+
+def late_mean(values: Sequence[float]) -> float:
+    """Mean over the last third of the layers (:func:`depth_thirds`)."""
+    v = np.asarray(values, dtype=float)
+    return float(v[depth_thirds(len(v))[1]].mean())
+
+
+def early_mean(values: Sequence[float]) -> float:
+    """Mean over the first third of the layers (:func:`depth_thirds`)."""
+    v = np.asarray(values, dtype=float)
+    return float(v[depth_thirds(len(v))[0]].mean())
+
+
 def batch_bounds(n: int, batch_size: int, minimum: int = 4) -> List[tuple]:
     """Batch (start, stop) pairs covering n samples; a last batch smaller than ``minimum``
     is folded into the previous one (unbiased HSIC needs 4 samples)."""

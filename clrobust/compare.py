@@ -23,8 +23,9 @@ from clrobust.activations import MIN_BATCH, Recording, Stage, batch_plan, pool_f
 from clrobust.attacks import AttackSpec, format_eps
 from clrobust.checkpoints import LoadedModel, LoadOptions, distinct_labels, load, resolve
 from clrobust.checkpoints.zoo import expand_models
+from clrobust.cka import depth_thirds, early_mean, late_mean
 from clrobust.cka import disparity as cka_disparity
-from clrobust.data import load_dataset
+from clrobust.data import chosen_images
 from clrobust.distributed import Dist
 from clrobust.errors import ClrobustError
 from clrobust.heads import choose_classifier, ensure_classifier
@@ -278,7 +279,7 @@ class CompareResult(Result):
             return []
         lines = ["other measures (full batch on pooled features, no interval): late clean-vs-adversarial "
                  "dissimilarity " + "; ".join(
-                     f"{m}: " + ", ".join(f"{lab} {np.mean(v[-max(1, len(v) // 3):]):.3f}" for lab, v in c.items())
+                     f"{m}: " + ", ".join(f"{lab} {late_mean(v):.3f}" for lab, v in c.items())
                      for m, c in self.measures.items())]
         lines += ([f"FLIP: {f}" for f in self.measure_flips] or
                   [f"no conclusion of {self.metric} about disparity ordering or its rise with depth flips under "
@@ -329,8 +330,7 @@ class CompareResult(Result):
 
     @staticmethod
     def _disparity_points(d: Sequence[float]) -> List[float]:
-        k = max(1, len(d) // 3)
-        return [d[0], d[len(d) // 2], d[-1], float(np.mean(d[-k:]))]
+        return [d[0], d[len(d) // 2], d[-1], late_mean(d)]
 
     def _notes(self) -> List[str]:
         lines = []
@@ -385,17 +385,14 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
     labels = _labels(loaded)
     nets = {lab: lm.network for lab, lm in zip(labels, loaded)}
     names = {lab: layer_names(net, settings.layers) for lab, net in nets.items()}
-    data = load_dataset(settings.data, settings.split, settings.data_root,
-                        skip_bad=settings.skip_bad_images)
-    data = data.sample(settings.n_samples, settings.sampling, settings.sample_seed)
+    data = chosen_images(settings, settings.split, settings.n_samples)
     for lab, lm in zip(labels, loaded):
         lm.label = lab
         choose_classifier(lm, data.num_classes, settings.data, settings.classifier)
     settings.attack.n_classes = data.num_classes
     classifiers: Dict[str, Any] = {}
     if any(not lm.has_classifier for lm in loaded):
-        train = load_dataset(settings.data, "train", settings.data_root,
-                             skip_bad=settings.skip_bad_images).subset(settings.probe_train)
+        train = chosen_images(settings, "train", settings.probe_train, sampled=False)
         for lab, lm in zip(labels, loaded):
             classifiers[lab] = ensure_classifier(lm, train, settings.seed, progress)
     timings["load"] += time.perf_counter() - t
@@ -519,12 +516,8 @@ def _dissimilarity(measure: str, x: torch.Tensor, y: torch.Tensor) -> float:
 def measure_flips(result: CompareResult) -> List[str]:
     """Conclusions of the main metric's disparity that another measure reverses: the ordering of two models'
     late-layer disparity, and whether a model's disparity rises from the first to the last third."""
-    def late(v: Sequence[float]) -> float:
-        return float(np.mean(v[-max(1, len(v) // 3):]))
-
     def rise(v: Sequence[float]) -> float:
-        k = max(1, len(v) // 3)
-        return float(np.mean(v[-k:]) - np.mean(v[:k]))
+        return late_mean(v) - early_mean(v)
 
     flips = []
     for m, curves in result.measures.items():
@@ -535,8 +528,8 @@ def measure_flips(result: CompareResult) -> List[str]:
                              f"({a:+.3f}) but {'rises' if b > 0 else 'falls'} under {m} ({b:+.3f})")
         for i, x in enumerate(result.labels):
             for y in result.labels[i + 1:]:
-                a = late(result.disparity[x]) - late(result.disparity[y])
-                b = late(curves[x]) - late(curves[y])
+                a = late_mean(result.disparity[x]) - late_mean(result.disparity[y])
+                b = late_mean(curves[x]) - late_mean(curves[y])
                 if a * b < 0:
                     flips.append(f"late disparity {x} {'>' if a > 0 else '<'} {y} under {result.metric} "
                                  f"({a:+.3f}) but {'>' if b > 0 else '<'} under {m} ({b:+.3f})")
@@ -632,14 +625,14 @@ def _disparity_statistics(labels: Sequence[str], names: Mapping[str, Sequence[st
     boot_disp = {}
     for lab in labels:
         d = np.asarray(disparity[lab])
-        k = max(1, len(d) // 3)
-        late: Dict[str, Any] = {"value": float(d[-k:].mean()), "layers": list(names[lab][-k:])}
+        last = depth_thirds(len(d))[1]
+        late: Dict[str, Any] = {"value": float(d[last].mean()), "layers": list(names[lab][last])}
         r = reps[lab]
         if r is not None:
             boot_disp[lab] = 1 - np.diagonal(r, axis1=1, axis2=2)  # (replicates, layers)
             low, high = percentile_interval(boot_disp[lab])
             out["disparity_ci"][lab] = {"ci_low": low.tolist(), "ci_high": high.tolist()}
-            late_low, late_high = percentile_interval(boot_disp[lab][:, -k:].mean(1))
+            late_low, late_high = percentile_interval(boot_disp[lab][:, last].mean(1))
             late.update(ci_low=float(late_low), ci_high=float(late_high))
         out["late_disparity"][lab] = late
     for i, a in enumerate(labels):

@@ -413,13 +413,12 @@ def run_probe_layers(settings: ProbeSettings, out: Path, overwrite: bool = False
 
 def _probe_job(s: ProbeSettings, out: Path, progress: bool) -> ProbeLayersResult:
     from clrobust.checkpoints import load
-    from clrobust.data import load_dataset
+    from clrobust.data import chosen_images
     from clrobust.heads import choose_classifier, ensure_classifier
 
     lm = load(s.model, device=s.device, **s.load_options.kwargs())
-    train = load_dataset(s.data, "train", s.data_root, skip_bad=s.skip_bad_images).subset(s.n_train)
-    test = load_dataset(s.data, "test", s.data_root, skip_bad=s.skip_bad_images)
-    test = test.sample(s.n_samples, s.sampling, s.sample_seed)
+    train = chosen_images(s, "train", s.n_train, sampled=False)
+    test = chosen_images(s, "test", s.n_samples)
     choose_classifier(lm, test.num_classes, s.data, s.classifier)
     head = ensure_classifier(lm, train, s.seed, progress)  # the end-to-end attack needs a real head
     r = probe_layers(lm.network, train, test, s.layers, s.attack, s.batch_size, s.seed, progress,

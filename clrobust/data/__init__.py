@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Protocol, Tuple, cast
 
 import numpy as np
 import torch
@@ -107,6 +107,31 @@ def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5A3E]))
     chosen = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
     return np.sort(np.concatenate(chosen))
+
+
+class DataChoice(Protocol):
+    """What every job's settings say about its data."""
+
+    data: str
+    data_root: Optional[str]
+    skip_bad_images: bool
+
+
+class SampledChoice(DataChoice, Protocol):
+    """... and, for the images a job measures on, how they are drawn."""
+
+    sampling: str
+    sample_seed: int
+
+
+def chosen_images(s: DataChoice, split: str, n: Optional[int], sampled: bool = True) -> ImageData:
+    """The images a job's settings name: ``n`` of ``split`` drawn by the settings' ``sampling`` and
+    ``sample_seed`` (the images measured on), or the first ``n`` (``sampled=False``: images fitted on)."""
+    images = load_dataset(s.data, split, s.data_root, skip_bad=s.skip_bad_images)
+    if not sampled:
+        return images.subset(n)
+    drawn = cast(SampledChoice, s)
+    return images.sample(n, drawn.sampling, drawn.sample_seed)
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:

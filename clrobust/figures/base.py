@@ -10,6 +10,7 @@ import numpy as np
 
 from clrobust.attacks import AttackSpec, format_eps
 from clrobust.checkpoints import LoadOptions
+from clrobust.cka import early_mean, late_mean
 from clrobust.compare import CompareResult
 from clrobust.errors import ClrobustError
 from clrobust.provenance import versions
@@ -61,20 +62,6 @@ class FigureSettings:
                 "batch_size": self.batch_size, "seed": self.seed, "device": self.device, "models": dict(self.models),
                 "positional": self.positional, "load_options": self.load_options.kwargs(),
                 "classifier": self.classifier, "adv_source": self.adv_source}
-
-
-def late_mean(values: Sequence[float]) -> float:
-    """Mean over the last third of the layers (at least one), as in ``compare-layers``' summary."""
-    v = list(values)
-    k = max(1, len(v) // 3)
-    return float(np.mean(v[-k:]))
-
-
-def early_mean(values: Sequence[float]) -> float:
-    """Mean over the first third of the layers (at least one)."""
-    v = list(values)
-    k = max(1, len(v) // 3)
-    return float(np.mean(v[:k]))
 
 
 def off_diagonal_mean(matrix: Union[np.ndarray, Sequence[Sequence[float]]]) -> float:

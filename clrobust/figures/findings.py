@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from clrobust.cka import depth_thirds
 from clrobust.compare import CompareResult
 from clrobust.figures.base import FigureResult
 from clrobust.results import Result
@@ -96,11 +97,6 @@ def combine(contrasts: Sequence[Contrast]) -> str:
     return "supported" if verdicts and all(v == "supported" for v in verdicts) else "inconclusive"
 
 
-def _thirds(n: int) -> Tuple[slice, slice]:
-    k = max(1, n // 3)
-    return slice(0, k), slice(n - k, n)
-
-
 class Numbers:
     """The statistics the findings need, from one compare-layers result (values and replicates)."""
 
@@ -115,13 +111,13 @@ class Numbers:
 
     def late(self, label: str, other: str = "adversarial") -> Tuple[float, Optional[np.ndarray]]:
         v, reps = self.disparity(label, other)
-        _, late = _thirds(len(v))
+        _, late = depth_thirds(len(v))
         return float(v[late].mean()), None if reps is None else reps[:, late].mean(1)
 
     def rise(self, label: str) -> Tuple[float, Optional[np.ndarray]]:
         """Late minus early mean disparity."""
         v, reps = self.disparity(label)
-        early, late = _thirds(len(v))
+        early, late = depth_thirds(len(v))
         return (float(v[late].mean() - v[early].mean()),
                 None if reps is None else reps[:, late].mean(1) - reps[:, early].mean(1))
 

@@ -107,15 +107,12 @@ def compute_probes(family: str, settings: FigureSettings, progress: bool = True,
                    cache_dir: Optional[Path] = None) -> Dict[str, Any]:
     """Per-layer linear probes of every model of ``family`` (train split fit, test clean / adversarial)."""
     from clrobust.checkpoints import load
-    from clrobust.data import load_dataset
+    from clrobust.data import chosen_images
     from clrobust.heads import choose_classifier, ensure_classifier
     from clrobust.probes import probe_layers
 
-    train = load_dataset(settings.data, "train", settings.data_root,
-                         skip_bad=settings.skip_bad_images).subset(settings.n_train)
-    test = load_dataset(settings.data, "test", settings.data_root,
-                        skip_bad=settings.skip_bad_images)
-    test = test.sample(settings.n_samples, settings.sampling, settings.sample_seed)
+    train = chosen_images(settings, "train", settings.n_train, sampled=False)
+    test = chosen_images(settings, "test", settings.n_samples)
     res = {}
     for role, spec in family_models(family, settings):
         lm = load(spec, device=settings.device, **settings.load_options.kwargs())

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from clrobust.attacks import AttackSpec, format_eps, pgd_maximize
 from clrobust.checkpoints import load, save_network
-from clrobust.data import CIFAR10_MEAN, CIFAR10_STD, load_dataset, to_float
+from clrobust.data import CIFAR10_MEAN, CIFAR10_STD, chosen_images, to_float
 from clrobust.errors import ClrobustError
 from clrobust.linear_probe import fit_linear_probe
 from clrobust.losses import nt_xent, supcon
@@ -172,10 +172,8 @@ class Trainer:
     def run(self, resume: bool = False) -> Dict[str, Any]:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        self.train_data = load_dataset(cfg.data, "train", cfg.data_root,
-                                       skip_bad=cfg.skip_bad_images).subset(cfg.n_train)
-        self.test_data = load_dataset(cfg.data, "test", cfg.data_root,
-                                      skip_bad=cfg.skip_bad_images).subset(cfg.eval_samples)
+        self.train_data = chosen_images(cfg, "train", cfg.n_train, sampled=False)
+        self.test_data = chosen_images(cfg, "test", cfg.eval_samples, sampled=False)
         self.device = torch.device(cfg.device)
         self.net = self._build().to(self.device)
         self.out.parent.mkdir(parents=True, exist_ok=True)
