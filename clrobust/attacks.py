@@ -160,13 +160,18 @@ def cpu_uniform(like: torch.Tensor, low: float, high: float) -> torch.Tensor:
 
 
 def pgd_maximize(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float,
-                 alpha: float, steps: int, random_start: bool = True) -> torch.Tensor:
+                 alpha: float, steps: int, random_start: bool = True,
+                 start: Optional[torch.Tensor] = None) -> torch.Tensor:
     """L-inf PGD that maximises ``loss_fn(x_adv)`` within ``eps`` of ``x``, staying in [0, 1]; the random
-    start is drawn on the CPU (:func:`cpu_uniform`)."""
+    start is drawn on the CPU (:func:`cpu_uniform`), or is ``start`` (a perturbation of ``x``'s shape: a
+    process's rows of a start drawn for the whole batch)."""
     x = x.detach()
     if eps == 0:
         return x.clone()
-    delta = cpu_uniform(x, -eps, eps) if random_start else torch.zeros_like(x)
+    if start is not None:
+        delta = start.to(x.device, x.dtype)
+    else:
+        delta = cpu_uniform(x, -eps, eps) if random_start else torch.zeros_like(x)
     x_adv = (x + delta).clamp_(0, 1)
     for _ in range(steps):
         x_adv.requires_grad_(True)

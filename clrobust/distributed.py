@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, cast
 
 import torch
 
@@ -81,6 +81,32 @@ class Dist:
         import torch.distributed as td
 
         td.barrier()
+
+
+class _SumWithGradient(torch.autograd.Function):
+    """All-reduce sum whose backward is the all-reduce sum of the gradients: every process's loss reaches
+    every process's inputs, as when one process computes the whole batch."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as td
+
+        out = t.clone(memory_format=torch.contiguous_format)
+        td.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as td
+
+        out = grad.clone(memory_format=torch.contiguous_format)
+        td.all_reduce(out)
+        return out
+
+
+def sum_with_gradient(t: torch.Tensor) -> torch.Tensor:
+    """The sum of ``t`` over the processes, differentiable (see :class:`_SumWithGradient`)."""
+    return cast(torch.Tensor, _SumWithGradient.apply(t))
 
 
 def rank_device(device: str, local_rank: int) -> torch.device:

@@ -12,6 +12,20 @@ from clrobust.models import ModelConfig, create_model
 torch.set_num_threads(2)
 
 
+def torchrun(args, processes=2):
+    """``python -m torch.distributed.run --nproc_per_node N -m clrobust ARGS`` (gloo, one thread each):
+    (exit code, output)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                        str(processes), "-m", "clrobust", *args], capture_output=True, text=True, env=env,
+                       timeout=600)
+    return p.returncode, p.stdout + p.stderr
+
+
 def tiny_network(seed: int = 0, width: int = 4, **kw):
     torch.manual_seed(seed)
     cfg = ModelConfig(arch="resnet18", width=width, num_classes=10, proj_dim=16,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 
@@ -13,19 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import assert_real_png, supcontrast_file
+from tests.conftest import assert_real_png, supcontrast_file, torchrun
 
 
 def run(args, env=None):
     p = subprocess.run([sys.executable, "-m", "clrobust", *args], capture_output=True, text=True, env=env)
-    return p.returncode, p.stdout + p.stderr
-
-
-def torchrun(args, processes=2):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                        str(processes), "-m", "clrobust", *args], capture_output=True, text=True, env=env,
-                       timeout=600)
     return p.returncode, p.stdout + p.stderr
 
 

@@ -56,3 +56,61 @@ def test_a_rank_without_batches_contributes_zero_sums_of_the_right_shape():
     np.testing.assert_array_equal(full.compute(), want)
     with pytest.raises(Exception, match="constant"):
         empty.compute()  # zero sums alone are no result
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    """A gloo process group of one process, so the multi-process code paths run in this test."""
+    import torch.distributed as td
+
+    td.init_process_group("gloo", store=td.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        yield Dist(rank=0, world=1)
+    finally:
+        td.destroy_process_group()
+
+
+def test_batch_norm_over_all_processes_equals_torch_batch_norm(one_process_group):
+    """The synchronised batch norm (one process: the all-reduces are identities) against nn.BatchNorm2d:
+    outputs, input and parameter gradients, running statistics, also with momentum 0 (attacks)."""
+    from torch import nn
+
+    from clrobust.models.norm import BatchNorm2d, DualBatchNorm2d, sync_batch_norm
+
+    torch.manual_seed(0)
+    x = (torch.randn(6, 5, 4, 4, dtype=torch.float64) * 3 + 10).requires_grad_(True)
+    ref = nn.BatchNorm2d(5).double()
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 2)
+        ref.bias.uniform_(-1, 1)
+    ours = nn.Sequential(nn.BatchNorm2d(5), DualBatchNorm2d(5)).double()
+    ours[0].load_state_dict(ref.state_dict())
+    assert sync_batch_norm(ours) == 3 and type(ours[0]) is BatchNorm2d and ours[1].adv.synced
+    for momentum in (0.1, 0.0):
+        ref.momentum = ours[0].momentum = momentum
+        x2 = x.detach().clone().requires_grad_(True)
+        out_ref, out = ref(x), ours[0](x2)
+        w = torch.randn_like(out_ref)
+        (out_ref * w).sum().backward()
+        (out * w).sum().backward()
+        torch.testing.assert_close(out, out_ref, rtol=0, atol=1e-12)
+        torch.testing.assert_close(x2.grad, x.grad, rtol=0, atol=1e-12)
+        for a, b in ((ours[0].weight.grad, ref.weight.grad), (ours[0].bias.grad, ref.bias.grad),
+                     (ours[0].running_mean, ref.running_mean), (ours[0].running_var, ref.running_var)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        x.grad = None
+        ours[0].zero_grad()
+        ref.zero_grad()
+    assert int(ours[0].num_batches_tracked) == int(ref.num_batches_tracked) == 2
+    ours.eval()  # evaluation uses the running statistics, in any mode of synchronisation
+    ref.eval()
+    torch.testing.assert_close(ours[0](x), ref(x), rtol=0, atol=1e-12)
+
+
+def test_the_whole_batch_gather_passes_every_gradient_back(one_process_group):
+    from clrobust.distributed import sum_with_gradient
+
+    t = torch.arange(4.0, requires_grad=True)
+    out = sum_with_gradient(t)
+    (out * torch.tensor([1.0, 2, 3, 4])).sum().backward()
+    assert out.tolist() == [0, 1, 2, 3] and t.grad.tolist() == [1, 2, 3, 4]

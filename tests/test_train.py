@@ -78,11 +78,11 @@ class Spy:
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> "Spy":
         def attack(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float, alpha: float,
-                   steps: int, random_start: bool = True) -> torch.Tensor:
+                   steps: int, random_start: bool = True, start: Optional[torch.Tensor] = None) -> torch.Tensor:
             if self.phase in self.identity_in:
                 out = x.detach()
             else:
-                out = _ATTACK(loss_fn, x, eps, alpha, steps, random_start=random_start)
+                out = _ATTACK(loss_fn, x, eps, alpha, steps, random_start=random_start, start=start)
             self.calls.append(AttackCall(self.phase, eps, alpha, steps, x.detach().clone(), out.detach().clone()))
             return out
 
@@ -344,3 +344,68 @@ def test_the_training_device_is_recorded_and_a_run_resumes_on_any_device(tmp_pat
     cfg = dict(scheme="supervised", scenario="st", seed=1, **{**TINY, "epochs": 1})
     meta = Trainer(TrainConfig(**cfg, device="cpu"), tmp_path / "run", progress=False).run()
     assert meta["training"]["device"] == "cpu"
+
+
+def _history(path: Path) -> List[float]:
+    with open(path.with_name(path.name + ".history.csv")) as fh:
+        return [float(r["loss"]) for r in csv.DictReader(fh) if r["loss"] != "nan"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme,scenario", [("supervised", "st"), ("simclr", "at")])
+def test_two_and_three_processes_train_as_one(tmp_path, scheme, scenario):
+    """torchrun (gloo) with 2 and 3 processes against one process, two epochs of one batch of 12: the first
+    epoch's loss is the whole batch's before any update (batch norm over every share, contrastive losses over
+    every share's embeddings, the PGD start of the whole batch); the second follows one averaged-gradient
+    update. Standard training is continuous, so its weights agree too; sign-PGD is not (a float-rounding
+    difference can flip a pixel's step, and in a contrastive loss every image's gradient then moves: measured,
+    none of 36,864 pixels differ after 3 steps, 1 after 4, 609 after 5), so the attack takes 2 steps and
+    adversarial training's second epoch is only checked loosely."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from tests.conftest import torchrun
+
+    args = ["train", "--scheme", scheme, "--scenario", scenario, "--width", "4", "--n-train", "12",
+            "--batch-size", "12", "--epochs", "2", "--classifier-epochs", "1", "--eval-samples", "12",
+            "--attack-steps", "2", "--device", "cpu", "--no-progress"]
+    p = subprocess.run([sys.executable, "-m", "clrobust", *args, "--out", str(tmp_path / "one")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    one = load_file(tmp_path / "one.safetensors")
+    for processes in (2, 3):
+        out = tmp_path / f"n{processes}"
+        code, text = torchrun([*args, "--out", str(out)], processes=processes)
+        assert code == 0, text
+        assert text.count("saved ") == 1  # only rank 0 speaks and writes
+        first, second = _history(tmp_path / "one"), _history(out)
+        assert len(first) == len(second) == 2
+        assert first[0] == pytest.approx(second[0], rel=1e-6, abs=0)
+        assert first[1] == pytest.approx(second[1], rel=1e-5 if scenario == "st" else 1e-2, abs=0)
+        many = load_file(out.with_name(out.name + ".safetensors"))
+        assert many.keys() == one.keys()
+        if scenario == "st":
+            for k, v in one.items():
+                if v.is_floating_point() and "running_var" not in k:
+                    torch.testing.assert_close(many[k], v, rtol=0, atol=1e-4 * max(1.0, float(v.abs().max())))
+
+
+def test_a_batch_that_does_not_split_evenly_is_refused(tmp_path, monkeypatch):
+    from clrobust.distributed import Dist
+
+    trainer = Trainer(TrainConfig(**TINY), tmp_path / "m", progress=False, dist=Dist(rank=0, world=3))
+    with pytest.raises(ClrobustError, match="multiple of 3"):
+        trainer.run()
+
+
+def test_amp_follows_the_device_and_is_recorded(tmp_path):
+    assert TrainConfig(device="cuda").amp is True and TrainConfig(device="cpu").amp is False
+    assert TrainConfig(device="cpu", amp=True).amp is True
+    meta = Trainer(TrainConfig(**ONE_BATCH, amp=True), tmp_path / "bf16", progress=False).run()
+    assert meta["training"]["amp"] is True  # bf16 autocast runs on the CPU too
+    plain = Trainer(TrainConfig(**ONE_BATCH), tmp_path / "fp32", progress=False).run()
+    assert plain["training"]["amp"] is False
+    bf16, fp32 = _history(tmp_path / "bf16")[0], _history(tmp_path / "fp32")[0]
+    assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.05)  # autocast really ran, at bf16 precision

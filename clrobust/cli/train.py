@@ -61,6 +61,9 @@ from clrobust.names import ADV_METHODS, AUGMENTS, SCENARIOS, SCHEMES
 @click.option("--eval-samples", default=None, type=COUNT, help="Test images for the final evaluation [all].")
 @seed_option
 @device_option
+@click.option("--amp/--no-amp", default=None,
+              help="bf16 autocast and channels-last memory for training's forward passes [on with CUDA, off on "
+                   "the CPU]; recorded in the checkpoint's metadata.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint path without suffix: writes OUT.safetensors, OUT.json, OUT.history.csv.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT.state.pt.")
@@ -69,11 +72,14 @@ from clrobust.names import ADV_METHODS, AUGMENTS, SCENARIOS, SCHEMES
 def train(scheme, scenario, adv_method, arch, width, epochs, batch_size, lr, temperature, eps, attack_steps,
           attack_alpha, clae_weight, augment, classifier_epochs, init, init_format, init_normalize, init_bn,
           init_trust_checkpoint, data, data_root,
-          skip_bad_images, n_train, eval_samples, seed, device, out, resume, overwrite, progress):
+          skip_bad_images, n_train, eval_samples, seed, device, amp, out, resume, overwrite, progress):
     """Train an encoder under one scheme and scenario, then its linear classifier.
 
     Writes a safetensors checkpoint with a JSON beside it recording the settings,
-    seed, versions, and clean / PGD-20 accuracy on the test split.
+    seed, versions, and clean / PGD-20 accuracy on the test split. Under
+    `torchrun --nproc_per_node N` each process trains on an equal share of every
+    batch (batch norm and contrastive losses see the whole batch; gradients are
+    averaged), which equals one process with the whole batch.
 
     \b
     Examples:
@@ -81,9 +87,11 @@ def train(scheme, scenario, adv_method, arch, width, epochs, batch_size, lr, tem
       clrobust train --scheme simclr --scenario at --eps 8/255 --out runs/simclr-at
       clrobust train --scheme simclr --scenario at --adv-method clae --out runs/simclr-clae
       clrobust train --scheme simclr --scenario fat --init runs/simclr-at.safetensors --out runs/simclr-fat
+      torchrun --nproc_per_node 4 -m clrobust train --scheme supervised --scenario at --out runs/sup-at
     """
     from clrobust.attacks import parse_eps
     from clrobust.checkpoints import checkpoint_target
+    from clrobust.distributed import Dist
     from clrobust.train import TrainConfig, Trainer
 
     if attack_steps is None:
@@ -93,14 +101,20 @@ def train(scheme, scenario, adv_method, arch, width, epochs, batch_size, lr, tem
                       attack_steps=attack_steps, attack_alpha=attack_alpha, clae_weight=clae_weight,
                       augment=augment, classifier_epochs=classifier_epochs, init=init, data=data, data_root=data_root,
                       skip_bad_images=skip_bad_images,
-                      n_train=n_train, eval_samples=eval_samples, seed=seed, device=device,
+                      n_train=n_train, eval_samples=eval_samples, seed=seed, device=device, amp=amp,
                       init_load=load_options(None, None, init_format, init_normalize, init_bn, False,
                                              init_trust_checkpoint).kwargs() if init else {})
     out_path = checkpoint_target(out, overwrite or resume, "--out")
     if scenario in ("pat", "fat") and init is None and scheme != "supervised":
         click.echo(f"note: no --init given, so {scenario} pre-trains adversarially first "
                    f"({epochs} epochs).", err=True)
-    meta = Trainer(cfg, out_path, progress=progress, log=lambda m: click.echo(m, err=True)).run(resume=resume)
+    dist = Dist.from_env(device)
+    if dist is not None:
+        cfg.device = str(dist.device)  # each rank on its own GPU under torchrun
+    meta = Trainer(cfg, out_path, progress=progress, log=lambda m: click.echo(m, err=True),
+                   dist=dist).run(resume=resume)
+    if dist is not None and not dist.is_main:
+        return
     m = meta["metrics"]
     click.echo(f"saved {out_path}.safetensors: clean {m['clean_accuracy']:.1%}, "
                f"PGD-20 8/255 {m['pgd20_8_255_accuracy']:.1%}, "

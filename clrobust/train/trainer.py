@@ -10,6 +10,13 @@ Two phases:
    encoder and classifier together (``fat``).
 
 State is saved after every epoch, so an interrupted run resumes where it stopped.
+
+Under ``torchrun`` every process takes an equal share of each batch (the views, random
+starts and order are drawn for the whole batch, from the same seed, on every process),
+batch norm takes its statistics over all shares, contrastive losses see every share's
+embeddings, and the gradients are averaged: N processes train as one process with the
+whole batch would, up to the order of floating-point sums. On CUDA the forward passes
+run under bf16 autocast with channels-last memory unless ``amp=False``.
 """
 
 from __future__ import annotations
@@ -26,13 +33,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from clrobust.attacks import AttackSpec, format_eps, pgd_maximize
+from clrobust.activations import batch_plan
+from clrobust.attacks import AttackSpec, cpu_uniform, format_eps, pgd_maximize
 from clrobust.checkpoints import load, save_network
 from clrobust.data import CIFAR10_MEAN, CIFAR10_STD, chosen_images, to_float
+from clrobust.distributed import Dist, owns
 from clrobust.errors import ClrobustError
 from clrobust.linear_probe import fit_linear_probe
 from clrobust.losses import nt_xent, supcon
 from clrobust.models import ModelConfig, Network, adversarial_bn, create_model
+from clrobust.models.norm import sync_batch_norm
 from clrobust.names import ADV_METHODS, AUGMENTS, SCENARIOS, SCHEMES
 from clrobust.provenance import command_line, versions
 from clrobust.robustness import accuracy
@@ -55,6 +65,8 @@ class TrainConfig:
     data_root: Optional[str] = None
     skip_bad_images: bool = False
     device: str = "cpu"  # where the network trains (the CLI resolves --device auto)
+    #: bf16 autocast and channels-last memory for the forward passes [on CUDA only]
+    amp: Optional[bool] = None
     n_train: Optional[int] = None
     epochs: int = 20
     batch_size: int = 256
@@ -112,6 +124,8 @@ class TrainConfig:
             self.lr = 1e-3 if self.scheme in CONTRASTIVE else 0.05
         if self.classifier_lr is None:
             self.classifier_lr = 0.01 if self.scenario == "fat" else 1e-3
+        if self.amp is None:
+            self.amp = torch.device(self.device).type == "cuda"
 
     @property
     def adversarial_pretraining(self) -> bool:
@@ -135,12 +149,15 @@ def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
 class Trainer:
     """Runs a :class:`TrainConfig` and writes ``out.safetensors``, ``out.json``, ``out.history.csv``."""
 
-    def __init__(self, cfg: TrainConfig, out: Path, progress: bool = True, log: Callable[[str], None] = print):
+    def __init__(self, cfg: TrainConfig, out: Path, progress: bool = True, log: Callable[[str], None] = print,
+                 dist: Optional[Dist] = None):
         self.cfg = cfg
         self.out = Path(out)
         self.state_path = self.out.with_name(self.out.name + ".state.pt")
-        self.progress = progress
-        self.log = log
+        self.dist = dist
+        self.main = dist is None or dist.is_main
+        self.progress = progress and self.main
+        self.log = log if self.main else (lambda _m: None)
         self.history: List[Dict[str, Any]] = []
 
     # ------------------------------------------------------------------ setup
@@ -174,9 +191,18 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.train_data = chosen_images(cfg, "train", cfg.n_train, sampled=False)
         self.test_data = chosen_images(cfg, "test", cfg.eval_samples, sampled=False)
-        self.device = torch.device(cfg.device)
+        self.device = self.dist.device if self.dist is not None else torch.device(cfg.device)
+        world = self.dist.world if self.dist is not None else 1
+        if min(cfg.batch_size, len(self.train_data)) % world:
+            raise ClrobustError(f"a batch of {min(cfg.batch_size, len(self.train_data))} images does not split "
+                                f"evenly over {world} processes; use a --batch-size that is a multiple of {world}.")
         self.net = self._build().to(self.device)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+        if self.dist is not None:
+            sync_batch_norm(self.net)
+        if cfg.amp and self.device.type == "cuda":
+            self.net = self.net.to(memory_format=torch.channels_last)
+        if self.main:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
         resume_state = None
         if resume and self.state_path.exists():
             resume_state = self._read_state()
@@ -191,12 +217,15 @@ class Trainer:
             resume_state = None
         self._classifier_phase(resume_state)
         train_seconds = time.time() - t0
+        if self.dist is not None:
+            sync_batch_norm(self.net, enabled=False)
         metrics = self.evaluate()
         meta = self._metadata(metrics, train_seconds)
-        save_network(self.out, self.net, meta)
-        self._write_history()
-        if self.state_path.exists():
-            self.state_path.unlink()
+        if self.main:
+            save_network(self.out, self.net.to(memory_format=torch.contiguous_format), meta)
+            self._write_history()
+            if self.state_path.exists():
+                self.state_path.unlink()
         return meta
 
     def _phase(self, phase: str, epochs: int, resume_state: Optional[dict]) -> None:
@@ -231,30 +260,39 @@ class Trainer:
         augment = simclr_augment() if (phase == "pretrain" and cfg.augment == "simclr") else crop_flip_augment()
         data = self.train_data
         bs = min(cfg.batch_size, len(data))
-        bar = tqdm(range(start, epochs), desc=phase, disable=not self.progress, initial=start, total=epochs)
-        for epoch in bar:
+        per_epoch = len(data) // bs  # full batches only
+        bar = tqdm(total=epochs * per_epoch, initial=start * per_epoch, desc=phase, unit="batch",
+                   disable=not self.progress)
+        for epoch in range(start, epochs):
             net.train()
             if phase == "pat":
                 net.eval()  # encoder frozen, BN statistics included
             order = torch.randperm(len(data))
-            losses = []
-            for i in range(0, len(data) - bs + 1, bs):  # full batches only
+            total = torch.zeros((), dtype=torch.float64)
+            for i in range(0, per_epoch * bs, bs):
                 idx = order[i:i + bs]
                 x = to_float(data.images[idx]).to(self.device)
                 y = data.labels[idx].to(self.device)
-                loss = step(x, y, augment)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(cfg.amp)):
+                    loss = step(x, y, augment)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                self._average_gradients(opt)
                 opt.step()
-                losses.append(loss.item())
-                if not torch.isfinite(loss):
-                    raise ClrobustError(f"training diverged in {phase} epoch {epoch + 1} (loss {loss.item()}); "
+                value = loss.detach().double().cpu()
+                total += value
+                if not torch.isfinite(value):
+                    raise ClrobustError(f"training diverged in {phase} epoch {epoch + 1} (loss {value.item()}); "
                                         "lower --lr.")
+                bar.update(1)
             sched.step()
-            mean = sum(losses) / max(len(losses), 1)
+            if self.dist is not None:  # each process's loss is of its share (or, contrastive, of the whole)
+                self.dist.all_reduce([total])
+                total /= self.dist.world
+            mean = float(total) / max(per_epoch, 1)
             self.history.append({"phase": phase, "epoch": epoch + 1, "loss": mean,
                                  "lr": opt.param_groups[0]["lr"]})
-            bar.set_postfix(loss=f"{mean:.4f}")
+            bar.set_postfix(epoch=epoch + 1, loss=f"{mean:.4f}")
             self._save_state({"phase": phase, "epoch": epoch, "model": net.state_dict(),
                               "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                               "rng": torch.get_rng_state(), "history": self.history})
@@ -264,13 +302,16 @@ class Trainer:
         """What a resumed run must share with the run that saved the state."""
         import json
 
-        settings = {k: v for k, v in asdict(self.cfg).items() if k != "device"}  # any device may resume
+        # any device may resume (and its precision follows the device)
+        settings = {k: v for k, v in asdict(self.cfg).items() if k not in ("device", "amp")}
         return json.dumps(settings, sort_keys=True, default=str)
 
     def _save_state(self, state: Dict[str, Any]) -> None:
         """Write the state next to the checkpoint, atomically (a kill mid-write leaves the last one)."""
         import os
 
+        if not self.main:
+            return
         tmp = self.state_path.with_name(self.state_path.name + ".partial")
         torch.save({**state, "settings": self._settings_key()}, tmp)
         os.replace(tmp, self.state_path)
@@ -298,62 +339,114 @@ class Trainer:
             raise self._bad_state("it was saved by a run with other settings (resume with the same options)")
         return state
 
+    # ------------------------------------------------------------------ several processes
+    def _mine(self, t: torch.Tensor) -> torch.Tensor:
+        """This process's rows of a whole-batch tensor (all of it in a single process)."""
+        if self.dist is None:
+            return t
+        k = t.shape[0] // self.dist.world
+        return t[self.dist.rank * k:(self.dist.rank + 1) * k]
+
+    def _everyone(self, z: torch.Tensor) -> torch.Tensor:
+        """The whole batch's rows from every process's share ``z``, differentiable: each process's gradient
+        reaches the process that computed the rows."""
+        if self.dist is None:
+            return z
+        from clrobust.distributed import sum_with_gradient
+
+        k, r, w = z.shape[0], self.dist.rank, self.dist.world
+        pad = z.new_zeros((k, *z.shape[1:]))
+        return sum_with_gradient(torch.cat([pad] * r + [z] + [pad] * (w - r - 1)))
+
+    def _average_gradients(self, opt: torch.optim.Optimizer) -> None:
+        """Average the gradients over the processes (one flat all-reduce), as DistributedDataParallel
+        does; the steps call the network through several entry points (features, projection, classifier)
+        and attack it between them, which the wrapper cannot follow."""
+        if self.dist is None:
+            return
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.dist.all_reduce([flat])
+        flat /= self.dist.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def _start(self, whole: torch.Tensor) -> Optional[torch.Tensor]:
+        """This process's rows of a PGD random start drawn for the whole batch (the single-process draw)."""
+        return self._mine(cpu_uniform(whole, -self.cfg.eps, self.cfg.eps))
+
+    def _input(self, t: torch.Tensor) -> torch.Tensor:
+        return t.contiguous(memory_format=torch.channels_last) if self.cfg.amp and t.is_cuda else t
+
     # ------------------------------------------------------------------ steps
     def _contrastive_loss(self, z1: torch.Tensor, z2: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss of the whole batch, from this process's embeddings of its share of each view."""
         assert self.cfg.temperature is not None  # filled in TrainConfig.__post_init__
+        z1, z2 = self._everyone(z1.float()), self._everyone(z2.float())
         if self.cfg.scheme == "simclr":
             return nt_xent(z1, z2, self.cfg.temperature)
         return supcon(z1, z2, y, self.cfg.temperature)
 
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.project(self._input(x))
+
     def _contrastive_step(self, x: torch.Tensor, y: torch.Tensor, augment: nn.Module) -> torch.Tensor:
-        cfg, net = self.cfg, self.net
+        cfg = self.cfg
         assert cfg.attack_alpha is not None  # filled in TrainConfig.__post_init__
-        v1, v2 = augment(x), augment(x)
-        n = len(x)
+        w1, w2 = augment(x), augment(x)
+        v1, v2 = self._mine(w1), self._mine(w2)
+        n = len(v1)
         if not cfg.adversarial_pretraining:
-            z = net.project(torch.cat([v1, v2]))
+            z = self._project(torch.cat([v1, v2]))
             return self._contrastive_loss(z[:n], z[n:], y)
         if cfg.adv_method == "clae":
             # CLAE: perturb view 2 to maximise the whole-batch loss, through the adversarial BN.
-            with frozen_bn_stats(net):
-                z1_ref = net.project(v1).detach()
-                with adversarial_bn(net):
-                    v2_adv = pgd_maximize(lambda xa: self._contrastive_loss(z1_ref, net.project(xa), y),
+            with frozen_bn_stats(self.net):
+                z1_ref = self._project(v1).detach()
+                with adversarial_bn(self.net):
+                    v2_adv = pgd_maximize(lambda xa: self._contrastive_loss(z1_ref, self._project(xa), y),
                                           v2, cfg.eps, cfg.attack_alpha, cfg.attack_steps,
-                                          random_start=cfg.attack_steps > 1)
-            z = net.project(torch.cat([v1, v2]))
-            with adversarial_bn(net):
-                z_adv = net.project(v2_adv)
+                                          random_start=cfg.attack_steps > 1,
+                                          start=self._start(w2) if cfg.attack_steps > 1 else None)
+            z = self._project(torch.cat([v1, v2]))
+            with adversarial_bn(self.net):
+                z_adv = self._project(v2_adv)
             clean = self._contrastive_loss(z[:n], z[n:], y)
             return clean + cfg.clae_weight * self._contrastive_loss(z[:n], z_adv, y)
         # Adversarial pre-training of the science: perturb view 1 to maximise the
         # contrastive loss between it and its clean self; loss = adv pair + view pair.
-        with frozen_bn_stats(net):
-            z1_ref = net.project(v1).detach()
-            v1_adv = pgd_maximize(lambda xa: self._contrastive_loss(z1_ref, net.project(xa), y),
-                                  v1, cfg.eps, cfg.attack_alpha, cfg.attack_steps)
-        z = net.project(torch.cat([v1, v2, v1_adv]))
+        with frozen_bn_stats(self.net):
+            z1_ref = self._project(v1).detach()
+            v1_adv = pgd_maximize(lambda xa: self._contrastive_loss(z1_ref, self._project(xa), y),
+                                  v1, cfg.eps, cfg.attack_alpha, cfg.attack_steps, start=self._start(w1))
+        z = self._project(torch.cat([v1, v2, v1_adv]))
         return self._contrastive_loss(z[:n], z[2 * n:], y) + self._contrastive_loss(z[:n], z[n:2 * n], y)
 
     def _supervised_step(self, x: torch.Tensor, y: torch.Tensor, augment: nn.Module) -> torch.Tensor:
         cfg, net = self.cfg, self.net
         assert cfg.attack_alpha is not None  # filled in TrainConfig.__post_init__
-        x = augment(x)
+        whole = augment(x)
+        x, y = self._mine(whole), self._mine(y)
         if cfg.adversarial_pretraining and cfg.eps > 0:
             with frozen_bn_stats(net):
-                x = pgd_maximize(lambda xa: F.cross_entropy(net(xa), y), x, cfg.eps,
-                                 cfg.attack_alpha, cfg.attack_steps)
-        return F.cross_entropy(net(x), y)
+                x = pgd_maximize(lambda xa: F.cross_entropy(net(self._input(xa)).float(), y), x, cfg.eps,
+                                 cfg.attack_alpha, cfg.attack_steps, start=self._start(whole))
+        return F.cross_entropy(net(self._input(x)).float(), y)
 
     def _pat_step(self, x: torch.Tensor, y: torch.Tensor, augment: nn.Module) -> torch.Tensor:
         cfg, net = self.cfg, self.net
         assert cfg.attack_alpha is not None  # filled in TrainConfig.__post_init__
-        x = augment(x)
-        x_adv = pgd_maximize(lambda xa: F.cross_entropy(net(xa), y), x, cfg.eps, cfg.attack_alpha,
-                             cfg.attack_steps)
+        whole = augment(x)
+        x, y = self._mine(whole), self._mine(y)
+        x_adv = pgd_maximize(lambda xa: F.cross_entropy(net(self._input(xa)).float(), y), x, cfg.eps,
+                             cfg.attack_alpha, cfg.attack_steps, start=self._start(whole))
         with torch.no_grad():
-            f = net.features(x_adv)
-        return F.cross_entropy(net.classifier(f), y)
+            f = net.features(self._input(x_adv))
+        return F.cross_entropy(net.classifier(f).float(), y)
 
     # ------------------------------------------------------------------ classifier
     def _classifier_phase(self, resume_state: Optional[dict]) -> None:
@@ -371,12 +464,16 @@ class Trainer:
         """Fit the classifier on frozen, un-augmented train features (:mod:`clrobust.linear_probe`)."""
         net = self.net
         net.eval()
-        feats = []
-        with torch.no_grad():
-            for x, _ in self.train_data.batches(512):
-                feats.append(net.features(x.to(self.device)).cpu())
-        f = torch.cat(feats)
-        y = self.train_data.labels
+        data = self.train_data
+        f = torch.zeros(len(data), cast(int, net.encoder.feature_dim))
+        with torch.no_grad():  # each process its batches, summed into every process's copy
+            for i, (lo, hi) in enumerate(batch_plan(len(data), 512)):
+                if owns(self.dist, i):
+                    x = to_float(data.images[lo:hi]).to(self.device)
+                    f[lo:hi] = net.features(self._input(x)).float().cpu()
+        if self.dist is not None:
+            self.dist.all_reduce([f])
+        y = data.labels
         head = net.classifier
         fit_linear_probe(f, y, self.train_data.num_classes, weight_decay=1e-4, seed=self.cfg.seed).to_linear(head)
         with torch.no_grad():
@@ -389,8 +486,8 @@ class Trainer:
         nc = self.train_data.num_classes
         ii = AttackSpec("pgd", 8 / 255, cfg.eval_steps, seed=cfg.seed, n_classes=nc)
         i = AttackSpec("rep", 4 / 255, cfg.eval_steps, seed=cfg.seed, n_classes=nc)
-        r2 = accuracy(self.net, self.test_data, ii, progress=self.progress, desc="eval PGD")
-        r1 = accuracy(self.net, self.test_data, i, progress=self.progress, desc="eval rep-attack")
+        r2 = accuracy(self.net, self.test_data, ii, progress=self.progress, desc="eval PGD", dist=self.dist)
+        r1 = accuracy(self.net, self.test_data, i, progress=self.progress, desc="eval rep-attack", dist=self.dist)
         return {"clean_accuracy": r2["clean"],
                 "pgd20_8_255_accuracy": r2["adversarial"],
                 "tm1_pgd20_4_255_accuracy": r1["adversarial"],
