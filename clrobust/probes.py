@@ -28,6 +28,7 @@ from clrobust.activations import POOL_SIZE, POOLING, Stage, pool_flatten
 from clrobust.attacks import AttackSpec
 from clrobust.checkpoints import LoadOptions
 from clrobust.data import ImageData
+from clrobust.distributed import Dist
 from clrobust.errors import ClrobustError
 from clrobust.hooks import layer_names
 from clrobust.linear_probe import fit_linear_probe
@@ -104,27 +105,48 @@ def feature_key(net: nn.Module, layers: Sequence[str], train: ImageData, test: I
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _pooled(stage: Stage, data: ImageData, batch_size: int, inputs: Sequence[str], desc: str, progress: bool
-            ) -> Tuple[Dict[str, Dict[str, np.ndarray]], Dict[str, int]]:
-    """Pooled features of every layer per input (``clean``, ``adversarial``), and the model's correct counts."""
+def _pooled(stage: Stage, data: ImageData, batch_size: int, inputs: Sequence[str], desc: str, progress: bool,
+            dist: Optional[Dist] = None) -> Tuple[Dict[str, Dict[str, np.ndarray]], Dict[str, int]]:
+    """Pooled features of every layer per input (``clean``, ``adversarial``), and the model's correct counts.
+
+    Under torchrun each process records its batches into its rows, and a sum over the processes (every
+    other process holds zeros there) gives every process all rows.
+    """
     names = stage.layers["model"]
-    chunks: Dict[str, Dict[str, List[torch.Tensor]]] = {i: {n: [] for n in names} for i in inputs}
-    correct = {i: 0 for i in inputs}
-    for batch in stage.batches(data, batch_size, inputs=inputs, progress=progress, desc=desc):
+    rows: Dict[str, Dict[str, torch.Tensor]] = {i: {} for i in inputs}
+    correct = torch.zeros(len(inputs), dtype=torch.int64)
+    for batch in stage.batches(data, batch_size, inputs=inputs, progress=progress, desc=desc, dist=dist):
+        lo, hi = batch.start, batch.start + len(batch.y)
         for rec in batch.recordings:
             for name, act in rec.layers.items():
-                chunks[rec.input][name].append(pool_flatten(act).float().cpu())
-            correct[rec.input] += int((rec.logits.argmax(1) == batch.y).sum())
-    return {i: {n: torch.cat(c).numpy() for n, c in per.items()} for i, per in chunks.items()}, correct
+                f = pool_flatten(act).float().cpu()
+                if name not in rows[rec.input]:
+                    rows[rec.input][name] = torch.zeros(len(data), f.shape[1])
+                rows[rec.input][name][lo:hi] = f
+            correct[list(inputs).index(rec.input)] += int((rec.logits.argmax(1) == batch.y).sum())
+    if dist is not None:
+        # a process without a batch learns every layer's width from the others, then joins the sum
+        dims = torch.tensor([rows[i][n].shape[1] if n in rows[i] else 0 for i in inputs for n in names])
+        dist.all_reduce([dims], op="max")
+        widths = iter(dims.tolist())
+        for i in inputs:
+            for n in names:
+                width = next(widths)
+                rows[i].setdefault(n, torch.zeros(len(data), width))
+        dist.all_reduce([rows[i][n] for i in inputs for n in names] + [correct])
+    counts = {i: int(c) for i, c in zip(inputs, correct.tolist())}
+    return {i: {n: rows[i][n].numpy() for n in names} for i in inputs}, counts
 
 
 def extract_features(net: nn.Module, train: ImageData, test: ImageData, layers: Union[str, Sequence[str]],
                      attack: AttackSpec, batch_size: int = 128, progress: bool = True,
-                     cache_dir: Optional[Path] = None, device: str = "cpu") -> LayerFeatures:
+                     cache_dir: Optional[Path] = None, device: str = "cpu",
+                     dist: Optional[Dist] = None) -> LayerFeatures:
     """Record every layer on train (clean) and test (clean and adversarial), once per setting.
 
     Looks in the in-memory cache, then in ``cache_dir`` (``features-<key>.npz``), and
-    computes (and stores) only when both miss.
+    computes (and stores) only when both miss. Under torchrun (``dist``) the processes share
+    the batches and all end with every feature; rank 0 writes the cache.
     """
     if batch_size < 1:
         raise ClrobustError(f"--batch-size must be at least 1, got {batch_size}.")
@@ -142,12 +164,13 @@ def extract_features(net: nn.Module, train: ImageData, test: ImageData, layers: 
         feats.from_cache = "disk"
     else:
         stage = Stage({"model": net}, {"model": names}, attack, device)
-        tr, _ = _pooled(stage, train, batch_size, ("clean",), "probe features train", progress)
-        te, correct = _pooled(stage, test, batch_size, ("clean", "adversarial"), "probe features test", progress)
+        tr, _ = _pooled(stage, train, batch_size, ("clean",), "probe features train", progress, dist)
+        te, correct = _pooled(stage, test, batch_size, ("clean", "adversarial"), "probe features test", progress,
+                              dist)
         acc = {k: v / len(test) for k, v in correct.items()}
         feats = LayerFeatures(names, tr["clean"], te["clean"], te["adversarial"], train.labels.numpy().copy(),
                               test.labels.numpy().copy(), acc)
-        if path is not None:
+        if path is not None and (dist is None or dist.is_main):
             path.parent.mkdir(parents=True, exist_ok=True)
             _save_npz(path, feats)
     if path is not None:
@@ -229,7 +252,7 @@ def fit_layers(feats: LayerFeatures, n_classes: int, seed: int = 0, progress: bo
 def probe_layers(model: nn.Module, train_data: ImageData, test_data: ImageData,
                  layers: Union[str, Sequence[str]] = "blocks", attack: Optional[AttackSpec] = None,
                  batch_size: int = 128, seed: int = 0, progress: bool = True,
-                 cache_dir: Optional[Path] = None, device: str = "cpu") -> ProbeResult:
+                 cache_dir: Optional[Path] = None, device: str = "cpu", dist: Optional[Dist] = None) -> ProbeResult:
     """Linear probe at every layer of ``model``: train, clean test and adversarial test accuracy.
 
     Args:
@@ -243,6 +266,7 @@ def probe_layers(model: nn.Module, train_data: ImageData, test_data: ImageData,
         progress: show tqdm bars.
         cache_dir: folder for the ``.npz`` feature cache (None: memory only).
         device: where the model runs.
+        dist: under torchrun, the processes share the batches of the feature recording.
     """
     attack = attack if attack is not None else AttackSpec()
     if train_data.num_classes != test_data.num_classes:
@@ -253,7 +277,8 @@ def probe_layers(model: nn.Module, train_data: ImageData, test_data: ImageData,
                             "probe it on its own data set.")
     attack.n_classes = test_data.num_classes
     t0 = time.perf_counter()
-    feats = extract_features(model, train_data, test_data, layers, attack, batch_size, progress, cache_dir, device)
+    feats = extract_features(model, train_data, test_data, layers, attack, batch_size, progress, cache_dir, device,
+                             dist)
     t1 = time.perf_counter()
     accs = fit_layers(feats, test_data.num_classes, seed, progress)
     t2 = time.perf_counter()
@@ -398,20 +423,22 @@ class ProbeLayersResult(Result):
 
 
 def run_probe_layers(settings: ProbeSettings, out: Path, overwrite: bool = False,
-                     progress: bool = True) -> ProbeLayersResult:
-    """The ``probe-layers`` job: load the model (zoo name or path), probe every layer, write the outputs."""
+                     progress: bool = True, dist: Optional[Dist] = None) -> ProbeLayersResult:
+    """The ``probe-layers`` job: load the model (zoo name or path), probe every layer, write the outputs
+    (under torchrun, ``dist``: the processes share the recording and rank 0 writes)."""
     from clrobust.checkpoints import resolve
 
     s = settings
+    main = dist is None or dist.is_main
     resolve(s.model)  # a mistyped model name is reported before anything about --out
     out = Path(out)
-    with OutputFolder(out, PROBE_FILES, overwrite) as folder:
-        res = _probe_job(s, out, progress)
+    with OutputFolder(out, PROBE_FILES, overwrite, active=main) as folder:
+        res = _probe_job(s, out, progress and main, dist)
         folder.commit([res], s.to_dict(), s.seed)
     return res
 
 
-def _probe_job(s: ProbeSettings, out: Path, progress: bool) -> ProbeLayersResult:
+def _probe_job(s: ProbeSettings, out: Path, progress: bool, dist: Optional[Dist] = None) -> ProbeLayersResult:
     from clrobust.checkpoints import load
     from clrobust.data import chosen_images
     from clrobust.heads import choose_classifier, ensure_classifier
@@ -422,7 +449,7 @@ def _probe_job(s: ProbeSettings, out: Path, progress: bool) -> ProbeLayersResult
     choose_classifier(lm, test.num_classes, s.data, s.classifier)
     head = ensure_classifier(lm, train, s.seed, progress)  # the end-to-end attack needs a real head
     r = probe_layers(lm.network, train, test, s.layers, s.attack, s.batch_size, s.seed, progress,
-                     out / "features" if s.cache else None, s.device)
+                     out / "features" if s.cache else None, s.device, dist)
     res = ProbeLayersResult(model={"label": lm.label, **lm.describe(), "training": lm.metadata.get("training", {}),
                                    **head},
                             data={"name": s.data, "train_split": "train", "test_split": "test"}, layer_set=s.layers,

@@ -305,3 +305,59 @@ def test_the_cache_is_keyed_by_the_images_not_the_folder_name(tmp_path, tiny_che
     shutil.rmtree(tmp_path / "audit")
     fresh, _ = audit()
     assert fresh["results"] == second["results"]  # what was recomputed is what a fresh audit gives
+
+
+@pytest.mark.slow
+def test_probe_layers_and_figures_in_two_and_three_processes_equal_one(tmp_path, tiny_checkpoints):
+    """gloo, 2 and 3 processes: probe-layers' features and accuracies and the at-probes figure's numbers are
+    the single-process ones (16 test images in batches of 8: the third process records no test batch and
+    still joins every sum); only rank 0 writes (one summary printed, one output folder)."""
+    a, b = map(str, tiny_checkpoints)
+    small = ["--n-samples", "16", "--n-train", "24", "--batch-size", "8", "--steps", "1", "--layers",
+             "stem,layer2.*,avgpool", "--no-progress"]
+    jobs = {"probes": (["probe-layers", a, *small], "probes.json"),
+            "figures": (["figures", "at-probes", "--models", f"{a},{b}", *small], "at-probes.json")}
+    for name, (args, result) in jobs.items():
+        code, text = run([*args, "--out", str(tmp_path / f"{name}1")])
+        assert code == 0, text
+        want = json.loads((tmp_path / f"{name}1" / result).read_text())
+        for processes in (2, 3):
+            out = tmp_path / f"{name}{processes}"
+            code, text = torchrun([*args, "--out", str(out)], processes=processes)
+            assert code == 0, text
+            got = json.loads((out / result).read_text())
+            if name == "probes":
+                assert text.count("Results in") == 1
+                for key in ("train_accuracy", "clean_accuracy", "adversarial_accuracy", "model_accuracy",
+                            "feature_dims", "n_train", "n_test"):
+                    assert got[key] == want[key], key
+                one, = (tmp_path / "probes1" / "features").glob("*.npz")
+                many, = (out / "features").glob("*.npz")
+                assert many.name == one.name  # the same cache key
+                with np.load(one) as f1, np.load(many) as fn:
+                    assert sorted(f1.files) == sorted(fn.files)
+                    for k in f1.files:
+                        np.testing.assert_array_equal(fn[k], f1[k])  # every image's features, exactly
+            else:
+                assert text.count("files in") == 1
+                assert_same_numbers(got["panels"], want["panels"])
+                for key in want["probes"]:
+                    for m in ("train_accuracy", "clean_accuracy", "adversarial_accuracy", "model_accuracy"):
+                        assert got["probes"][key][m] == want["probes"][key][m], (key, m)
+
+
+def assert_same_numbers(got, want, where="", atol=1e-9):
+    """``got`` has ``want``'s structure, its strings and its numbers within ``atol`` (CKA sums in another order)."""
+    assert type(got) is type(want), where
+    if isinstance(want, dict):
+        assert got.keys() == want.keys(), where
+        for k in want:
+            assert_same_numbers(got[k], want[k], f"{where}.{k}", atol)
+    elif isinstance(want, list):
+        assert len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_same_numbers(g, w, f"{where}[{i}]", atol)
+    elif isinstance(want, float):
+        assert abs(got - want) <= atol, (where, got, want)
+    else:
+        assert got == want, where

@@ -204,7 +204,7 @@ def test_every_compute_command_defaults_to_device_auto():
         assert opt.default == "auto", name
 
 
-def test_threads_option_sets_torch_threads_and_defaults_to_physical_cores(capsys):
+def test_threads_option_sets_torch_threads_and_defaults_to_physical_cores(capsys, monkeypatch):
     import os
 
     import torch
@@ -215,9 +215,14 @@ def test_threads_option_sets_torch_threads_and_defaults_to_physical_cores(capsys
     try:
         main(["--threads", "1", "zoo"])
         assert torch.get_num_threads() == 1
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
         main(["zoo"])
         assert torch.get_num_threads() == physical_cores()
         assert 1 <= physical_cores() <= (os.cpu_count() or 1)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * physical_cores()))  # torchrun: the cores are shared
+        main(["zoo"])
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
         with pytest.raises(SystemExit) as exc:
             main(["--threads", "0", "zoo"])
         assert exc.value.code == 2 and "--threads" in capsys.readouterr().err

@@ -46,7 +46,8 @@ def _debug_requested(argv: List[str]) -> bool:
                    "off by default, recorded in settings.json.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, expose_value=False,
               callback=lambda ctx, param, value: set_threads(value),
-              help="CPU threads for torch [the machine's physical cores available to this process].")
+              help="CPU threads for torch [the machine's physical cores available to this process, divided among "
+                   "the processes of a torchrun].")
 def cli() -> None:
     """How adversarial training changes what an image encoder learns, layer by layer.
 
@@ -90,11 +91,17 @@ def physical_cores() -> int:
     return max(1, logical // per_core)
 
 
+def default_threads() -> int:
+    """:func:`physical_cores`, shared among the processes torchrun starts on this machine (more threads than
+    cores in all makes every process wait on the others: a 10x slower probe fit was measured)."""
+    return max(1, physical_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
+
+
 def set_threads(threads: Optional[int]) -> None:
-    """torch's CPU threads: ``threads``, or :func:`physical_cores` when None."""
+    """torch's CPU threads: ``threads``, or :func:`default_threads` when None."""
     import torch
 
-    torch.set_num_threads(threads or physical_cores())
+    torch.set_num_threads(threads or default_threads())
 
 
 def _one_line(text: object) -> str:

@@ -51,7 +51,8 @@ def probe_layers(model, data, data_root,
 
     MODEL is a zoo name or a checkpoint path. Every layer is recorded once per batch;
     conv maps are average pooled to 2x2 and flattened; each probe is a seeded
-    multinomial logistic regression on standardised features.
+    multinomial logistic regression on standardised features. Under
+    `torchrun --nproc_per_node N` the processes share the batches.
 
     \b
     Writes to --out:
@@ -67,6 +68,7 @@ def probe_layers(model, data, data_root,
       clrobust probe-layers simclr-at
       clrobust probe-layers runs/my.safetensors --layers 'layer4.*,avgpool' --eps 4/255 --steps 20
     """
+    from clrobust.distributed import Dist
     from clrobust.probes import ProbeSettings, run_probe_layers
 
     settings = ProbeSettings(model=model, data=data, data_root=data_root,
@@ -75,7 +77,12 @@ def probe_layers(model, data, data_root,
                              n_samples=n_samples, batch_size=batch_size, seed=seed, device=device, cache=cache,
                              load_options=load_options, classifier=classifier, sampling=sampling,
                              sample_seed=sample_seed)
-    res = run_probe_layers(settings, Path(out), overwrite=overwrite, progress=progress)
+    dist = Dist.from_env(device)
+    if dist is not None:
+        settings.device = str(dist.device)  # each rank on its own GPU under torchrun
+    res = run_probe_layers(settings, Path(out), overwrite=overwrite, progress=progress, dist=dist)
+    if dist is not None and not dist.is_main:
+        return
     p = res.probes
     click.echo(res.summary())
     source = "computed" if p.features == "computed" else f"from the {p.features} cache"
@@ -112,6 +119,7 @@ def figures(family, data, data_root,
             load_options, classifier, seed, device, out, overwrite, adv_source, check,
             progress):
     """Draw the paper's figures (PNG, PDF and the numbers as JSON) into --out.
+    Runs under `torchrun --nproc_per_node N` too (the processes share the batches).
 
     \b
     FAMILY:
@@ -128,6 +136,7 @@ def figures(family, data, data_root,
       clrobust figures cross-model --models a.safetensors,b.safetensors,c.safetensors,d.safetensors
       clrobust figures all --models simclr-st=runs/my-st.safetensors
     """
+    from clrobust.distributed import Dist
     from clrobust.figures import FigureSettings, make_figures, parse_models
 
     fams = list(FAMILIES) if family == "all" else [family]
@@ -140,7 +149,12 @@ def figures(family, data, data_root,
                               positional=positional,
                               load_options=load_options, classifier=classifier, sampling=sampling,
                               sample_seed=sample_seed, adv_source=adv_source)
-    res = make_figures(fams, settings, Path(out), overwrite=overwrite, progress=progress, check=check)
+    dist = Dist.from_env(device)
+    if dist is not None:
+        settings.device = str(dist.device)  # each rank on its own GPU under torchrun
+    res = make_figures(fams, settings, Path(out), overwrite=overwrite, progress=progress, check=check, dist=dist)
+    if dist is not None and not dist.is_main:
+        return
     for fig in res.figures.values():
         click.echo(fig.summary_line())
     for finding in res.findings:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 
 from clrobust.compare import CompareResult, CompareSettings, run_compare
+from clrobust.distributed import Dist
 from clrobust.errors import ClrobustError
 from clrobust.figures.at_probes import AtProbes
 from clrobust.figures.base import FigureResult, FigureSettings, Role
@@ -63,14 +64,16 @@ def family_models(family: str, settings: FigureSettings) -> List[Tuple[Role, str
 
 
 def compute_figures(families: Sequence[str], settings: FigureSettings, progress: bool = True,
-                    cache_dir: Optional[Path] = None) -> Dict[str, FigureResult]:
+                    cache_dir: Optional[Path] = None, dist: Optional[Dist] = None) -> Dict[str, FigureResult]:
     """Numbers of every figure in ``families``: one ``run_compare`` over all their models, probes as needed."""
-    return compute_figures_and_results(families, settings, progress, cache_dir)[0]
+    return compute_figures_and_results(families, settings, progress, cache_dir, dist)[0]
 
 
 def compute_figures_and_results(families: Sequence[str], settings: FigureSettings, progress: bool = True,
-                                cache_dir: Optional[Path] = None) -> Tuple[Dict[str, FigureResult], CompareResult]:
-    """:func:`compute_figures` and the one ``compare-layers`` result the figures come from."""
+                                cache_dir: Optional[Path] = None, dist: Optional[Dist] = None
+                                ) -> Tuple[Dict[str, FigureResult], CompareResult]:
+    """:func:`compute_figures` and the one ``compare-layers`` result the figures come from (under torchrun,
+    ``dist``, the processes share the batches of every recording)."""
     specs: List[str] = []
     if "cross-model" in families:
         cm = [s for _, s in family_models("cross-model", settings)]
@@ -93,18 +96,19 @@ def compute_figures_and_results(families: Sequence[str], settings: FigureSetting
     if cs.adv_source is not None and cs.adv_source not in specs:
         raise ClrobustError(f"--adv-source {settings.adv_source!r} is not one of these figures' models "
                             f"({', '.join(specs)}).")
-    results = run_compare(cs, progress=progress)
+    results = run_compare(cs, progress=progress, dist=dist)
     labels = dict(zip(specs, results.labels))
     out: Dict[str, FigureResult] = {}
     for f in families:
         cls = FAMILY_CLASSES[f]
-        probes = compute_probes(f, settings, progress, cache_dir) if getattr(cls, "NEEDS_PROBES", False) else None
+        probes = compute_probes(f, settings, progress, cache_dir, dist) if getattr(cls, "NEEDS_PROBES", False) \
+            else None
         out[f] = cls.build(settings, family_models(f, settings), results, labels, probes)
     return out, results
 
 
 def compute_probes(family: str, settings: FigureSettings, progress: bool = True,
-                   cache_dir: Optional[Path] = None) -> Dict[str, Any]:
+                   cache_dir: Optional[Path] = None, dist: Optional[Dist] = None) -> Dict[str, Any]:
     """Per-layer linear probes of every model of ``family`` (train split fit, test clean / adversarial)."""
     from clrobust.checkpoints import load
     from clrobust.data import chosen_images
@@ -119,7 +123,7 @@ def compute_probes(family: str, settings: FigureSettings, progress: bool = True,
         choose_classifier(lm, test.num_classes, settings.data, settings.classifier)
         ensure_classifier(lm, train, settings.seed, progress)  # the attack needs a real head
         r = probe_layers(lm.network, train, test, settings.layers, replace(settings.attack), settings.batch_size,
-                         settings.seed, progress, cache_dir, settings.device)
+                         settings.seed, progress, cache_dir, settings.device, dist)
         res[role.key] = r.to_dict()
     return res
 
@@ -151,15 +155,19 @@ class FiguresOutcome:
 
 
 def make_figures(families: Sequence[str], settings: FigureSettings, out: Path, overwrite: bool = False,
-                 progress: bool = True, check: bool = False) -> FiguresOutcome:
+                 progress: bool = True, check: bool = False, dist: Optional[Dist] = None) -> FiguresOutcome:
     """Compute, draw and write every figure of ``families`` into ``out`` (PNG, PDF, JSON each).
 
-    With ``check``, also tests the paper's findings and writes ``findings.json``.
+    With ``check``, also tests the paper's findings and writes ``findings.json``. Under torchrun
+    (``dist``) the processes share the batches and rank 0 writes.
     """
     check_models(families, settings)
     out = Path(out)
-    with OutputFolder(out, output_names(families) + (["findings.json"] if check else []), overwrite) as folder:
-        figs, compared = compute_figures_and_results(families, settings, progress, cache_dir=out / "features")
+    main = dist is None or dist.is_main
+    with OutputFolder(out, output_names(families) + (["findings.json"] if check else []), overwrite,
+                      active=main) as folder:
+        figs, compared = compute_figures_and_results(families, settings, progress and main,
+                                                     cache_dir=out / "features", dist=dist)
         results: List[Result] = list(figs.values())
         findings = check_findings(figs, compared) if check else []
         if check:
