@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from clrobust.attacks import AttackSpec, attack_batch
+from clrobust.attacks import AttackSpec, attack_batch, attack_batch_images, attack_batches
 from clrobust.cka import batch_bounds
 from clrobust.data import ImageData, to_float
 from clrobust.distributed import Dist, owns
@@ -115,25 +115,54 @@ class Stage:
         if ("adversarial" in inputs or "noise" in inputs) and self.attack is None:
             raise ValueError("adversarial and noise inputs need an attack")
         plan = [(i, b) for i, b in enumerate(batch_plan(len(data), batch_size)) if owns(dist, i)]
+        per_call = 1  # recording batches per attack call
+        if "adversarial" in inputs and self.attack is not None and not self.attack.batch_coupled:
+            images = attack_batch_images(self.attack, batch_size, self.device, int(data.images.shape[-1]))
+            per_call = max(1, images // batch_size)
         recorders = {lab: LayerRecorder(net, self.layers[lab]) for lab, net in self.models.items()}
+        bar = tqdm(total=sum(hi - lo for _, (lo, hi) in plan), desc=desc, disable=not progress, unit="img",
+                   leave=leave)
         try:
             for r in recorders.values():
                 r.__enter__()
-            for index, (lo, hi) in tqdm(plan, desc=desc, disable=not progress, unit="batch", leave=leave):
-                x = to_float(data.images[lo:hi]).to(self.device)
-                y = data.labels[lo:hi].to(self.device)
-                yield Batch(index, lo, x, y, self._recordings(recorders, index, x, y, inputs))
+            for g in range(0, len(plan), per_call):
+                group = plan[g:g + per_call]
+                xs = [to_float(data.images[lo:hi]).to(self.device) for _, (lo, hi) in group]
+                ys = [data.labels[lo:hi].to(self.device) for _, (lo, hi) in group]
+                crafted = self._craft([i for i, _ in group], xs, ys) if per_call > 1 else None
+                for k, (index, (lo, hi)) in enumerate(group):
+                    adv = {lab: c[k] for lab, c in crafted.items()} if crafted is not None else None
+                    yield Batch(index, lo, xs[k], ys[k], self._recordings(recorders, index, xs[k], ys[k], inputs, adv))
+                    bar.update(hi - lo)
         finally:
+            bar.close()
             for r in recorders.values():
                 r.remove()
 
+    def _craft(self, indices: List[int], xs: List[torch.Tensor], ys: List[torch.Tensor]
+               ) -> Dict[str, List[torch.Tensor]]:
+        """The adversarial batches of a group for every model, each model's in one attack call
+        (:func:`~clrobust.attacks.attack_batches`); with ``adv_source``, that model's only, shared."""
+        assert self.attack is not None
+        t = time.perf_counter()
+        if self.adv_source is not None:
+            shared = attack_batches(self.attack, self.models[self.adv_source], xs, ys, indices)
+            out = {lab: shared for lab in self.models}
+        else:
+            out = {lab: attack_batches(self.attack, net, xs, ys, indices) for lab, net in self.models.items()}
+        self.timings["attack"] += time.perf_counter() - t
+        return out
+
     def _recordings(self, recorders: Dict[str, LayerRecorder], index: int, x: torch.Tensor, y: torch.Tensor,
-                    inputs: Sequence[str]) -> Iterator[Recording]:
+                    inputs: Sequence[str], crafted: Optional[Dict[str, torch.Tensor]] = None
+                    ) -> Iterator[Recording]:
         shared: Optional[torch.Tensor] = None  # the adversarial batch of adv_source, crafted once
         for lab, net in self.models.items():
             for inp in inputs:
                 xi = x
-                if inp == "adversarial":
+                if inp == "adversarial" and crafted is not None:
+                    xi = crafted[lab]
+                elif inp == "adversarial":
                     assert self.attack is not None  # checked in batches()
                     t = time.perf_counter()
                     if self.adv_source is None:

@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import asdict, dataclass
 from fractions import Fraction
-from typing import Callable, Dict, Iterator, List, Optional, cast
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +68,9 @@ class AttackSpec:
     seed: int = 0
     n_classes: int = 10
     norm: str = ""
+    #: images per attack call (a multiple of the recording batches, which it groups); None: auto
+    #: (:func:`attack_batch_images`)
+    batch_size: Optional[int] = None
 
     def __post_init__(self) -> None:
         if not self.norm:
@@ -80,6 +83,8 @@ class AttackSpec:
             raise ClrobustError(f"unknown attack {self.name!r}; use one of: {', '.join(ATTACKS)}.")
         if self.steps < 1:
             raise ClrobustError(f"--steps must be at least 1, got {self.steps}.")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ClrobustError(f"--attack-batch-size must be at least 1, got {self.batch_size}.")
         if self.alpha is None:
             self.alpha = self.eps if self.name == "fgsm" else 2.5 * self.eps / self.steps
 
@@ -92,7 +97,30 @@ class AttackSpec:
 
     def noise(self) -> "AttackSpec":
         """The random-noise control of this attack: same eps, norm and seed."""
-        return AttackSpec("noise", self.eps, 1, None, seed=self.seed, n_classes=self.n_classes, norm=self.norm)
+        return AttackSpec("noise", self.eps, 1, None, seed=self.seed, n_classes=self.n_classes, norm=self.norm,
+                          batch_size=self.batch_size)
+
+    @property
+    def batch_coupled(self) -> bool:
+        """Whether one image's adversarial example depends on the others of its batch (so batches are attacked
+        one by one): the representation attack's NT-Xent objective, and the per-batch noise control."""
+        return self.name in ("rep", "noise", "none")
+
+
+#: Images per attack call on CUDA when --attack-batch-size is auto and the inputs are CIFAR-sized.
+CUDA_ATTACK_IMAGES = 1024
+
+
+def attack_batch_images(spec: AttackSpec, batch_size: int, device: str, image_side: int) -> int:
+    """Images per attack call: ``spec.batch_size`` when given, else (auto) the recording batch on the CPU
+    (every core is busy with one), and on CUDA the largest multiple of it up to :data:`CUDA_ATTACK_IMAGES`
+    for inputs up to 64 pixels a side (a GPU waits on the per-call overhead of small batches: AutoAttack took
+    46 s per batch of 128 on an H100), the recording batch for larger inputs."""
+    if spec.batch_size is not None:
+        return spec.batch_size
+    if torch.device(device).type == "cuda" and image_side <= 64:
+        return max(batch_size, (CUDA_ATTACK_IMAGES // batch_size) * batch_size)
+    return batch_size
 
 
 def noise_batch(eps: float, norm: str, x: torch.Tensor, seed: int, batch_index: int) -> torch.Tensor:
@@ -182,21 +210,29 @@ def pgd_maximize(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
     return x_adv.detach()
 
 
+def l2_start(like: torch.Tensor, eps: float) -> torch.Tensor:
+    """L2 PGD's random start (as torchattacks' PGDL2): a Gaussian direction at a radius uniform in [0, eps],
+    drawn on the CPU and moved to ``like``'s device."""
+    b = like.shape[0]
+    direction = torch.empty(like.shape, dtype=like.dtype).normal_()
+    radius = torch.zeros(b, *([1] * (like.dim() - 1)), dtype=like.dtype).uniform_(0, 1)
+    norms = direction.flatten(1).norm(dim=1).view(b, *([1] * (like.dim() - 1)))
+    return (direction * (radius / norms * eps)).to(like.device)
+
+
 def pgd_l2(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float, alpha: float,
-           steps: int, random_start: bool = True) -> torch.Tensor:
-    """L2 PGD (as torchattacks' PGDL2): a random start along a Gaussian direction at a radius uniform in
-    [0, eps] (drawn on the CPU), steps along the L2-normalised gradient, projection onto the eps ball and
-    [0, 1]."""
+           steps: int, random_start: bool = True, start: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """L2 PGD (as torchattacks' PGDL2): a random start (:func:`l2_start`, or ``start``), steps along the
+    L2-normalised gradient, projection onto the eps ball and [0, 1]."""
     x = x.detach()
     if eps == 0:
         return x.clone()
     b = x.shape[0]
     x_adv = x.clone()
-    if random_start:
-        direction = torch.empty(x.shape, dtype=x.dtype).normal_()
-        radius = torch.zeros(b, *([1] * (x.dim() - 1)), dtype=x.dtype).uniform_(0, 1)
-        norms = direction.flatten(1).norm(dim=1).view(b, *([1] * (x.dim() - 1)))
-        x_adv = (x + (direction * (radius / norms * eps)).to(x.device)).clamp(0, 1)
+    if start is not None:
+        x_adv = (x + start.to(x.device, x.dtype)).clamp(0, 1)
+    elif random_start:
+        x_adv = (x + l2_start(x, eps)).clamp(0, 1)
     for _ in range(steps):
         x_adv.requires_grad_(True)
         grad, = torch.autograd.grad(loss_fn(x_adv), x_adv)
@@ -221,6 +257,51 @@ def representation_attack(model: nn.Module, x: torch.Tensor, eps: float, alpha: 
         z_clean = embed(x).detach()
     return pgd_maximize(lambda xa: nt_xent(z_clean, embed(xa), temperature), x, eps, alpha, steps,
                         random_start)
+
+
+def attack_batches(spec: AttackSpec, model: nn.Module, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor],
+                   indices: Sequence[int]) -> List[torch.Tensor]:
+    """Adversarial versions of several batches (global indices ``indices``) crafted in one call, to fill a GPU.
+
+    clrobust's PGD loops start every image where :func:`attack_batch` would (the per-batch seeded CPU draws),
+    so the result is the batch-by-batch one up to arithmetic; batch-coupled attacks
+    (:attr:`AttackSpec.batch_coupled`) run batch by batch; torchattacks' attacks run once on the whole group,
+    seeded by its first batch's index (their random draws depend on the group).
+    """
+    if len(xs) == 1 or spec.batch_coupled or spec.eps == 0:
+        return [attack_batch(spec, model, x, y, i) for x, y, i in zip(xs, ys, indices)]
+    x, y = torch.cat(list(xs)), torch.cat(list(ys))
+    sizes = [len(t) for t in xs]
+    was_training = model.training
+    model.eval()
+    try:
+        assert spec.alpha is not None  # filled in AttackSpec.__post_init__
+        if spec.name in ("pgd", "pgd-l2"):
+            starts = []
+            for xi, i in zip(xs, indices):
+                with seeded(spec.seed * 100003 + i):  # attack_batch's seed and first draw
+                    if not spec.random_start:
+                        starts.append(torch.zeros_like(xi))
+                    elif spec.name == "pgd":
+                        starts.append(cpu_uniform(xi, -spec.eps, spec.eps))
+                    else:
+                        starts.append(l2_start(xi, spec.eps))
+
+            # each image weighs 1 / its batch's size, as in its batch's mean loss: the same gradient per image
+            # (L2 PGD normalises it with a floor of 1e-10, so its scale matters)
+            weight = torch.cat([torch.full((n,), 1.0 / n, device=x.device) for n in sizes])
+
+            def loss(xa: torch.Tensor) -> torch.Tensor:
+                return (F.cross_entropy(model(xa), y, reduction="none") * weight).sum()
+
+            run = pgd_maximize if spec.name == "pgd" else pgd_l2
+            out = run(loss, x, spec.eps, spec.alpha, spec.steps, spec.random_start, start=torch.cat(starts))
+        else:
+            with seeded(spec.seed * 100003 + indices[0]):
+                out = torchattacks_attack(spec, model)(x, y).detach()
+    finally:
+        model.train(was_training)
+    return list(out.split(sizes))
 
 
 def attack_batch(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor,

@@ -55,6 +55,7 @@ class AuditSettings:
     attacks: Sequence[str] = ("fgsm", "pgd20", "apgd-ce", "autoattack", "tm1-pgd20")
     n_samples: Optional[int] = 200
     batch_size: int = 100
+    attack_batch_size: Optional[int] = None  # images per attack call (None: auto, see AttackSpec.batch_size)
     seed: int = 0
     device: str = "cpu"
     probe_train: Optional[int] = None
@@ -84,13 +85,14 @@ class AuditSettings:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _spec(attack: str, norm: str, eps: float, seed: int, n_classes: int) -> AttackSpec:
+def _spec(attack: str, norm: str, eps: float, seed: int, n_classes: int,
+          batch_size: Optional[int] = None) -> AttackSpec:
     name, steps = AUDIT_ATTACKS[attack]
     if norm == "L2":
         if attack in ("fgsm", "tm1-pgd20"):
             raise ClrobustError(f"{attack} is L-inf only here.")
         name = {"pgd": "pgd-l2"}.get(name, name)
-    return AttackSpec(name, eps, steps, seed=seed, n_classes=n_classes, norm=norm)
+    return AttackSpec(name, eps, steps, seed=seed, n_classes=n_classes, norm=norm, batch_size=batch_size)
 
 
 def _units(settings: AuditSettings) -> List[Tuple[str, float, str]]:
@@ -295,7 +297,7 @@ def _audit(settings: AuditSettings, out: Path, labels: List[str], overwrite: boo
         for norm, eps, attack in _units(settings):
             key = f"{attack}|{norm}|{eps:.10g}"
             if key not in mres:
-                spec = _spec(attack, norm, eps, settings.seed, data.num_classes)
+                spec = _spec(attack, norm, eps, settings.seed, data.num_classes, settings.attack_batch_size)
                 mres[key] = _correct(net, spec, data, settings.batch_size, settings.device, dist,
                                      f"{lm.label}: {attack} {norm} {format_eps(eps)}", progress and main).tolist()
                 if main:

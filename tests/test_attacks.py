@@ -102,7 +102,7 @@ def test_attack_spec_defaults_and_alpha():
 def test_attack_spec_to_dict():
     assert AttackSpec("pgd", 4 / 255, steps=5, seed=2).to_dict() == {
         "name": "pgd", "eps": 4 / 255, "steps": 5, "alpha": 2.5 * (4 / 255) / 5, "random_start": True, "seed": 2,
-        "n_classes": 10, "norm": "Linf", "eps_text": "4/255", "threat_model": "II (end-to-end)"}
+        "n_classes": 10, "norm": "Linf", "batch_size": None, "eps_text": "4/255", "threat_model": "II (end-to-end)"}
     d = AttackSpec("rep", 0.1, steps=2, alpha=0.05, random_start=False).to_dict()
     assert d["threat_model"] == "I (label-free, encoder)" and d["eps_text"] == "0.1" and d["alpha"] == 0.05
     assert d["random_start"] is False
@@ -516,3 +516,42 @@ def test_random_starts_come_from_the_cpu_generator(monkeypatch):
         first = attack_batch(spec, net, x.float(), y, batch_index=1)
         assert "cpu" in drawn_on and set(drawn_on) == {"cpu"}, name
         assert torch.equal(first, attack_batch(spec, net, x.float(), y, batch_index=1)), name
+
+
+@pytest.mark.parametrize("name,eps", [("pgd", 8 / 255), ("pgd-l2", 0.5)])
+def test_several_batches_in_one_attack_call_give_the_batch_by_batch_examples(name, eps):
+    """clrobust's PGD loops on a group of batches start every image where the batch-by-batch call starts it
+    (per-batch seeded CPU draws), so the examples are the same; an uneven last batch included."""
+    from clrobust.attacks import attack_batch, attack_batches
+
+    torch.manual_seed(0)
+    net = tiny_network(seed=2).eval()
+    xs = [torch.rand(n, 3, 32, 32) for n in (8, 8, 5)]
+    ys = [torch.randint(0, 10, (n,)) for n in (8, 8, 5)]
+    spec = AttackSpec(name, eps, steps=3, seed=4)
+    one_by_one = [attack_batch(spec, net, x, y, batch_index=i) for i, (x, y) in enumerate(zip(xs, ys), start=6)]
+    grouped = attack_batches(spec, net, xs, ys, [6, 7, 8])
+    assert [len(g) for g in grouped] == [8, 8, 5]
+    moved = 0.0
+    for a, b, x in zip(grouped, one_by_one, xs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+        moved = max(moved, float((a - x).abs().max()))
+    assert moved > eps / 10  # the attack did move the images
+    shifted = attack_batches(spec, net, xs, ys, [7, 8, 9])  # other batch indices: other starts
+    assert not torch.equal(shifted[0], grouped[0])
+
+
+def test_attack_group_size_auto_and_given():
+    from clrobust.attacks import CUDA_ATTACK_IMAGES, attack_batch_images
+
+    auto, given = AttackSpec("pgd"), AttackSpec("pgd", batch_size=300)
+    assert attack_batch_images(auto, 128, "cpu", 32) == 128  # the CPU: one recording batch per call
+    assert attack_batch_images(auto, 128, "cuda", 32) == (CUDA_ATTACK_IMAGES // 128) * 128 == 1024
+    assert attack_batch_images(auto, 100, "cuda:1", 32) == 1000  # whole batches only
+    assert attack_batch_images(auto, 2000, "cuda", 32) == 2000
+    assert attack_batch_images(auto, 64, "cuda", 224) == 64  # ImageNet-size inputs: one batch
+    assert attack_batch_images(given, 128, "cpu", 32) == 300
+    assert AttackSpec("rep").batch_coupled and AttackSpec("noise").batch_coupled
+    assert not AttackSpec("autoattack").batch_coupled
+    with pytest.raises(ClrobustError, match="attack-batch-size"):
+        AttackSpec("pgd", batch_size=0)

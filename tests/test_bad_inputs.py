@@ -373,6 +373,9 @@ row("data", "figures-cifar-payload",
 for cmd in ("compare-layers", "probe-layers", "audit"):
     row("options", f"{cmd}-batch-size-0", lambda d, c=cmd: [c, tiny(d), "--batch-size", "0", NP], 2,
         r"--batch-size.*0 is not in the range x>=1")
+    row("options", f"{cmd}-attack-batch-size-0",
+        lambda d, c=cmd: [c, tiny(d), "--attack-batch-size", "0", NP], 2,
+        r"--attack-batch-size.*0 is not in the range x>=1")
     row("options", f"{cmd}-n-samples-negative", lambda d, c=cmd: [c, tiny(d), "--n-samples", "-5", NP], 2,
         r"--n-samples.*-5 is not in the range x>=1")
     row("options", f"{cmd}-seed-too-big", lambda d, c=cmd: [c, tiny(d), "--seed", "99999999999999999999", NP], 2,

@@ -391,3 +391,30 @@ def test_precision_fast_matches_exact_in_the_job(tiny_checkpoints):
     assert "float32 Gram" in fast.cka_estimator and "float32" not in exact.cka_estimator
     for a, b in zip(exact.cka, fast.cka):
         assert np.abs(a.matrix - b.matrix).max() < 1e-6
+
+
+def test_grouped_attack_calls_give_the_same_comparison(tiny_checkpoints, monkeypatch, one_thread):
+    """--attack-batch-size 24 over batches of 8: the attack is called once per three batches (spied on), and
+    accuracies and every CKA matrix equal the batch-by-batch run's."""
+    import clrobust.activations as activations
+    from clrobust.attacks import AttackSpec
+    from clrobust.compare import CompareSettings, run_compare
+
+    models = [str(p) for p in tiny_checkpoints]
+    base = dict(models=models, n_samples=40, batch_size=8, seed=1, layers="stem,layer2.*,avgpool")
+    plain = run_compare(CompareSettings(**base, attack=AttackSpec("pgd", 8 / 255, 3, seed=1)), progress=False)
+    calls = []
+    real = activations.attack_batches
+
+    def spy(spec, model, xs, ys, indices):
+        calls.append(list(indices))
+        return real(spec, model, xs, ys, indices)
+
+    monkeypatch.setattr(activations, "attack_batches", spy)
+    grouped = run_compare(CompareSettings(**base, attack=AttackSpec("pgd", 8 / 255, 3, seed=1, batch_size=24)),
+                          progress=False)
+    assert calls == [[0, 1, 2], [0, 1, 2], [3, 4], [3, 4]]  # per group, once per model
+    assert grouped.accuracy == plain.accuracy
+    for a, b in zip(grouped.cka, plain.cka):
+        assert (a.rows, a.cols) == (b.rows, b.cols)
+        np.testing.assert_allclose(a.matrix, b.matrix, rtol=0, atol=1e-6)

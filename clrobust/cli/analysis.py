@@ -45,8 +45,8 @@ from clrobust.names import FIGURE_FAMILIES as FAMILIES
 @out_options("probe-layers-out")
 @progress_option
 def probe_layers(model, data, data_root,
-                 skip_bad_images, layers, attack, eps, steps, alpha, n_train, n_samples, sampling, sample_seed,
-                 batch_size, load_options, classifier, seed, device, cache, out, overwrite, progress):
+                 skip_bad_images, layers, attack, eps, steps, alpha, attack_batch_size, n_train, n_samples, sampling,
+                 sample_seed, batch_size, load_options, classifier, seed, device, cache, out, overwrite, progress):
     """A linear probe at every layer of MODEL: train, clean test and adversarial test accuracy.
 
     MODEL is a zoo name or a checkpoint path. Every layer is recorded once per batch;
@@ -73,7 +73,7 @@ def probe_layers(model, data, data_root,
 
     settings = ProbeSettings(model=model, data=data, data_root=data_root,
                              skip_bad_images=skip_bad_images, layers=layers,
-                             attack=attack_spec(attack, eps, steps, alpha, seed), n_train=n_train,
+                             attack=attack_spec(attack, eps, steps, alpha, seed, attack_batch_size), n_train=n_train,
                              n_samples=n_samples, batch_size=batch_size, seed=seed, device=device, cache=cache,
                              load_options=load_options, classifier=classifier, sampling=sampling,
                              sample_seed=sample_seed)
@@ -114,8 +114,8 @@ def probe_layers(model, data, data_root,
 @click.option("--check", is_flag=True, help="Print whether the paper's findings hold in these numbers.")
 @progress_option
 def figures(family, data, data_root,
-            skip_bad_images, layers, attack, eps, steps, alpha, n_samples, sampling, sample_seed, n_train,
-            batch_size, models,
+            skip_bad_images, layers, attack, eps, steps, alpha, attack_batch_size, n_samples, sampling, sample_seed,
+            n_train, batch_size, models,
             load_options, classifier, seed, device, out, overwrite, adv_source, check,
             progress):
     """Draw the paper's figures (PNG, PDF and the numbers as JSON) into --out.
@@ -144,7 +144,8 @@ def figures(family, data, data_root,
     if batch_size < 4:
         raise ClrobustError("--batch-size must be at least 4 (unbiased HSIC needs 4 samples per batch).")
     settings = FigureSettings(data=data, data_root=data_root, skip_bad_images=skip_bad_images, layers=layers,
-                              attack=attack_spec(attack, eps, steps, alpha, seed), n_samples=n_samples,
+                              attack=attack_spec(attack, eps, steps, alpha, seed, attack_batch_size),
+                              n_samples=n_samples,
                               n_train=n_train, batch_size=batch_size, seed=seed, device=device, models=subs,
                               positional=positional,
                               load_options=load_options, classifier=classifier, sampling=sampling,

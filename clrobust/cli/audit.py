@@ -9,6 +9,7 @@ import click
 from clrobust.cli.options import (
     COUNT,
     EPS_LIST,
+    attack_batch_size_option,
     classifier_option,
     data_options,
     device_option,
@@ -34,6 +35,7 @@ from clrobust.cli.options import (
 @click.option("--n-samples", default=200, show_default=True, type=COUNT, help="Test images (chosen by --sampling).")
 @sampling_options
 @click.option("--batch-size", default=100, show_default=True, type=COUNT)
+@attack_batch_size_option
 @model_options
 @classifier_option
 @probe_train_option()
@@ -43,7 +45,7 @@ from clrobust.cli.options import (
 @progress_option
 def audit(models, data, data_root,
           skip_bad_images, split, eps_text, l2_text, attacks, n_samples, sampling, sample_seed, batch_size,
-          load_options,
+          attack_batch_size, load_options,
           classifier, probe_train, seed, device, out, overwrite, progress):
     """Robust accuracy of one or many models, as a RobustBench-style table.
 
@@ -68,7 +70,8 @@ def audit(models, data, data_root,
                              skip_bad_images=skip_bad_images, split=split,
                              eps=parse_eps_list(eps_text), l2_eps=parse_eps_list(l2_text, "L2"),
                              attacks=[a.strip() for a in attacks.split(",") if a.strip()], n_samples=n_samples,
-                             batch_size=batch_size, seed=seed, device=device, probe_train=probe_train,
+                             batch_size=batch_size, attack_batch_size=attack_batch_size, seed=seed, device=device,
+                             probe_train=probe_train,
                              load_options=load_options, classifier=classifier, sampling=sampling,
                              sample_seed=sample_seed)
     dist = Dist.from_env(device)

@@ -62,7 +62,7 @@ from clrobust.names import METRICS
 @out_options("compare-layers-out")
 @progress_option
 def compare_layers(models, data, data_root,
-                   skip_bad_images, split, layers, attack, eps, steps, alpha, n_samples, batch_size,
+                   skip_bad_images, split, layers, attack, eps, steps, alpha, attack_batch_size, n_samples, batch_size,
                    sampling, sample_seed, metric, load_options, classifier, probe_train, noise_control, precision,
                    measures, adv_source, seed, bootstrap, device,
                    out, overwrite, progress):
@@ -100,7 +100,7 @@ def compare_layers(models, data, data_root,
     from clrobust.compare import compare_layers as run
 
     models = list(models) or list(DEFAULT_PAIR)
-    spec = attack_spec(attack, eps, steps, alpha, seed)
+    spec = attack_spec(attack, eps, steps, alpha, seed, attack_batch_size)
     if batch_size < 4:
         raise ClrobustError("--batch-size must be at least 4 (unbiased HSIC needs 4 samples per batch).")
     settings = CompareSettings(models=models, data=data, data_root=data_root,
