@@ -77,7 +77,8 @@ def execution_order(model: nn.Module, names: Sequence[str]) -> List[str]:
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(2, 3, 32, 32, device=_device(model)))
+            side = int(getattr(getattr(model, "config", None), "extra", {}).get("input_size", 32))
+            model(torch.zeros(2, 3, side, side, device=_device(model)))
     finally:
         for h in handles:
             h.remove()

@@ -114,6 +114,12 @@ def load(name_or_path: str, *, device: str = "cpu", arch: Optional[str] = None, 
     if arch is not None:
         architecture(arch)  # a ClrobustError naming the known architectures
     label, path = resolve(name_or_path)
+    from clrobust.checkpoints.library import load_library_model, parse_library_spec
+
+    if parse_library_spec(name_or_path) is not None:
+        net, report = load_library_model(name_or_path, normalize, trust)
+        return _ready(label, path, net, report, {"source_format": report.format, "load_report": report.to_dict()},
+                      report.format, device)
     if path.suffix == ".json":
         path = path.with_suffix(".safetensors")
     if not path.exists() and path.with_name(path.name + ".safetensors").exists():
@@ -132,6 +138,12 @@ def load(name_or_path: str, *, device: str = "cpu", arch: Optional[str] = None, 
                                       adversarial_bn=adversarial_bn, format=format, stem=stem)
         source_format = report.format
         meta = {"source_format": report.format, "load_report": report.to_dict()}
+    return _ready(label, path, net, report, meta, source_format, device)
+
+
+def _ready(label: str, path: Path, net: Network, report: LoadReport, meta: Dict[str, Any], source_format: str,
+           device: str) -> LoadedModel:
+    """The loaded model on ``device`` in eval mode, once its weights are known to be finite."""
     broken = next((k for k, t in net.state_dict().items()
                    if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
     if broken is not None:

@@ -78,7 +78,15 @@ def names(directory: Optional[Path] = None) -> List[str]:
 
 
 def resolve(name_or_path: str) -> Tuple[str, Path]:
-    """Map a zoo name or a checkpoint path to (label, path)."""
+    """Map a zoo name, a checkpoint path or a library model (``torchvision:NAME[=WEIGHTS]``) to (label, path)."""
+    from clrobust.checkpoints.library import library_label, parse_library_spec
+
+    library = parse_library_spec(name_or_path)
+    if library is not None:
+        weights = library[1]
+        if weights is not None and not weights.is_file():
+            raise ClrobustError(f"weights file {str(weights)!r} of {library[0]} not found; check the path.")
+        return library_label(name_or_path), weights if weights is not None else Path(name_or_path)
     p = Path(name_or_path)
     if p.suffix in (".safetensors", ".json", ".pt", ".pth", ".ckpt", ".tar", ".t7") or p.exists() \
             or os.sep in name_or_path:

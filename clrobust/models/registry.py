@@ -29,7 +29,8 @@ DEFAULT_WIDTH = 64
 def known_architectures() -> str:
     """The accepted names, for messages and help texts."""
     return (", ".join(sorted(ARCHITECTURES)) + ", wrn-DEPTH-WIDEN (e.g. wrn-28-10), "
-            "dm-wrn-DEPTH-WIDEN[-relu] (e.g. dm-wrn-28-10)")
+            "dm-wrn-DEPTH-WIDEN[-relu] (e.g. dm-wrn-28-10), torchvision:NAME (e.g. torchvision:resnet50), "
+            "timm:NAME")
 
 
 def architecture(name: str) -> Callable[..., nn.Module]:
@@ -46,6 +47,10 @@ def architecture(name: str) -> Callable[..., nn.Module]:
     dm_wrn = parse_dm_wrn(name)
     if dm_wrn is not None:
         return dm_wrn
+    from clrobust.models.foreign import library_factory, split_name
+
+    if split_name(name) is not None:
+        return library_factory(name)
     raise ClrobustError(f"unknown architecture {name!r}; known: {known_architectures()}.")
 
 
