@@ -47,6 +47,8 @@ class AuditSettings:
     data: str = "cifar10-mini"
     data_root: Optional[str] = None
     skip_bad_images: bool = False
+    image_size: int = 32  # image folders: side of the centre crop
+    resize: Optional[int] = None  # image folders: shorter side before the crop [image_size]
     sampling: str = "stratified"  # how --n-samples images are chosen: stratified or first
     sample_seed: int = 0
     split: str = "test"

@@ -56,6 +56,8 @@ class CompareSettings:
     data: str = "cifar10-mini"
     data_root: Optional[str] = None
     skip_bad_images: bool = False
+    image_size: int = 32  # image folders: side of the centre crop
+    resize: Optional[int] = None  # image folders: shorter side before the crop [image_size]
     sampling: str = "stratified"  # how --n-samples images are chosen: stratified or first
     sample_seed: int = 0
     split: str = "test"
@@ -78,7 +80,8 @@ class CompareSettings:
     def to_dict(self) -> Dict[str, Any]:
         """The settings as settings.json records them."""
         return {"models": list(self.models), "data": self.data, "data_root": self.data_root,
-                "skip_bad_images": self.skip_bad_images, "sampling": self.sampling,
+                "skip_bad_images": self.skip_bad_images,
+                "image_size": self.image_size, "resize": self.resize, "sampling": self.sampling,
                 "sample_seed": self.sample_seed, "split": self.split,
                 "layers": self.layers, "attack": self.attack.to_dict(), "n_samples": self.n_samples,
                 "batch_size": self.batch_size, "seed": self.seed, "device": self.device,

@@ -310,6 +310,8 @@ class ProbeSettings:
     data: str = "cifar10-mini"
     data_root: Optional[str] = None
     skip_bad_images: bool = False
+    image_size: int = 32  # image folders: side of the centre crop
+    resize: Optional[int] = None  # image folders: shorter side before the crop [image_size]
     sampling: str = "stratified"  # how --n-samples images are chosen: stratified or first
     sample_seed: int = 0
     layers: str = "blocks"
@@ -326,7 +328,8 @@ class ProbeSettings:
     def to_dict(self) -> Dict[str, Any]:
         """The settings as settings.json records them."""
         return {"model": self.model, "data": self.data, "data_root": self.data_root,
-                "skip_bad_images": self.skip_bad_images, "sampling": self.sampling,
+                "skip_bad_images": self.skip_bad_images,
+                "image_size": self.image_size, "resize": self.resize, "sampling": self.sampling,
                 "sample_seed": self.sample_seed, "layers": self.layers,
                 "attack": self.attack.to_dict(), "n_train": self.n_train, "n_samples": self.n_samples,
                 "batch_size": self.batch_size, "seed": self.seed, "device": self.device, "cache": self.cache,

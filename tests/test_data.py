@@ -218,3 +218,46 @@ def test_an_unreadable_image_is_named_and_skipped_only_when_asked(tmp_path):
         data = load_dataset("imagefolder", "test", str(tmp_path), skip_bad=True)
     assert data.labels.tolist() == [0, 1] and data.images.shape == (2, 3, 32, 32)
     assert int(data.images.min()) == int(data.images.max()) == 90
+
+
+def test_image_folder_resize_then_centre_crop(tmp_path):
+    """--resize 64 --image-size 48 on a 64x128 image: the shorter side to 64 (no change), then the centre 48x48;
+    checked against numpy slicing of the same pixels."""
+    from PIL import Image
+
+    (tmp_path / "x").mkdir()
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (64, 128, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x" / "0.png")
+    data = load_dataset("imagefolder", "test", str(tmp_path), image_size=48, resize=64)
+    want = pixels[8:56, 40:88].transpose(2, 0, 1)  # rows (64-48)/2, columns (128-48)/2
+    assert torch.equal(data.images[0], torch.from_numpy(want.copy()))
+    with pytest.raises(ClrobustError, match="--resize 40 is below --image-size 48"):
+        load_dataset("imagefolder", "test", str(tmp_path), image_size=48, resize=40)
+    with pytest.raises(ClrobustError, match="apply to --data imagefolder"):
+        load_dataset("cifar10-mini", "test", image_size=64)
+
+
+def test_image_size_options_reach_every_job(tmp_path, tiny_checkpoints):
+    """compare-layers on an image folder with --image-size 40 --resize 45 runs (a tiny CIFAR-stem network takes
+    any size) and its settings record both."""
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / "test" / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (50, 50, 3), dtype=np.uint8)).save(
+                tmp_path / "imgs" / "test" / cls / f"{i}.png")
+    p = subprocess.run([sys.executable, "-m", "clrobust", "compare-layers", str(tiny_checkpoints[0]), "--data",
+                        "imagefolder", "--data-root", str(tmp_path / "imgs"), "--image-size", "40", "--resize", "45",
+                        "--n-samples", "12", "--batch-size", "6", "--steps", "1", "--layers", "stem,avgpool",
+                        "--classifier", "probe", "--probe-train", "12", "--no-progress", "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    settings = json.loads((tmp_path / "o" / "settings.json").read_text())
+    assert settings["command"]["image_size"] == 40 and settings["command"]["resize"] == 45

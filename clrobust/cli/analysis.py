@@ -45,7 +45,8 @@ from clrobust.names import FIGURE_FAMILIES as FAMILIES
 @out_options("probe-layers-out")
 @progress_option
 def probe_layers(model, data, data_root,
-                 skip_bad_images, layers, attack, eps, steps, alpha, attack_batch_size, n_train, n_samples, sampling,
+                 skip_bad_images, image_size, resize,
+                 layers, attack, eps, steps, alpha, attack_batch_size, n_train, n_samples, sampling,
                  sample_seed, batch_size, load_options, classifier, seed, device, cache, out, overwrite, progress):
     """A linear probe at every layer of MODEL: train, clean test and adversarial test accuracy.
 
@@ -72,7 +73,7 @@ def probe_layers(model, data, data_root,
     from clrobust.probes import ProbeSettings, run_probe_layers
 
     settings = ProbeSettings(model=model, data=data, data_root=data_root,
-                             skip_bad_images=skip_bad_images, layers=layers,
+                             skip_bad_images=skip_bad_images, image_size=image_size, resize=resize, layers=layers,
                              attack=attack_spec(attack, eps, steps, alpha, seed, attack_batch_size), n_train=n_train,
                              n_samples=n_samples, batch_size=batch_size, seed=seed, device=device, cache=cache,
                              load_options=load_options, classifier=classifier, sampling=sampling,
@@ -114,7 +115,8 @@ def probe_layers(model, data, data_root,
 @click.option("--check", is_flag=True, help="Print whether the paper's findings hold in these numbers.")
 @progress_option
 def figures(family, data, data_root,
-            skip_bad_images, layers, attack, eps, steps, alpha, attack_batch_size, n_samples, sampling, sample_seed,
+            skip_bad_images, image_size, resize,
+            layers, attack, eps, steps, alpha, attack_batch_size, n_samples, sampling, sample_seed,
             n_train, batch_size, models,
             load_options, classifier, seed, device, out, overwrite, adv_source, check,
             progress):
@@ -143,7 +145,8 @@ def figures(family, data, data_root,
     subs, positional = parse_models(models, fams)
     if batch_size < 4:
         raise ClrobustError("--batch-size must be at least 4 (unbiased HSIC needs 4 samples per batch).")
-    settings = FigureSettings(data=data, data_root=data_root, skip_bad_images=skip_bad_images, layers=layers,
+    settings = FigureSettings(data=data, data_root=data_root, skip_bad_images=skip_bad_images,
+                              image_size=image_size, resize=resize, layers=layers,
                               attack=attack_spec(attack, eps, steps, alpha, seed, attack_batch_size),
                               n_samples=n_samples,
                               n_train=n_train, batch_size=batch_size, seed=seed, device=device, models=subs,

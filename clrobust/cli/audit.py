@@ -44,7 +44,8 @@ from clrobust.cli.options import (
 @out_options("audit-out", "a finished or different audit")
 @progress_option
 def audit(models, data, data_root,
-          skip_bad_images, split, eps_text, l2_text, attacks, n_samples, sampling, sample_seed, batch_size,
+          skip_bad_images, image_size, resize,
+          split, eps_text, l2_text, attacks, n_samples, sampling, sample_seed, batch_size,
           attack_batch_size, load_options,
           classifier, probe_train, seed, device, out, overwrite, progress):
     """Robust accuracy of one or many models, as a RobustBench-style table.
@@ -67,7 +68,7 @@ def audit(models, data, data_root,
     from clrobust.distributed import Dist
 
     settings = AuditSettings(models=list(models), data=data, data_root=data_root,
-                             skip_bad_images=skip_bad_images, split=split,
+                             skip_bad_images=skip_bad_images, image_size=image_size, resize=resize, split=split,
                              eps=parse_eps_list(eps_text), l2_eps=parse_eps_list(l2_text, "L2"),
                              attacks=[a.strip() for a in attacks.split(",") if a.strip()], n_samples=n_samples,
                              batch_size=batch_size, attack_batch_size=attack_batch_size, seed=seed, device=device,

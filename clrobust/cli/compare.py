@@ -62,7 +62,8 @@ from clrobust.names import METRICS
 @out_options("compare-layers-out")
 @progress_option
 def compare_layers(models, data, data_root,
-                   skip_bad_images, split, layers, attack, eps, steps, alpha, attack_batch_size, n_samples, batch_size,
+                   skip_bad_images, image_size, resize,
+                   split, layers, attack, eps, steps, alpha, attack_batch_size, n_samples, batch_size,
                    sampling, sample_seed, metric, load_options, classifier, probe_train, noise_control, precision,
                    measures, adv_source, seed, bootstrap, device,
                    out, overwrite, progress):
@@ -104,7 +105,8 @@ def compare_layers(models, data, data_root,
     if batch_size < 4:
         raise ClrobustError("--batch-size must be at least 4 (unbiased HSIC needs 4 samples per batch).")
     settings = CompareSettings(models=models, data=data, data_root=data_root,
-                               skip_bad_images=skip_bad_images, split=split, layers=layers,
+                               skip_bad_images=skip_bad_images, image_size=image_size, resize=resize,
+                               split=split, layers=layers,
                                attack=spec, n_samples=n_samples, batch_size=batch_size, seed=seed, device=device,
                                load_options=load_options, probe_train=probe_train, metric=metric,
                                classifier=classifier, sampling=sampling, sample_seed=sample_seed,

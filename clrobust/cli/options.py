@@ -136,7 +136,12 @@ def classifier_option(f: F) -> F:
 
 
 def data_options(f: F) -> F:
-    """--data, --data-root and --skip-bad-images."""
+    """--data, --data-root, --skip-bad-images, --image-size and --resize."""
+    f = click.option("--resize", default=None, type=click.IntRange(min=1),
+                     help="Image folders: resize the shorter side to this many pixels before the centre crop "
+                          "[--image-size; ImageNet's evaluation: --resize 256 --image-size 224].")(f)
+    f = click.option("--image-size", default=32, show_default=True, type=click.IntRange(min=8),
+                     help="Image folders: side of the square centre crop the models see.")(f)
     f = click.option("--skip-bad-images", is_flag=True,
                      help="Image folders: leave out files that cannot be read as images (each named in a "
                           "warning) instead of stopping at the first.")(f)

@@ -72,7 +72,8 @@ from clrobust.names import ADV_METHODS, AUGMENTS, SCENARIOS, SCHEMES
 def train(scheme, scenario, adv_method, arch, width, epochs, batch_size, lr, temperature, eps, attack_steps,
           attack_alpha, clae_weight, augment, classifier_epochs, init, init_format, init_normalize, init_bn,
           init_trust_checkpoint, data, data_root,
-          skip_bad_images, n_train, eval_samples, seed, device, amp, out, resume, overwrite, progress):
+          skip_bad_images, image_size, resize,
+          n_train, eval_samples, seed, device, amp, out, resume, overwrite, progress):
     """Train an encoder under one scheme and scenario, then its linear classifier.
 
     Writes a safetensors checkpoint with a JSON beside it recording the settings,
@@ -100,7 +101,7 @@ def train(scheme, scenario, adv_method, arch, width, epochs, batch_size, lr, tem
                       epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature, eps=parse_eps(eps),
                       attack_steps=attack_steps, attack_alpha=attack_alpha, clae_weight=clae_weight,
                       augment=augment, classifier_epochs=classifier_epochs, init=init, data=data, data_root=data_root,
-                      skip_bad_images=skip_bad_images,
+                      skip_bad_images=skip_bad_images, image_size=image_size, resize=resize,
                       n_train=n_train, eval_samples=eval_samples, seed=seed, device=device, amp=amp,
                       init_load=load_options(None, None, init_format, init_normalize, init_bn, False,
                                              init_trust_checkpoint).kwargs() if init else {})

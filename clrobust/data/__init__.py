@@ -127,7 +127,8 @@ class SampledChoice(DataChoice, Protocol):
 def chosen_images(s: DataChoice, split: str, n: Optional[int], sampled: bool = True) -> ImageData:
     """The images a job's settings name: ``n`` of ``split`` drawn by the settings' ``sampling`` and
     ``sample_seed`` (the images measured on), or the first ``n`` (``sampled=False``: images fitted on)."""
-    images = load_dataset(s.data, split, s.data_root, skip_bad=s.skip_bad_images)
+    images = load_dataset(s.data, split, s.data_root, skip_bad=s.skip_bad_images,
+                          image_size=getattr(s, "image_size", 32), resize=getattr(s, "resize", None))
     if not sampled:
         return images.subset(n)
     drawn = cast(SampledChoice, s)
@@ -145,7 +146,7 @@ def embedded_path() -> Path:
 
 
 def load_dataset(name: str = "cifar10-mini", split: str = "test", root: Optional[str] = None,
-                 image_size: int = 32, skip_bad: bool = False) -> ImageData:
+                 image_size: int = 32, skip_bad: bool = False, resize: Optional[int] = None) -> ImageData:
     """Load a data set by name.
 
     Args:
@@ -154,7 +155,8 @@ def load_dataset(name: str = "cifar10-mini", split: str = "test", root: Optional
             ``imagefolder`` (``root/<split>/<class>/*.png`` or ``root/<class>/*``).
         split: ``train`` or ``test``.
         root: folder for the non-embedded data sets.
-        image_size: side length image folders are resized to.
+        image_size: side of the square centre crop of image folders.
+        resize: image folders: the shorter side is resized to this first [``image_size``].
         skip_bad: leave out image-folder files that cannot be read as images (each one
             named in a warning) instead of stopping at the first.
 
@@ -164,12 +166,18 @@ def load_dataset(name: str = "cifar10-mini", split: str = "test", root: Optional
     """
     if split not in SPLITS:
         raise ClrobustError(f"unknown split {split!r}; use one of: {', '.join(SPLITS)}.")
+    if name != "imagefolder" and (image_size != 32 or resize is not None):
+        raise ClrobustError(f"--image-size and --resize apply to --data imagefolder; {name} images are 32x32 "
+                            "(drop them).")
+    if resize is not None and resize < image_size:
+        raise ClrobustError(f"--resize {resize} is below --image-size {image_size}: the crop would not fit; "
+                            f"use a --resize of at least {image_size}.")
     if name == "cifar10-mini":
         return _load_mini(split)
     if name in ("cifar10", "cifar100"):
         return _load_cifar(name, split, root)
     if name == "imagefolder":
-        return _load_folder(split, root, image_size, skip_bad)
+        return _load_folder(split, root, image_size, skip_bad, resize)
     raise ClrobustError(f"unknown data set {name!r}; use one of: {', '.join(DATASETS)}.")
 
 
@@ -219,7 +227,8 @@ def _load_cifar(name: str, split: str, root: Optional[str]) -> ImageData:
     return ImageData(name, split, torch.from_numpy(x), torch.from_numpy(y), classes)
 
 
-def _load_folder(split: str, root: Optional[str], image_size: int, skip_bad: bool = False) -> ImageData:
+def _load_folder(split: str, root: Optional[str], image_size: int, skip_bad: bool = False,
+                 resize: Optional[int] = None) -> ImageData:
     import warnings
 
     from PIL import Image
@@ -228,7 +237,7 @@ def _load_folder(split: str, root: Optional[str], image_size: int, skip_bad: boo
     path = _require_root("imagefolder", root)
     if (path / split).is_dir():
         path = path / split
-    tf = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size),
+    tf = transforms.Compose([transforms.Resize(resize or image_size), transforms.CenterCrop(image_size),
                              transforms.PILToTensor()])
     try:
         ds = datasets.ImageFolder(str(path), transform=tf, allow_empty=True)

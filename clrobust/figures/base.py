@@ -38,6 +38,8 @@ class FigureSettings:
     data: str = "cifar10-mini"
     data_root: Optional[str] = None
     skip_bad_images: bool = False
+    image_size: int = 32  # image folders: side of the centre crop
+    resize: Optional[int] = None  # image folders: shorter side before the crop [image_size]
     sampling: str = "stratified"  # how --n-samples images are chosen: stratified or first
     sample_seed: int = 0
     layers: str = "blocks"
@@ -56,7 +58,8 @@ class FigureSettings:
     def to_dict(self) -> Dict[str, Any]:
         """The settings as settings.json records them."""
         return {"data": self.data, "data_root": self.data_root,
-                "skip_bad_images": self.skip_bad_images, "sampling": self.sampling,
+                "skip_bad_images": self.skip_bad_images,
+                "image_size": self.image_size, "resize": self.resize, "sampling": self.sampling,
                 "sample_seed": self.sample_seed, "layers": self.layers,
                 "attack": self.attack.to_dict(), "n_samples": self.n_samples, "n_train": self.n_train,
                 "batch_size": self.batch_size, "seed": self.seed, "device": self.device, "models": dict(self.models),

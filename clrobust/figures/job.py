@@ -85,7 +85,8 @@ def compute_figures_and_results(families: Sequence[str], settings: FigureSetting
             if s not in specs:
                 specs.append(s)
     cs = CompareSettings(models=specs, data=settings.data, data_root=settings.data_root,
-                         skip_bad_images=settings.skip_bad_images, sampling=settings.sampling,
+                         skip_bad_images=settings.skip_bad_images,
+                         image_size=settings.image_size, resize=settings.resize, sampling=settings.sampling,
                          sample_seed=settings.sample_seed, split="test",
                          layers=settings.layers, attack=replace(settings.attack), n_samples=settings.n_samples,
                          batch_size=settings.batch_size, seed=settings.seed, device=settings.device,

@@ -64,6 +64,8 @@ class TrainConfig:
     data: str = "cifar10-mini"
     data_root: Optional[str] = None
     skip_bad_images: bool = False
+    image_size: int = 32  # image folders: side of the centre crop
+    resize: Optional[int] = None  # image folders: shorter side before the crop [image_size]
     device: str = "cpu"  # where the network trains (the CLI resolves --device auto)
     #: bf16 autocast and channels-last memory for the forward passes [on CUDA only]
     amp: Optional[bool] = None
@@ -257,7 +259,9 @@ class Trainer:
                 detail = " ".join(str(exc).split())[:200]
                 raise self._bad_state(f"it does not fit this run's network ({detail})") from None
             start = resume_state["epoch"] + 1
-        augment = simclr_augment() if (phase == "pretrain" and cfg.augment == "simclr") else crop_flip_augment()
+        side = int(self.train_data.images.shape[-1])
+        augment = simclr_augment(side) if (phase == "pretrain" and cfg.augment == "simclr") else \
+            crop_flip_augment(side, padding=max(4, side // 8))
         data = self.train_data
         bs = min(cfg.batch_size, len(data))
         per_epoch = len(data) // bs  # full batches only
