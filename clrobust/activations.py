@@ -34,6 +34,7 @@ from clrobust.data import ImageData, to_float
 from clrobust.distributed import Dist, owns
 from clrobust.errors import ClrobustError
 from clrobust.hooks import LayerRecorder
+from clrobust.recordings import RecordingCache
 
 #: The inputs a model can be recorded on: the images, the attack's, and the attack's random-noise control
 #: (same eps and norm, the same noise for every model).
@@ -95,7 +96,8 @@ class Stage:
     """
 
     def __init__(self, models: Mapping[str, nn.Module], layers: Optional[Mapping[str, Sequence[str]]] = None,
-                 attack: Optional[AttackSpec] = None, device: str = "cpu", adv_source: Optional[str] = None) -> None:
+                 attack: Optional[AttackSpec] = None, device: str = "cpu", adv_source: Optional[str] = None,
+                 cache: Optional[RecordingCache] = None) -> None:
         self.models = dict(models)
         self.layers = {lab: list((layers or {}).get(lab, [])) for lab in self.models}
         self.attack = attack
@@ -103,6 +105,7 @@ class Stage:
         if adv_source is not None and adv_source not in self.models:
             raise ClrobustError(f"--adv-source {adv_source!r} is not one of the models ({', '.join(self.models)}).")
         self.adv_source = adv_source
+        self.cache = cache
         self.timings = {"attack": 0.0, "forward": 0.0}
 
     def batches(self, data: ImageData, batch_size: int, inputs: Sequence[str] = ("clean", "adversarial"),
@@ -129,7 +132,9 @@ class Stage:
                 group = plan[g:g + per_call]
                 xs = [to_float(data.images[lo:hi]).to(self.device) for _, (lo, hi) in group]
                 ys = [data.labels[lo:hi].to(self.device) for _, (lo, hi) in group]
-                crafted = self._craft([i for i, _ in group], xs, ys) if per_call > 1 else None
+                cached = self.cache is not None and all(self.cache.has(lab, "adversarial", i)
+                                                        for lab in self.models for i, _ in group)
+                crafted = self._craft([i for i, _ in group], xs, ys) if per_call > 1 and not cached else None
                 for k, (index, (lo, hi)) in enumerate(group):
                     adv = {lab: c[k] for lab, c in crafted.items()} if crafted is not None else None
                     yield Batch(index, lo, xs[k], ys[k], self._recordings(recorders, index, xs[k], ys[k], inputs, adv))
@@ -159,6 +164,11 @@ class Stage:
         shared: Optional[torch.Tensor] = None  # the adversarial batch of adv_source, crafted once
         for lab, net in self.models.items():
             for inp in inputs:
+                hit = self.cache.get(lab, inp, index) if self.cache is not None else None
+                if hit is not None:
+                    check_finite(lab, inp, index, hit["logits"])
+                    yield Recording(lab, inp, hit["inputs"].to(x.device), hit["layers"], hit["logits"].to(x.device))
+                    continue
                 xi = x
                 if inp == "adversarial" and crafted is not None:
                     xi = crafted[lab]
@@ -184,6 +194,8 @@ class Stage:
                 assert output is not None  # set by record()
                 self.timings["forward"] += time.perf_counter() - t
                 check_finite(lab, inp, index, output)
+                if self.cache is not None:
+                    self.cache.put(lab, inp, index, xi, output, acts)
                 yield Recording(lab, inp, xi, acts, output)
 
 

@@ -76,6 +76,7 @@ class CompareSettings:
     adv_source: Optional[str] = None  # one of ``models``: its adversarial inputs are fed to every model
     measures: Sequence[str] = ()  # full-batch measures of clrobust.similarity besides the streamed metric
     precision: str = "exact"  # exact: float64 throughout; fast: float32 Gram products (see clrobust.cka)
+    cache: Optional[str] = None  # folder of cached recordings (clrobust.recordings)
 
     def to_dict(self) -> Dict[str, Any]:
         """The settings as settings.json records them."""
@@ -88,7 +89,7 @@ class CompareSettings:
                 "load_options": self.load_options.kwargs(), "probe_train": self.probe_train,
                 "metric": self.metric, "classifier": self.classifier, "bootstrap": self.bootstrap,
                 "noise_control": self.noise_control, "adv_source": self.adv_source, "measures": list(self.measures),
-                "precision": self.precision}
+                "precision": self.precision, "cache": self.cache}
 
 
 Entry = Tuple[Tuple[str, str], Tuple[str, str]]  # ((model, input), (model, input))
@@ -425,7 +426,12 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
         else:
             raise ClrobustError(f"--adv-source {settings.adv_source!r} is not one of the compared models "
                                 f"({', '.join(specs)}); name one of them.")
-    stage = Stage(nets, names, settings.attack, settings.device, adv_source=source)
+    cache = None
+    if settings.cache is not None:
+        from clrobust.recordings import RecordingCache
+
+        cache = RecordingCache(Path(settings.cache), nets, names, data, settings.batch_size, settings.attack, source)
+    stage = Stage(nets, names, settings.attack, settings.device, adv_source=source, cache=cache)
     for batch in stage.batches(data, settings.batch_size, inputs=inputs, dist=dist, progress=progress,
                                desc="compare-layers", leave=True):
         grams: Dict[Tuple[str, str], Any] = {}

@@ -418,3 +418,37 @@ def test_grouped_attack_calls_give_the_same_comparison(tiny_checkpoints, monkeyp
     for a, b in zip(grouped.cka, plain.cka):
         assert (a.rows, a.cols) == (b.rows, b.cols)
         np.testing.assert_allclose(a.matrix, b.matrix, rtol=0, atol=1e-6)
+
+
+def test_cached_recordings_are_reanalysed_without_attacks_or_forward_passes(tmp_path, tiny_checkpoints, monkeypatch,
+                                                                             one_thread):
+    """--cache: a second run with another measure reads every recording (no attack, no forward pass) and
+    gives the first run's numbers; another eps re-records the attacked inputs only."""
+    import clrobust.activations as activations
+    from clrobust.attacks import AttackSpec
+    from clrobust.compare import CompareSettings, run_compare
+    from clrobust.hooks import LayerRecorder
+
+    models = [str(p) for p in tiny_checkpoints]
+    base = dict(models=models, n_samples=24, batch_size=8, seed=2, layers="stem,layer3.*,avgpool",
+                cache=str(tmp_path / "rec"))
+    first = run_compare(CompareSettings(**base, attack=AttackSpec("pgd", 8 / 255, 2, seed=2)), progress=False)
+    files = sorted((tmp_path / "rec").rglob("*.safetensors"))
+    assert len(files) == 2 * 3 * 3  # models x inputs (clean, adversarial, noise) x batches
+    attacks, forwards = [], []
+    real_attack, real_record = activations.attack_batch, LayerRecorder.record
+    monkeypatch.setattr(activations, "attack_batch", lambda *a, **k: attacks.append(1) or real_attack(*a, **k))
+    monkeypatch.setattr(LayerRecorder, "record", lambda self, x: forwards.append(1) or real_record(self, x))
+    again = run_compare(CompareSettings(**base, attack=AttackSpec("pgd", 8 / 255, 2, seed=2), measures=["rbf-cka"]),
+                        progress=False)
+    assert attacks == [] and forwards == []
+    assert again.accuracy == first.accuracy
+    for a, b in zip(again.cka, first.cka):
+        np.testing.assert_array_equal(a.matrix, b.matrix)
+    assert again.measures  # the other measure was computed from the cached recordings
+    other = run_compare(CompareSettings(**base, attack=AttackSpec("pgd", 4 / 255, 2, seed=2)), progress=False)
+    assert len(attacks) == 2 * 3 * 2 and len(forwards) == 2 * 3 * 2  # adversarial and noise inputs, not clean
+    assert other.accuracy[other.labels[0]]["clean"] == first.accuracy[first.labels[0]]["clean"]
+    files[0].write_bytes(b"broken")  # an unreadable file is recomputed, with a warning
+    with pytest.warns(UserWarning, match="recording cache"):
+        run_compare(CompareSettings(**base, attack=AttackSpec("pgd", 8 / 255, 2, seed=2)), progress=False)

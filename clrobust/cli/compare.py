@@ -49,6 +49,11 @@ from clrobust.names import METRICS
 @click.option("--precision", type=click.Choice(["exact", "fast"]), default="exact", show_default=True,
               help="exact: CKA in float64 throughout; fast: each layer's Gram product in float32 (from features "
                    "centred in float64), everything after it in float64 (error in docs/statistics.md).")
+@click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
+              help="Keep every batch's recordings (layer outputs, logits, inputs) in DIR and reuse them: a re-run "
+                   "with other --measures, --metric, --bootstrap or --precision skips the attacks and forward "
+                   "passes. Keyed by weights, layers, images, batching, attack and versions; it grows with "
+                   "images x layer sizes.")
 @click.option("--measures", default="", metavar="NAMES",
               help="Also compute these measures of clrobust.similarity (comma-separated: rbf-cka, procrustes, rsa, "
                    "svcca, linear-cka-unbiased ...) between each layer's clean and adversarial features, full batch "
@@ -65,6 +70,7 @@ def compare_layers(models, data, data_root,
                    skip_bad_images, image_size, resize,
                    split, layers, attack, eps, steps, alpha, attack_batch_size, n_samples, batch_size,
                    sampling, sample_seed, metric, load_options, classifier, probe_train, noise_control, precision,
+                   cache_dir,
                    measures, adv_source, seed, bootstrap, device,
                    out, overwrite, progress):
     """CKA between every pair of layers, on clean and adversarial inputs.
@@ -111,7 +117,8 @@ def compare_layers(models, data, data_root,
                                load_options=load_options, probe_train=probe_train, metric=metric,
                                classifier=classifier, sampling=sampling, sample_seed=sample_seed,
                                bootstrap=bootstrap, noise_control=noise_control, adv_source=adv_source,
-                               measures=[m.strip() for m in measures.split(",") if m.strip()], precision=precision)
+                               measures=[m.strip() for m in measures.split(",") if m.strip()], precision=precision,
+                               cache=cache_dir)
     from clrobust.distributed import Dist
 
     dist = Dist.from_env(device)
