@@ -1,14 +1,17 @@
-"""GPU check: the jobs on CUDA, CUDA against CPU on the same seed, NCCL collectives, throughput.
+"""GPU check: every command on CUDA, CUDA against CPU on the same seed, the torchrun path, throughput.
 
-Run on a machine with a GPU (``bash benchmarks/gpu_check.sh``); on one without, it
-says what it would check and exits 0. Prints one line per check (PASS / FAIL /
-INFO) and a throughput table; exit 1 when a check fails.
+Run on a machine with a GPU (``bash benchmarks/gpu_check.sh``). Without one it says what it
+would check and exits 0; ``--rehearse`` runs the whole script on the CPU with small sizes
+(the "GPU" is the CPU, NCCL is gloo), so its code is exercised where no GPU is. Prints one
+line per check (PASS / FAIL / INFO) and a throughput table; exit 1 when a check fails.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -19,13 +22,17 @@ import numpy as np
 import torch
 
 CHECKS = [
-    "compare-layers --attack none: CUDA vs CPU, max |dCKA| <= 1e-5 and equal clean accuracy",
-    "compare-layers PGD-10 8/255: CUDA vs CPU, max |dCKA| and accuracies (<= 1e-3 once random starts "
-    "come from a CPU generator)",
-    "torchrun path with NCCL: compare-layers and audit through a one-process NCCL group equal the plain "
-    "CUDA run (every collective tensor on the rank's GPU)",
-    "probe-layers on CUDA: runs, probe accuracies close to CPU's",
-    "throughput (images/s): forward, PGD-10, AutoAttack; the CKA step; float32 matmul GFLOP/s",
+    "every command once on CUDA (compare-layers, probe-layers, audit, figures, train, inspect) with small sizes",
+    "compare-layers --attack none: CUDA vs CPU, max |dCKA| <= 1e-5 and equal accuracies",
+    "compare-layers PGD-10 8/255: CUDA vs CPU (random starts from the CPU generator), max |dCKA| <= 1e-3 and "
+    "equal accuracies",
+    "--attack-batch-size auto (1024 images per call) gives the batch-by-batch PGD comparison",
+    "the torchrun path through a one-process NCCL group: compare-layers, audit and train equal the plain CUDA "
+    "runs (every collective tensor on the rank's GPU; train's batch norm over all processes)",
+    "train on CUDA: bf16 autocast and channels-last by default (recorded), first-epoch loss close to fp32's",
+    "probe-layers on CUDA: probe accuracies close to the CPU's",
+    "throughput (images/s): forward, PGD-10, AutoAttack (one batch of 128 and grouped calls of 1024), train "
+    "steps with and without AMP; the CKA step's achieved GFLOP/s against the device's float32 matmul",
 ]
 
 
@@ -33,138 +40,241 @@ def _max_cka_diff(a, b) -> float:
     return max(float(np.abs(x.matrix - y.matrix).max()) for x, y in zip(a.cka, b.cka))
 
 
-def _timed(fn: Callable[[], object], sync: bool = True) -> float:
-    if sync:
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    fn()
-    if sync:
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
-
-
-def main() -> int:
-    if not torch.cuda.is_available():
+def main(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rehearse", action="store_true",
+                        help="run every step on the CPU with small sizes (no GPU needed)")
+    args = parser.parse_args(argv)
+    if not args.rehearse and not torch.cuda.is_available():
         print("no CUDA device: dry run. On a machine with a GPU this script checks:")
         for c in CHECKS:
             print(f"  - {c}")
+        print("(--rehearse runs the same steps on the CPU with small sizes)")
         return 0
-    import torch.distributed as td
-
-    from clrobust.attacks import AttackSpec, attack_batch
-    from clrobust.audit import AuditSettings, run_audit
-    from clrobust.checkpoints import DEFAULT_PAIR, load
-    from clrobust.cka import StreamingCKA
-    from clrobust.compare import CompareSettings, run_compare
-    from clrobust.data import load_dataset, to_float
-    from clrobust.distributed import Dist
-    from clrobust.probes import ProbeSettings, run_probe_layers
-
+    gpu = "cpu" if args.rehearse else "cuda"
+    small = args.rehearse
+    n = 64 if small else 846  # compare-layers images
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    dev = torch.cuda.get_device_name(0)
-    print(f"device: {dev}; torch {torch.__version__}, CUDA {torch.version.cuda}, "
-          f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}")
+    name = torch.cuda.get_device_name(0) if gpu == "cuda" else "CPU (rehearsal)"
+    print(f"device: {name}; torch {torch.__version__}, CUDA {torch.version.cuda}, {os.cpu_count()} CPU cores, "
+          f"torch threads {torch.get_num_threads()}")
     results: List[Tuple[str, bool, str]] = []
 
-    def check(name: str, ok: bool, detail: str) -> None:
-        results.append((name, ok, detail))
-        print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}", flush=True)
+    def check(what: str, ok: bool, detail: str) -> None:
+        results.append((what, ok, detail))
+        print(f"{'PASS' if ok else 'FAIL'}  {what}: {detail}", flush=True)
 
-    def info(name: str, detail: str) -> None:
-        print(f"INFO  {name}: {detail}", flush=True)
+    def info(what: str, detail: str) -> None:
+        print(f"INFO  {what}: {detail}", flush=True)
 
-    models = list(DEFAULT_PAIR)
-    none = AttackSpec("none", 0.0, 1)
-    runs = {}
-    for dname in ("cpu", "cuda"):
-        for aname, spec in (("none", none), ("pgd", AttackSpec("pgd", 8 / 255, 10))):
-            t = time.perf_counter()
-            runs[(dname, aname)] = run_compare(CompareSettings(models=models, attack=spec, device=dname),
-                                               progress=False)
-            info(f"compare-layers {aname} on {dname}", f"{time.perf_counter() - t:.1f}s "
-                 f"(timings {runs[(dname, aname)].timings_seconds})")
-    c, g = runs[("cpu", "none")], runs[("cuda", "none")]
-    d = _max_cka_diff(c, g)
-    check("compare-layers --attack none, CUDA vs CPU", d <= 1e-5 and c.accuracy == g.accuracy,
-          f"max |dCKA| {d:.2e}; accuracy CPU {c.accuracy} CUDA {g.accuracy}")
-    c, g = runs[("cpu", "pgd")], runs[("cuda", "pgd")]
-    d = _max_cka_diff(c, g)
-    acc = {lab: {k: round(g.accuracy[lab][k] - c.accuracy[lab][k], 4) for k in c.accuracy[lab]} for lab in c.labels}
-    info("compare-layers PGD-10, CUDA vs CPU", f"max |dCKA| {d:.2e}; accuracy CUDA - CPU {acc}")
+    def sync() -> None:
+        if gpu == "cuda":
+            torch.cuda.synchronize()
 
-    # The torchrun path: a one-process NCCL group; every collective must run on the rank's GPU.
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29533")
-    td.init_process_group("nccl", rank=0, world_size=1, device_id=torch.device("cuda", 0))
-    dist = Dist(0, 1, torch.device("cuda", 0))
-    try:
-        r = run_compare(CompareSettings(models=models, attack=none, device="cuda"), progress=False, dist=dist)
-        d = _max_cka_diff(r, runs[("cuda", "none")])
-        check("compare-layers --attack none through NCCL", d <= 1e-9 and r.accuracy == runs[("cuda", "none")].accuracy,
-              f"max |dCKA| vs the plain CUDA run {d:.2e}")
-        pgd = AttackSpec("pgd", 8 / 255, 10)
-        again = run_compare(CompareSettings(models=models, attack=pgd, device="cuda"), progress=False)
-        noise = _max_cka_diff(again, runs[("cuda", "pgd")])
-        r = run_compare(CompareSettings(models=models, attack=pgd, device="cuda"), progress=False, dist=dist)
-        d = _max_cka_diff(r, runs[("cuda", "pgd")])
-        check("compare-layers PGD-10 through NCCL", r.accuracy == runs[("cuda", "pgd")].accuracy,
-              f"same accuracies; max |dCKA| vs the plain CUDA run {d:.2e}, between two plain CUDA runs "
-              f"{noise:.2e} (cuDNN's backward is not bitwise deterministic)")
-        with tempfile.TemporaryDirectory() as tmp:
-            a_set = AuditSettings(models=["simclr-at"], eps=(8 / 255,), attacks=("fgsm", "pgd20"), n_samples=256,
-                                  batch_size=128, device="cuda")
-            t = time.perf_counter()
-            plain = run_audit(a_set, Path(tmp) / "plain", progress=False)
-            info("audit fgsm+pgd20, 256 images, CUDA", f"{time.perf_counter() - t:.1f}s")
-            nccl = run_audit(a_set, Path(tmp) / "nccl", progress=False, dist=dist)
-            same = [(x.attack, x.robust_accuracy) for x in plain.rows] == [(x.attack, x.robust_accuracy)
-                                                                           for x in nccl.rows]
-            check("audit through NCCL", same, json.dumps([(x.attack, x.robust_accuracy) for x in nccl.rows]))
-    finally:
-        td.destroy_process_group()
+    def timed(fn: Callable[[], object]) -> float:
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t
 
     with tempfile.TemporaryDirectory() as tmp:
-        res = {}
-        for dname in ("cpu", "cuda"):
-            t = time.perf_counter()
-            res[dname] = run_probe_layers(ProbeSettings("simclr-at", n_train=1000, n_samples=256, device=dname,
-                                                        cache=False), Path(tmp) / dname, progress=False).probes
-            info(f"probe-layers on {dname}", f"{time.perf_counter() - t:.1f}s")
-        diff = max(abs(a - b) for a, b in zip(res["cpu"].clean_accuracy, res["cuda"].clean_accuracy))
-        check("probe-layers on CUDA", diff <= 0.02, f"max |d clean probe accuracy| vs CPU {diff:.4f} (256 images)")
-
-    # Throughput.
-    net = load("simclr-at", device="cuda").network
-    data = load_dataset("cifar10-mini", "test")
-    x = to_float(data.images[:512]).cuda()
-    y = data.labels[:512].cuda()
-    rows = []
-    with torch.no_grad():
-        net(x)
-        s = _timed(lambda: [net(x) for _ in range(10)])
-    rows.append(("forward (batch 512)", 5120 / s))
-    attack_batch(AttackSpec("pgd", 8 / 255, 10), net, x[:128], y[:128])
-    s = _timed(lambda: attack_batch(AttackSpec("pgd", 8 / 255, 10), net, x, y))
-    rows.append(("PGD-10 (batch 512)", 512 / s))
-    s = _timed(lambda: attack_batch(AttackSpec("autoattack", 8 / 255, 100), net, x[:64], y[:64]))
-    rows.append(("AutoAttack standard (64 images, one batch)", 64 / s))
-    feats = [torch.randn(128, 2048, device="cuda") for _ in range(10)]
-    m = StreamingCKA()
-    g1 = m.prepare(feats)
-    s = _timed(lambda: [m.update_prepared(g1, g1) for _ in range(20)])
-    rows.append(("CKA update, 10x10 layers, batch 128 (updates/s)", 20 / s))
-    a = torch.randn(8192, 8192, device="cuda")
-    a @ a
-    s = _timed(lambda: [a @ a for _ in range(10)])
-    rows.append(("float32 matmul 8192^3, TF32 off (GFLOP/s)", 10 * 2 * 8192 ** 3 / s / 1e9))
-    print(f"\nthroughput on {dev}:")
-    for name, v in rows:
-        print(f"  {name:<52}{v:>14,.1f}")
-    failed = [n for n, ok, _ in results if not ok]
+        _commands(Path(tmp), gpu, small, check)
+        _comparisons(gpu, n, small, check, info)
+        _torchrun_path(Path(tmp), gpu, n, small, check, info)
+        _training(Path(tmp), gpu, small, check, info, timed)
+        _probes(Path(tmp), gpu, small, check, info)
+    rows = _throughput(gpu, small, timed)
+    print(f"\nthroughput on {name}:")
+    for what, v in rows:
+        print(f"  {what:<60}{v:>14,.1f}")
+    failed = [w for w, ok, _ in results if not ok]
     print(f"\n{len(results) - len(failed)} of {len(results)} checks passed" + (f"; failed: {failed}" if failed else ""))
     return 1 if failed else 0
 
 
+def _commands(tmp: Path, gpu: str, small: bool, check) -> None:
+    """Every command once on the device, as a user runs it."""
+    k = "32" if small else "128"
+    jobs = {
+        "compare-layers": ["compare-layers", "--n-samples", k, "--batch-size", "16", "--steps", "2"],
+        "probe-layers": ["probe-layers", "simclr-at", "--n-samples", k, "--n-train", k, "--steps", "2"],
+        "audit": ["audit", "simclr-at", "--n-samples", k, "--eps", "8/255", "--attacks", "fgsm,pgd20,apgd-ce"],
+        "figures": ["figures", "eps-sweep", "--n-samples", k, "--steps", "2"],
+        "train": ["train", "--width", "8", "--n-train", "256", "--batch-size", "64", "--epochs", "1",
+                  "--classifier-epochs", "0", "--eval-samples", k, "--out"],
+        "inspect": ["inspect", "simclr-at"],
+    }
+    for cmd, argv in jobs.items():
+        out = str(tmp / f"cmd-{cmd}")
+        full = argv + [out] if argv[-1] == "--out" else argv + (["--out", out] if cmd != "inspect" else [])
+        t = time.perf_counter()
+        p = subprocess.run([sys.executable, "-m", "clrobust", *full, "--device", gpu, "--no-progress"]
+                           if cmd != "inspect" else [sys.executable, "-m", "clrobust", *full],
+                           capture_output=True, text=True)
+        tail = (p.stdout + p.stderr).strip().splitlines()[-1:] or [""]
+        check(f"clrobust {cmd} on {gpu}", p.returncode == 0, f"exit {p.returncode} in {time.perf_counter() - t:.1f}s;"
+              f" {tail[0][:150]}")
+
+
+def _comparisons(gpu: str, n: int, small: bool, check, info) -> None:
+    from clrobust.attacks import AttackSpec
+    from clrobust.checkpoints import DEFAULT_PAIR
+    from clrobust.compare import CompareSettings, run_compare
+
+    runs = {}
+    for dname in ("cpu", gpu):
+        for aname, spec in (("none", AttackSpec("none", 0.0, 1)), ("pgd", AttackSpec("pgd", 8 / 255, 10))):
+            t = time.perf_counter()
+            runs[(dname, aname)] = run_compare(CompareSettings(models=list(DEFAULT_PAIR), attack=spec, device=dname,
+                                                               n_samples=n), progress=False)
+            info(f"compare-layers {aname} on {dname}", f"{time.perf_counter() - t:.1f}s")
+    for aname, tol in (("none", 1e-5), ("pgd", 1e-3)):
+        c, g = runs[("cpu", aname)], runs[(gpu, aname)]
+        d = _max_cka_diff(c, g)
+        check(f"compare-layers {aname}, {gpu} vs cpu", d <= tol and c.accuracy == g.accuracy,
+              f"max |dCKA| {d:.2e} (bound {tol:g}); accuracies {'equal' if c.accuracy == g.accuracy else 'differ'}")
+    grouped = run_compare(CompareSettings(models=list(DEFAULT_PAIR), device=gpu, n_samples=n,
+                                          attack=AttackSpec("pgd", 8 / 255, 10, batch_size=1024)), progress=False)
+    d = _max_cka_diff(grouped, runs[(gpu, "pgd")])
+    check("--attack-batch-size 1024 vs batch by batch", d <= 1e-3 and grouped.accuracy == runs[(gpu, "pgd")].accuracy,
+          f"max |dCKA| {d:.2e}")
+
+
+def _torchrun_path(tmp: Path, gpu: str, n: int, small: bool, check, info) -> None:
+    """A one-process process group (NCCL on CUDA, gloo on the CPU): every collective on the rank's device."""
+    import torch.distributed as td
+
+    from clrobust.attacks import AttackSpec
+    from clrobust.audit import AuditSettings, run_audit
+    from clrobust.checkpoints import DEFAULT_PAIR
+    from clrobust.compare import CompareSettings, run_compare
+    from clrobust.distributed import Dist
+    from clrobust.train import TrainConfig, Trainer
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29533")
+    device = torch.device("cuda", 0) if gpu == "cuda" else torch.device("cpu")
+    if gpu == "cuda":
+        td.init_process_group("nccl", rank=0, world_size=1, device_id=device)
+    else:
+        td.init_process_group("gloo", rank=0, world_size=1)
+    dist = Dist(0, 1, device)
+    try:
+        none = AttackSpec("none", 0.0, 1)
+        plain = run_compare(CompareSettings(models=list(DEFAULT_PAIR), attack=none, device=gpu, n_samples=n),
+                            progress=False)
+        r = run_compare(CompareSettings(models=list(DEFAULT_PAIR), attack=none, device=gpu, n_samples=n),
+                        progress=False, dist=dist)
+        d = _max_cka_diff(r, plain)
+        check("compare-layers through the process group", d <= 1e-9 and r.accuracy == plain.accuracy,
+              f"max |dCKA| vs the plain run {d:.2e}")
+        a_set = AuditSettings(models=["simclr-at"], eps=(8 / 255,), attacks=("fgsm", "pgd20"),
+                              n_samples=64 if small else 256, batch_size=64, device=gpu)
+        one = run_audit(a_set, tmp / "audit-plain", progress=False)
+        grp = run_audit(a_set, tmp / "audit-group", progress=False, dist=dist)
+        rows = [(x.attack, x.robust_accuracy) for x in grp.rows]
+        check("audit through the process group", rows == [(x.attack, x.robust_accuracy) for x in one.rows],
+              json.dumps(rows))
+        # standard training, one batch: its loss is continuous in the weights, so the sums' order is all that
+        # differs (sign-PGD is not: a rounding difference flips pixels; the CPU tests cover it with 2 and 3
+        # processes)
+        cfg = dict(scheme="simclr", scenario="st", width=8, n_train=64, batch_size=64, epochs=1,
+                   classifier_epochs=0, eval_samples=64, device=gpu, amp=False)
+        a = Trainer(TrainConfig(**cfg), tmp / "train-plain", progress=False).run()
+        b = Trainer(TrainConfig(**cfg), tmp / "train-group", progress=False, dist=dist).run()
+        la, lb = (_first_loss(tmp / f"train-{k}") for k in ("plain", "group"))
+        check("train through the process group (batch norm over all processes)", abs(la - lb) <= 1e-5 * abs(la),
+              f"first-epoch loss {la:.6f} vs {lb:.6f}; clean accuracy {a['metrics']['clean_accuracy']:.3f} vs "
+              f"{b['metrics']['clean_accuracy']:.3f}")
+    finally:
+        td.destroy_process_group()
+
+
+def _first_loss(out: Path) -> float:
+    import csv
+
+    with open(out.with_name(out.name + ".history.csv")) as fh:
+        return float(next(csv.DictReader(fh))["loss"])
+
+
+def _training(tmp: Path, gpu: str, small: bool, check, info, timed) -> None:
+    from clrobust.train import TrainConfig, Trainer
+
+    cfg = dict(scheme="supervised", scenario="at", width=16, n_train=256 if small else 1024, batch_size=128,
+               epochs=1, eval_samples=64, attack_steps=3)
+    meta = {}
+    for label, extra in (("fp32", {"device": gpu, "amp": False}), ("amp", {"device": gpu}),
+                         ("cpu", {"device": "cpu", "amp": False})):
+        t = time.perf_counter()
+        meta[label] = Trainer(TrainConfig(**cfg, **extra), tmp / f"train-{label}", progress=False).run()
+        info(f"train supervised AT ({label})", f"{time.perf_counter() - t:.1f}s for {cfg['n_train']} images")
+    amp_on = meta["amp"]["training"]["amp"]
+    check("train on the device: AMP by default", amp_on is (gpu == "cuda"), f"recorded amp={amp_on}")
+    l32, lamp, lcpu = (_first_loss(tmp / f"train-{k}") for k in ("fp32", "amp", "cpu"))
+    check("train fp32 on the device vs CPU, same seed", abs(l32 - lcpu) <= 1e-3 * abs(lcpu),
+          f"first-epoch loss {l32:.5f} vs {lcpu:.5f}")
+    check("train bf16 autocast vs fp32", abs(lamp - l32) <= 0.05 * abs(l32), f"first-epoch loss {lamp:.5f} vs "
+          f"{l32:.5f}")
+
+
+def _probes(tmp: Path, gpu: str, small: bool, check, info) -> None:
+    from clrobust.probes import ProbeSettings, run_probe_layers
+
+    res = {}
+    for i, dname in enumerate(("cpu", gpu)):
+        t = time.perf_counter()
+        res[dname] = run_probe_layers(ProbeSettings("simclr-at", n_train=256 if small else 1000, n_samples=128 if small
+                                                    else 256, device=dname, cache=False), tmp / f"probe-{i}-{dname}",
+                                      progress=False).probes
+        info(f"probe-layers on {dname}", f"{time.perf_counter() - t:.1f}s")
+    diff = max(abs(a - b) for a, b in zip(res["cpu"].clean_accuracy, res[gpu].clean_accuracy))
+    check("probe-layers on the device vs CPU", diff <= 0.02, f"max |d clean probe accuracy| {diff:.4f}")
+
+
+def _throughput(gpu: str, small: bool, timed) -> List[Tuple[str, float]]:
+    from clrobust.attacks import AttackSpec, attack_batch, attack_batches
+    from clrobust.checkpoints import load
+    from clrobust.cka import StreamingCKA
+    from clrobust.data import load_dataset, to_float
+
+    net = load("simclr-at", device=gpu).network
+    data = load_dataset("cifar10-mini", "test")
+    big = 128 if small else 1024
+    x = to_float(data.images[:big]).to(gpu)
+    y = data.labels[:big].to(gpu)
+    rows = []
+    with torch.no_grad():
+        net(x)
+        s = timed(lambda: [net(x) for _ in range(5)])
+    rows.append((f"forward (batch {big})", 5 * big / s))
+    attack_batch(AttackSpec("pgd", 8 / 255, 10), net, x[:32], y[:32])
+    s = timed(lambda: attack_batch(AttackSpec("pgd", 8 / 255, 10), net, x, y))
+    rows.append((f"PGD-10 (batch {big})", big / s))
+    aa = AttackSpec("autoattack", 8 / 255, 100)
+    k = 16 if small else 128
+    s = timed(lambda: attack_batch(aa, net, x[:k], y[:k]))
+    rows.append((f"AutoAttack standard, one call of {k}", k / s))
+    parts = [slice(i, i + k) for i in range(0, big, k)]
+    s = timed(lambda: attack_batches(aa, net, [x[p] for p in parts], [y[p] for p in parts], list(range(len(parts)))))
+    rows.append((f"AutoAttack standard, one call of {big} ({len(parts)} batches)", big / s))
+    nb, d, layers = 128, 2048, 10
+    feats = [torch.randn(nb, d, device=gpu) for _ in range(layers)]
+    m = StreamingCKA()
+    m.update(feats, feats)
+    reps = 3 if small else 20
+    s = timed(lambda: [m.update(feats, feats) for _ in range(reps)])
+    flops = reps * 2 * layers * 2 * nb * nb * d  # two sides' Gram products dominate
+    a = torch.randn(2048 if small else 8192, 2048 if small else 8192, device=gpu)
+    a @ a
+    s_mm = timed(lambda: [a @ a for _ in range(3)])
+    mm = 3 * 2 * a.shape[0] ** 3 / s_mm / 1e9
+    rows.append(("CKA step, 10x10 layers, batch 128, 2048 features (GFLOP/s)", flops / s / 1e9))
+    rows.append((f"float32 matmul {a.shape[0]}^3, TF32 off (GFLOP/s)", mm))
+    rows.append(("CKA step / matmul (%)", 100 * flops / s / 1e9 / mm))
+    return rows
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -248,3 +248,14 @@ def test_tf32_is_off_unless_asked_and_settings_record_the_arithmetic(capsys):
     finally:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+
+
+def test_the_gpu_check_is_a_dry_run_without_a_gpu():
+    import subprocess
+    import sys
+
+    p = subprocess.run(["bash", "benchmarks/gpu_check.sh"], capture_output=True, text=True,
+                       env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable,
+                            "PYTHONPATH": "."})
+    assert p.returncode == 0, p.stderr
+    assert "dry run" in p.stdout and "--rehearse" in p.stdout and p.stdout.count("  - ") >= 8
