@@ -21,6 +21,11 @@ STEMS = ("cifar", "cifar-pad2", "cifar-norelu", "imagenet")
 SCHEMES = ("simclr", "supcon", "supervised")
 SCENARIOS = ("st", "at", "pat", "fat")
 ADV_METHODS = ("pgd", "clae")
+#: contrastive PGD pre-training: what is perturbed (clrobust.train.trainer.TrainConfig.adv_view)
+ADV_VIEWS = ("plain", "crop-flip", "view")
+#: supervised AT / PAT / FAT objectives
+ADV_OBJECTIVES = ("clean+adv", "adv")
+PRESETS = ("paper",)
 AUGMENTS = ("simclr", "crop-flip")
 #: A model's classifier: its own head when it fits (auto), or always a linear probe on frozen features.
 CLASSIFIER_MODES = ("auto", "probe")

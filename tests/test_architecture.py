@@ -24,7 +24,7 @@ FLOORS: List[List[str]] = [
      "clrobust.uncertainty", "clrobust.similarity",
      "clrobust.distributed", "clrobust.plots", "clrobust.provenance", "clrobust.results", "clrobust.losses",
      "clrobust.linear_probe", "clrobust.train.augment"],
-    ["clrobust.attacks", "clrobust.hooks", "clrobust.checkpoints", "clrobust.checkpoints.*"],
+    ["clrobust.attacks", "clrobust.hooks", "clrobust.checkpoints", "clrobust.checkpoints.*", "clrobust.recordings"],
     ["clrobust.activations", "clrobust.heads", "clrobust.robustness"],
     ["clrobust.compare", "clrobust.probes", "clrobust.audit", "clrobust.train", "clrobust.train.trainer"],
     ["clrobust.figures", "clrobust.figures.*"],

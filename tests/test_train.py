@@ -409,3 +409,78 @@ def test_amp_follows_the_device_and_is_recorded(tmp_path):
     assert plain["training"]["amp"] is False
     bf16, fp32 = _history(tmp_path / "bf16")[0], _history(tmp_path / "fp32")[0]
     assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.05)  # autocast really ran, at bf16 precision
+
+
+def test_the_paper_recipe_perturbs_the_plain_image_and_the_old_one_a_view(tmp_path, monkeypatch):
+    """Contrastive AT: --adv-view plain attacks the un-augmented batch (every attacked row is a training image's
+    exact pixels); view attacks augmented views (rows that are no training image)."""
+    from clrobust.data import to_float
+
+    for view, exact in (("plain", True), ("view", False)):
+        cfg = TrainConfig(scheme="simclr", scenario="at", seed=2, adv_view=view, **ONE_BATCH)
+        trainer, spy, _ = _run(monkeypatch, cfg, tmp_path / view, stop_after="pretrain")
+        images = to_float(trainer.train_data.images).flatten(1)
+        rows = spy.calls[0].x.flatten(1)
+        hits = [bool(((images - r).abs().amax(1) == 0).any()) for r in rows]
+        assert all(hits) if exact else not any(hits), view
+
+
+def test_dual_bn_training_reads_robustness_through_the_adversarial_batch_norm(tmp_path):
+    from clrobust.checkpoints import load
+
+    cfg = TrainConfig(scheme="simclr", scenario="at", seed=1, dual_bn=True, **ONE_BATCH)
+    trainer = Trainer(cfg, tmp_path / "acl", progress=False)
+    meta = trainer.run()
+    assert meta["robust_bn"] == "adversarial"
+    bn = trainer.net.encoder.stem.bn
+    assert bn.route_adversarial and not torch.equal(bn.adv.running_mean, torch.zeros_like(bn.adv.running_mean))
+    assert load(str(tmp_path / "acl.safetensors")).batch_norm == "adversarial"
+    with pytest.raises(ClrobustError, match="--adv-view view"):
+        TrainConfig(scheme="simclr", scenario="at", dual_bn=True, adv_view="view")
+
+
+def test_supervised_adversarial_training_adds_the_clean_term(tmp_path):
+    """clean+adv against adv only, same seed: the first batch's examples are the same, so the losses differ by
+    the clean cross-entropy of an untrained network (about ln 10)."""
+    losses = {}
+    for objective in ("clean+adv", "adv"):
+        cfg = TrainConfig(scheme="supervised", scenario="at", seed=4, adv_objective=objective, **ONE_BATCH)
+        Trainer(cfg, tmp_path / objective.replace("+", "-"), progress=False).run()
+        losses[objective] = _history(tmp_path / objective.replace("+", "-"))[0]
+    assert 1.0 < losses["clean+adv"] - losses["adv"] < 4.0
+
+
+def test_the_paper_preset_and_its_short_step(tmp_path):
+    paper = TrainConfig(scheme="supcon", scenario="at", preset="paper", eps=16 / 255)
+    assert (paper.temperature, paper.proj_dim, paper.attack_alpha, paper.lr) == (0.07, 100, 0.01, 3e-4)
+    assert TrainConfig(scheme="supcon", preset="paper", temperature=0.2).temperature == 0.2  # explicit wins
+    assert TrainConfig(scheme="simclr").proj_dim == 128 and TrainConfig(scheme="simclr").temperature == 0.5
+    text = Trainer(paper, tmp_path / "m").train_attack_text()
+    assert text.endswith("(its steps move a pixel 12.75/255 at most)")  # 5 x 0.01, short of 16/255
+    with pytest.raises(ClrobustError, match="--preset"):
+        TrainConfig(preset="fast")
+
+
+def test_evaluation_on_another_data_set_and_the_papers_attacks(tmp_path):
+    """Train on an image folder (a stand-in for the JPEG CIFAR-10 copy), evaluate on the embedded exact test
+    images; the metrics name them and carry the paper's PGD-40 at 4/255 for both threat models."""
+    import numpy as np
+    from PIL import Image
+
+    from clrobust.data import CIFAR10_CLASSES
+
+    rng = np.random.default_rng(0)
+    for c in CIFAR10_CLASSES:
+        (tmp_path / "jpeg" / "train" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                tmp_path / "jpeg" / "train" / c / f"{i:04d}.jpg", quality=75)
+    cfg = TrainConfig(scheme="supervised", scenario="st", data="imagefolder", data_root=str(tmp_path / "jpeg"),
+                      eval_data="cifar10-mini", **{**ONE_BATCH, "n_train": None, "batch_size": 20,
+                                                   "eval_samples": 8})
+    m = Trainer(cfg, tmp_path / "m", progress=False).run()["metrics"]
+    assert m["eval_data"] == "cifar10-mini" and m["eval_samples"] == 8
+    assert m["eval_attacks"]["paper_threat_model_II"]["steps"] == 40
+    assert m["eval_attacks"]["paper_threat_model_I"]["eps_text"] == "4/255"
+    for key in ("paper_tm2_pgd40_4_255_accuracy", "paper_tm1_pgd40_4_255_accuracy"):
+        assert 0 <= m[key] <= m["clean_accuracy"]

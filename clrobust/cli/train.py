@@ -16,7 +16,7 @@ from clrobust.cli.options import (
     progress_option,
     seed_option,
 )
-from clrobust.names import ADV_METHODS, AUGMENTS, SCENARIOS, SCHEMES
+from clrobust.names import ADV_METHODS, ADV_OBJECTIVES, ADV_VIEWS, AUGMENTS, DATASETS, PRESETS, SCENARIOS, SCHEMES
 
 
 @click.command()
@@ -36,10 +36,25 @@ from clrobust.names import ADV_METHODS, AUGMENTS, SCENARIOS, SCHEMES
 @click.option("--batch-size", default=256, show_default=True, type=COUNT)
 @click.option("--lr", default=None, type=POSITIVE,
               help="Pre-training learning rate [Adam 1e-3 contrastive, SGD 0.05 supervised].")
-@click.option("--temperature", default=None, type=POSITIVE, help="Contrastive temperature [0.5 SimCLR, 0.1 SupCon].")
+@click.option("--temperature", default=None, type=POSITIVE,
+              help="Contrastive temperature [0.5 SimCLR, 0.1 SupCon; paper preset 0.07].")
 @click.option("--eps", default="8/255", show_default=True, type=EPS, help="L-inf radius of training attacks.")
 @click.option("--attack-steps", default=None, type=COUNT, help="PGD steps in training [5; CLAE 1 = FGSM].")
-@click.option("--attack-alpha", default=None, type=POSITIVE, help="Step size [max(2.5 eps/steps, 0.01); CLAE eps].")
+@click.option("--attack-alpha", default=None, type=POSITIVE, help="Step size [max(2.5 eps/steps, 0.01); CLAE eps; paper preset 0.01].")
+@click.option("--adv-view", type=click.Choice(list(ADV_VIEWS)), default="plain", show_default=True,
+              help="Contrastive PGD pre-training perturbs: plain, the un-augmented image (the paper), or crop-flip, "
+                   "a lightly augmented copy, each adversarial pair forwarded apart from the clean views; view: "
+                   "augmented view 1, forwarded with the clean views (the recipe of clrobust before 0.3).")
+@click.option("--adv-objective", type=click.Choice(list(ADV_OBJECTIVES)), default="clean+adv", show_default=True,
+              help="Supervised AT, PAT and FAT train on clean + adversarial cross-entropy (the paper), or on the "
+                   "adversarial examples only.")
+@click.option("--dual-bn", is_flag=True,
+              help="Adversarial inputs through their own batch norm (ACL); the classifier, fine-tuning and the "
+                   "evaluation then read the network through it (recorded as its robust batch norm).")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
+              help="paper: temperature 0.07, projection 100, PGD-5 with step 0.01, Adam lr 3e-4 (options given "
+                   "explicitly still win).")
+@click.option("--proj-dim", default=None, type=COUNT, help="Projection head output [128; paper preset 100].")
 @click.option("--clae-weight", default=1.0, show_default=True, type=NONNEGATIVE,
               help="CLAE: weight of the adversarial loss.")
 @click.option("--augment", type=click.Choice(list(AUGMENTS)), default=None,
@@ -59,6 +74,11 @@ from clrobust.names import ADV_METHODS, AUGMENTS, SCENARIOS, SCHEMES
 @data_options
 @click.option("--n-train", default=None, type=COUNT, help="Use only the first N training images.")
 @click.option("--eval-samples", default=None, type=COUNT, help="Test images for the final evaluation [all].")
+@click.option("--eval-data", type=click.Choice(list(DATASETS)), default=None,
+              help="Evaluate on this data set's test split [the training data's]: e.g. cifar10-mini's exact "
+                   "pixels when training on a JPEG copy of CIFAR-10.")
+@click.option("--eval-data-root", type=click.Path(file_okay=False), default=None,
+              help="Folder of --eval-data (as --data-root).")
 @seed_option
 @device_option
 @click.option("--amp/--no-amp", default=None,
@@ -70,10 +90,11 @@ from clrobust.names import ADV_METHODS, AUGMENTS, SCENARIOS, SCHEMES
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint at OUT.")
 @progress_option
 def train(scheme, scenario, adv_method, arch, width, epochs, batch_size, lr, temperature, eps, attack_steps,
-          attack_alpha, clae_weight, augment, classifier_epochs, init, init_format, init_normalize, init_bn,
+          attack_alpha, adv_view, adv_objective, dual_bn, preset, proj_dim, clae_weight, augment, classifier_epochs,
+          init, init_format, init_normalize, init_bn,
           init_trust_checkpoint, data, data_root,
           skip_bad_images, image_size, resize,
-          n_train, eval_samples, seed, device, amp, out, resume, overwrite, progress):
+          n_train, eval_samples, eval_data, eval_data_root, seed, device, amp, out, resume, overwrite, progress):
     """Train an encoder under one scheme and scenario, then its linear classifier.
 
     Writes a safetensors checkpoint with a JSON beside it recording the settings,
@@ -100,6 +121,8 @@ def train(scheme, scenario, adv_method, arch, width, epochs, batch_size, lr, tem
     cfg = TrainConfig(scheme=scheme, scenario=scenario, adv_method=adv_method, arch=arch, width=width,
                       epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature, eps=parse_eps(eps),
                       attack_steps=attack_steps, attack_alpha=attack_alpha, clae_weight=clae_weight,
+                      adv_view=adv_view, adv_objective=adv_objective, dual_bn=dual_bn, preset=preset,
+                      proj_dim=proj_dim, eval_data=eval_data, eval_data_root=eval_data_root,
                       augment=augment, classifier_epochs=classifier_epochs, init=init, data=data, data_root=data_root,
                       skip_bad_images=skip_bad_images, image_size=image_size, resize=resize,
                       n_train=n_train, eval_samples=eval_samples, seed=seed, device=device, amp=amp,

@@ -36,14 +36,14 @@ from tqdm.auto import tqdm
 from clrobust.activations import batch_plan
 from clrobust.attacks import AttackSpec, cpu_uniform, format_eps, pgd_maximize
 from clrobust.checkpoints import load, save_network
-from clrobust.data import CIFAR10_MEAN, CIFAR10_STD, chosen_images, to_float
+from clrobust.data import CIFAR10_MEAN, CIFAR10_STD, ImageData, chosen_images, load_dataset, to_float
 from clrobust.distributed import Dist, owns
 from clrobust.errors import ClrobustError
 from clrobust.linear_probe import fit_linear_probe
 from clrobust.losses import nt_xent, supcon
-from clrobust.models import ModelConfig, Network, adversarial_bn, create_model
+from clrobust.models import DualBatchNorm2d, ModelConfig, Network, adversarial_bn, create_model
 from clrobust.models.norm import sync_batch_norm
-from clrobust.names import ADV_METHODS, AUGMENTS, SCENARIOS, SCHEMES
+from clrobust.names import ADV_METHODS, ADV_OBJECTIVES, ADV_VIEWS, AUGMENTS, SCENARIOS, SCHEMES
 from clrobust.provenance import command_line, versions
 from clrobust.robustness import accuracy
 from clrobust.train.augment import crop_flip_augment, simclr_augment
@@ -60,7 +60,7 @@ class TrainConfig:
     adv_method: str = "pgd"
     arch: str = "resnet18"
     width: int = 16
-    proj_dim: int = 128
+    proj_dim: Optional[int] = None  # projection output [128; the paper preset 100]
     data: str = "cifar10-mini"
     data_root: Optional[str] = None
     skip_bad_images: bool = False
@@ -79,6 +79,16 @@ class TrainConfig:
     attack_steps: int = 5
     attack_alpha: Optional[float] = None
     clae_weight: float = 1.0
+    #: contrastive PGD pre-training: what is perturbed. plain: the un-augmented image, its adversarial pair
+    #: forwarded apart from the clean views (the paper); crop-flip: a lightly augmented copy, likewise;
+    #: view: augmented view 1, forwarded in one batch with the clean views (clrobust before 0.3)
+    adv_view: str = "plain"
+    #: supervised AT / PAT / FAT objective: clean+adv (the paper) or adv (adversarial examples only)
+    adv_objective: str = "clean+adv"
+    #: adversarial inputs through their own batch norm (ACL's dual BN); robustness is then evaluated with it
+    dual_bn: bool = False
+    #: the paper's settings: temperature 0.07, projection 100, PGD-5 with step 0.01, Adam lr 3e-4
+    preset: Optional[str] = None
     augment: Optional[str] = None
     classifier_epochs: int = 10
     classifier_lr: Optional[float] = None
@@ -86,7 +96,12 @@ class TrainConfig:
     init_load: Dict[str, Any] = field(default_factory=dict)  # how --init is read (LoadOptions fields)
     seed: int = 0
     eval_samples: Optional[int] = None
+    #: data set of the final evaluation's test split [the training data's]; e.g. cifar10-mini's exact pixels
+    #: when training on a JPEG copy of CIFAR-10
+    eval_data: Optional[str] = None
+    eval_data_root: Optional[str] = None
     eval_steps: int = 20
+    paper_eval_steps: int = 40  # the public code's PGD-40 at 4/255, both threat models
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -117,8 +132,25 @@ class TrainConfig:
             raise ClrobustError(f"--eps {self.eps:g} with scenario {self.scenario!r} would train without any "
                                 "attack while recording an adversarial one; use --scenario st for standard "
                                 "training, or give an eps above 0.")
+        if self.preset not in (None, "paper"):
+            raise ClrobustError(f"unknown --preset {self.preset!r}; use paper.")
+        if self.adv_view not in ADV_VIEWS:
+            raise ClrobustError(f"unknown --adv-view {self.adv_view!r}; use one of: {', '.join(ADV_VIEWS)}.")
+        if self.adv_objective not in ADV_OBJECTIVES:
+            raise ClrobustError(f"unknown --adv-objective {self.adv_objective!r}; use one of: "
+                                f"{', '.join(ADV_OBJECTIVES)}.")
+        if self.dual_bn and self.adv_method == "pgd" and self.adv_view == "view":
+            raise ClrobustError("--dual-bn needs the adversarial inputs forwarded on their own; --adv-view view "
+                                "forwards them with the clean views (use plain or crop-flip).")
+        paper = self.preset == "paper"
+        if self.proj_dim is None:
+            self.proj_dim = 100 if paper else 128
+        if paper and self.attack_alpha is None and self.adv_method == "pgd":
+            self.attack_alpha = 0.01  # the paper's fixed step: 5 steps reach at most 12.75/255
+        if paper and self.lr is None and self.scheme in CONTRASTIVE:
+            self.lr = 3e-4
         if self.temperature is None:
-            self.temperature = 0.5 if self.scheme == "simclr" else 0.1
+            self.temperature = 0.07 if paper else 0.5 if self.scheme == "simclr" else 0.1
         if self.attack_alpha is None:
             self.attack_alpha = (self.eps if self.adv_method == "clae" and self.attack_steps == 1
                                  else max(2.5 * self.eps / self.attack_steps, 0.01 if self.eps >= 8 / 255 else 0))
@@ -175,8 +207,27 @@ class Trainer:
         config = ModelConfig(arch=cfg.arch, width=cfg.width, num_classes=train.num_classes,
                              proj_dim=cfg.proj_dim if cfg.scheme in CONTRASTIVE else None,
                              mean=CIFAR10_MEAN, std=CIFAR10_STD,
-                             dual_bn=(cfg.adv_method == "clae"))
+                             dual_bn=(cfg.adv_method == "clae" or cfg.dual_bn))
         return create_model(config)
+
+    def _test_images(self) -> ImageData:
+        """The final evaluation's images: the first ``eval_samples`` of the test split of ``eval_data`` (or of the
+        training data set)."""
+        cfg = self.cfg
+        if cfg.eval_data is None:
+            return chosen_images(cfg, "test", cfg.eval_samples, sampled=False)
+        data = load_dataset(cfg.eval_data, "test", cfg.eval_data_root).subset(cfg.eval_samples)
+        if data.num_classes != self.train_data.num_classes:
+            raise ClrobustError(f"--eval-data {cfg.eval_data} has {data.num_classes} classes, the training data "
+                                f"{self.train_data.num_classes}; evaluate on the same classes.")
+        return data
+
+    @property
+    def robust_bn_adversarial(self) -> bool:
+        """Whether robustness is read through the adversarial batch norm: dual-BN adversarial pre-training of
+        the paper's kind (ACL evaluates and fine-tunes through it; CLAE's dual BN serves training only)."""
+        cfg = self.cfg
+        return cfg.dual_bn and cfg.adversarial_pretraining and cfg.adv_method == "pgd"
 
     def _optimizer(self, params, lr: float, epochs: int, kind: str):
         opt: torch.optim.Optimizer
@@ -192,7 +243,7 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         self.train_data = chosen_images(cfg, "train", cfg.n_train, sampled=False)
-        self.test_data = chosen_images(cfg, "test", cfg.eval_samples, sampled=False)
+        self.test_data = self._test_images()
         self.device = self.dist.device if self.dist is not None else torch.device(cfg.device)
         world = self.dist.world if self.dist is not None else 1
         if min(cfg.batch_size, len(self.train_data)) % world:
@@ -421,25 +472,54 @@ class Trainer:
                 z_adv = self._project(v2_adv)
             clean = self._contrastive_loss(z[:n], z[n:], y)
             return clean + cfg.clae_weight * self._contrastive_loss(z[:n], z_adv, y)
-        # Adversarial pre-training of the science: perturb view 1 to maximise the
-        # contrastive loss between it and its clean self; loss = adv pair + view pair.
+        if cfg.adv_view == "view":
+            # clrobust before 0.3: perturb augmented view 1 to maximise the contrastive loss between it and its
+            # clean self, and forward the adversarial view in one batch with the clean views.
+            with frozen_bn_stats(self.net):
+                z1_ref = self._project(v1).detach()
+                v1_adv = pgd_maximize(lambda xa: self._contrastive_loss(z1_ref, self._project(xa), y),
+                                      v1, cfg.eps, cfg.attack_alpha, cfg.attack_steps, start=self._start(w1))
+            z = self._project(torch.cat([v1, v2, v1_adv]))
+            return self._contrastive_loss(z[:n], z[2 * n:], y) + self._contrastive_loss(z[:n], z[n:2 * n], y)
+        # The paper's adversarial pre-training: perturb the image (un-augmented, or lightly augmented) to
+        # maximise the contrastive loss between it and its clean self; loss = the clean views' pair + the
+        # adversarial pair, each forwarded on its own (the adversarial one through its own batch norm with
+        # dual_bn, as ACL does).
+        whole = x if cfg.adv_view == "plain" else self._light(x)
+        b = self._mine(whole)
         with frozen_bn_stats(self.net):
-            z1_ref = self._project(v1).detach()
-            v1_adv = pgd_maximize(lambda xa: self._contrastive_loss(z1_ref, self._project(xa), y),
-                                  v1, cfg.eps, cfg.attack_alpha, cfg.attack_steps, start=self._start(w1))
-        z = self._project(torch.cat([v1, v2, v1_adv]))
-        return self._contrastive_loss(z[:n], z[2 * n:], y) + self._contrastive_loss(z[:n], z[n:2 * n], y)
+            zb_ref = self._project(b).detach()
+            with adversarial_bn(self.net, cfg.dual_bn):
+                b_adv = pgd_maximize(lambda xa: self._contrastive_loss(zb_ref, self._project(xa), y),
+                                     b, cfg.eps, cfg.attack_alpha, cfg.attack_steps, start=self._start(whole))
+        z = self._project(torch.cat([v1, v2]))
+        zb = self._project(b)
+        with adversarial_bn(self.net, cfg.dual_bn):
+            za = self._project(b_adv)
+        return self._contrastive_loss(z[:n], z[n:], y) + self._contrastive_loss(zb, za, y)
+
+    def _light(self, x: torch.Tensor) -> torch.Tensor:
+        """The light augmentation of ``--adv-view crop-flip`` (padded crop and flip), drawn for the whole batch."""
+        if not hasattr(self, "_light_augment"):
+            side = int(x.shape[-1])
+            self._light_augment = crop_flip_augment(side, padding=max(4, side // 8))
+        return cast(torch.Tensor, self._light_augment(x))
 
     def _supervised_step(self, x: torch.Tensor, y: torch.Tensor, augment: nn.Module) -> torch.Tensor:
         cfg, net = self.cfg, self.net
         assert cfg.attack_alpha is not None  # filled in TrainConfig.__post_init__
         whole = augment(x)
         x, y = self._mine(whole), self._mine(y)
-        if cfg.adversarial_pretraining and cfg.eps > 0:
-            with frozen_bn_stats(net):
-                x = pgd_maximize(lambda xa: F.cross_entropy(net(self._input(xa)).float(), y), x, cfg.eps,
+        if not (cfg.adversarial_pretraining and cfg.eps > 0):
+            return F.cross_entropy(net(self._input(x)).float(), y)
+        with frozen_bn_stats(net), adversarial_bn(net, cfg.dual_bn):
+            x_adv = pgd_maximize(lambda xa: F.cross_entropy(net(self._input(xa)).float(), y), x, cfg.eps,
                                  cfg.attack_alpha, cfg.attack_steps, start=self._start(whole))
-        return F.cross_entropy(net(self._input(x)).float(), y)
+        with adversarial_bn(net, cfg.dual_bn):
+            adv = F.cross_entropy(net(self._input(x_adv)).float(), y)
+        if cfg.adv_objective == "adv":
+            return adv
+        return F.cross_entropy(net(self._input(x)).float(), y) + adv  # clean and adversarial, forwarded apart
 
     def _pat_step(self, x: torch.Tensor, y: torch.Tensor, augment: nn.Module) -> torch.Tensor:
         cfg, net = self.cfg, self.net
@@ -449,12 +529,18 @@ class Trainer:
         x_adv = pgd_maximize(lambda xa: F.cross_entropy(net(self._input(xa)).float(), y), x, cfg.eps,
                              cfg.attack_alpha, cfg.attack_steps, start=self._start(whole))
         with torch.no_grad():
-            f = net.features(self._input(x_adv))
-        return F.cross_entropy(net.classifier(f).float(), y)
+            f_adv = net.features(self._input(x_adv))
+            f = net.features(self._input(x)) if cfg.adv_objective == "clean+adv" else None
+        adv = F.cross_entropy(net.classifier(f_adv).float(), y)
+        return adv if f is None else F.cross_entropy(net.classifier(f).float(), y) + adv
 
     # ------------------------------------------------------------------ classifier
     def _classifier_phase(self, resume_state: Optional[dict]) -> None:
         cfg = self.cfg
+        if self.robust_bn_adversarial:  # from here on the network is read through its adversarial batch norm
+            for m in self.net.modules():
+                if isinstance(m, DualBatchNorm2d):
+                    m.route_adversarial = True
         if cfg.scheme == "supervised":
             if cfg.scenario == "fat":
                 self._phase("fat", cfg.classifier_epochs, resume_state)
@@ -490,20 +576,30 @@ class Trainer:
         nc = self.train_data.num_classes
         ii = AttackSpec("pgd", 8 / 255, cfg.eval_steps, seed=cfg.seed, n_classes=nc)
         i = AttackSpec("rep", 4 / 255, cfg.eval_steps, seed=cfg.seed, n_classes=nc)
-        r2 = accuracy(self.net, self.test_data, ii, progress=self.progress, desc="eval PGD", dist=self.dist)
-        r1 = accuracy(self.net, self.test_data, i, progress=self.progress, desc="eval rep-attack", dist=self.dist)
+        # the paper's own evaluation: PGD-40 at 4/255, end to end (II) and on the encoder (I)
+        p2 = AttackSpec("pgd", 4 / 255, cfg.paper_eval_steps, seed=cfg.seed, n_classes=nc)
+        p1 = AttackSpec("rep", 4 / 255, cfg.paper_eval_steps, seed=cfg.seed, n_classes=nc)
+        run = {name: accuracy(self.net, self.test_data, spec, progress=self.progress, desc=f"eval {name}",
+                              dist=self.dist)
+               for name, spec in (("PGD 8/255", ii), ("rep-attack 4/255", i), ("paper II", p2), ("paper I", p1))}
+        r2 = run["PGD 8/255"]
         return {"clean_accuracy": r2["clean"],
                 "pgd20_8_255_accuracy": r2["adversarial"],
-                "tm1_pgd20_4_255_accuracy": r1["adversarial"],
-                "eval_split": "test", "eval_samples": r2["n"],
-                "eval_attacks": {"threat_model_II": ii.to_dict(), "threat_model_I": i.to_dict()}}
+                "tm1_pgd20_4_255_accuracy": run["rep-attack 4/255"]["adversarial"],
+                "paper_tm2_pgd40_4_255_accuracy": run["paper II"]["adversarial"],
+                "paper_tm1_pgd40_4_255_accuracy": run["paper I"]["adversarial"],
+                "eval_data": self.test_data.name, "eval_split": "test", "eval_samples": r2["n"],
+                "eval_images": f"the first {r2['n']} of the {self.test_data.name} test split",
+                "eval_attacks": {"threat_model_II": ii.to_dict(), "threat_model_I": i.to_dict(),
+                                 "paper_threat_model_II": p2.to_dict(), "paper_threat_model_I": p1.to_dict()}}
 
     def _metadata(self, metrics: Dict[str, Any], seconds: float) -> Dict[str, Any]:
         cfg = self.cfg
         return {"training": {**asdict(cfg), "eps_text": format_eps(cfg.eps),
                              "train_attack": self.train_attack_text(), "train_seconds": round(seconds, 1),
                              "command": command_line()},
-                "metrics": metrics, "versions": versions()}
+                "metrics": metrics, "versions": versions(),
+                **({"robust_bn": "adversarial"} if self.robust_bn_adversarial else {})}
 
     def train_attack_text(self) -> str:
         cfg = self.cfg
@@ -511,7 +607,9 @@ class Trainer:
             return "none"
         method = "CLAE FGSM" if cfg.adv_method == "clae" and cfg.attack_steps == 1 else \
             f"{'CLAE ' if cfg.adv_method == 'clae' else ''}PGD-{cfg.attack_steps}"
-        return f"{method} L-inf eps {format_eps(cfg.eps)} step {cfg.attack_alpha:.4g}"
+        reach = cfg.attack_steps * cast(float, cfg.attack_alpha)  # a fixed step size may fall short of eps
+        short = f" (its steps move a pixel {reach * 255:.4g}/255 at most)" if reach < cfg.eps - 1e-12 else ""
+        return f"{method} L-inf eps {format_eps(cfg.eps)} step {cfg.attack_alpha:.4g}{short}"
 
     def _write_history(self) -> None:
         path = self.out.with_name(self.out.name + ".history.csv")
