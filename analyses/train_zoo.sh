@@ -11,7 +11,9 @@
 set -euo pipefail
 ZOO=${ZOO:-checkpoints}
 mkdir -p "$ZOO/logs"
-COMMON=(--arch resnet18 --width 8 --seed 0 --no-progress)
+# the shipped zoo's recipes (clrobust before 0.3): contrastive AT perturbs an augmented view forwarded with the
+# clean views, supervised AT trains on adversarial examples only
+COMMON=(--arch resnet18 --width 8 --seed 0 --no-progress --adv-view view --adv-objective adv)
 
 run() {  # run NAME ARGS...
   local name=$1; shift

@@ -484,3 +484,18 @@ def test_evaluation_on_another_data_set_and_the_papers_attacks(tmp_path):
     assert m["eval_attacks"]["paper_threat_model_I"]["eps_text"] == "4/255"
     for key in ("paper_tm2_pgd40_4_255_accuracy", "paper_tm1_pgd40_4_255_accuracy"):
         assert 0 <= m[key] <= m["clean_accuracy"]
+
+
+def test_a_state_saved_before_a_setting_existed_still_resumes(tmp_path):
+    """A settings key without a setting a later clrobust added resumes when that setting keeps its default, and
+    is refused when it does not (or when a shared setting differs)."""
+    import json
+
+    t = Trainer(TrainConfig(scheme="simclr", scenario="at"), tmp_path / "m")
+    now = json.loads(t._settings_key())
+    older = json.dumps({k: v for k, v in now.items() if k != "dual_bn"}, sort_keys=True)
+    assert t._same_settings(t._settings_key()) and t._same_settings(older)
+    assert not Trainer(TrainConfig(scheme="simclr", scenario="at", dual_bn=True), tmp_path / "m")._same_settings(older)
+    assert not t._same_settings(json.dumps({**now, "lr": 0.5}))
+    assert not t._same_settings(json.dumps({**now, "gone": 1}))  # a setting this clrobust does not know
+    assert not t._same_settings("not json") and not t._same_settings(None)

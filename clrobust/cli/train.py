@@ -40,7 +40,8 @@ from clrobust.names import ADV_METHODS, ADV_OBJECTIVES, ADV_VIEWS, AUGMENTS, DAT
               help="Contrastive temperature [0.5 SimCLR, 0.1 SupCon; paper preset 0.07].")
 @click.option("--eps", default="8/255", show_default=True, type=EPS, help="L-inf radius of training attacks.")
 @click.option("--attack-steps", default=None, type=COUNT, help="PGD steps in training [5; CLAE 1 = FGSM].")
-@click.option("--attack-alpha", default=None, type=POSITIVE, help="Step size [max(2.5 eps/steps, 0.01); CLAE eps; paper preset 0.01].")
+@click.option("--attack-alpha", default=None, type=POSITIVE,
+              help="Step size [max(2.5 eps/steps, 0.01); CLAE eps; paper preset 0.01].")
 @click.option("--adv-view", type=click.Choice(list(ADV_VIEWS)), default="plain", show_default=True,
               help="Contrastive PGD pre-training perturbs: plain, the un-augmented image (the paper), or crop-flip, "
                    "a lightly augmented copy, each adversarial pair forwarded apart from the clean views; view: "

@@ -361,6 +361,30 @@ class Trainer:
         settings = {k: v for k, v in asdict(self.cfg).items() if k not in ("device", "amp")}
         return json.dumps(settings, sort_keys=True, default=str)
 
+    def _same_settings(self, saved: Any) -> bool:
+        """Whether a saved settings key is this run's: equal, or differing only by settings a later clrobust
+        added that keep their default here (so a state saved before an upgrade still resumes)."""
+        import json
+        from dataclasses import MISSING, fields
+
+        if saved == self._settings_key():
+            return True
+        try:
+            old = json.loads(saved)
+        except (TypeError, ValueError):
+            return False
+        if not isinstance(old, dict):
+            return False
+        now = json.loads(self._settings_key())
+        defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+        for key in set(old) | set(now):
+            if key in old and key in now:
+                if old[key] != now[key]:
+                    return False
+            elif key in old or json.loads(json.dumps(defaults.get(key, MISSING), default=str)) != now[key]:
+                return False
+        return True
+
     def _save_state(self, state: Dict[str, Any]) -> None:
         """Write the state next to the checkpoint, atomically (a kill mid-write leaves the last one)."""
         import os
@@ -390,7 +414,7 @@ class Trainer:
             raise self._bad_state(f"it lacks or mistypes {', '.join(wrong)}")
         if state["phase"] not in ("pretrain", "pat", "fat") or state["epoch"] < 0:
             raise self._bad_state(f"phase {state['phase']!r}, epoch {state['epoch']} is no training step")
-        if state.get("settings") != self._settings_key():
+        if not self._same_settings(state.get("settings")):
             raise self._bad_state("it was saved by a run with other settings (resume with the same options)")
         return state
 

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The next zoo (work in progress): every model trained on all 50,000 CIFAR-10 training images with the
+# paper's recipes, evaluated on the exact embedded test images, several seeds.
+#
+#   bash analyses/train_zoo_full.sh DATA_ROOT            # DATA_ROOT holds train/<class>/*.jpg
+#   ZOO=runs/zoo-full EPOCHS=100 bash analyses/train_zoo_full.sh DATA_ROOT
+#   ONLY="supervised-at simclr-at" bash analyses/train_zoo_full.sh DATA_ROOT   # some models
+#
+# DATA_ROOT: an image folder of CIFAR-10's training images, e.g. the JPEG (quality 75) copy with the official
+# labels (class folders in CIFAR-10's class order). Nothing is downloaded and the package does not embed it.
+# Recipes (README, "Training"): contrastive AT perturbs the un-augmented image and forwards the adversarial
+# pair apart from the clean views, through its own batch norm (--dual-bn, as ACL); supervised AT, PAT and FAT
+# train on clean + adversarial cross-entropy; every pre-training gets the same number of optimiser steps
+# (same epochs and batch size); PGD-5 at 8/255 with step 2.5 eps / 5. The device is auto (CUDA with bf16
+# autocast when there is one) and recorded in each model's metadata.
+# Runs resume (--resume) after an interruption; finished models are skipped; logs in $ZOO/logs/.
+set -euo pipefail
+DATA=${1:?usage: bash analyses/train_zoo_full.sh DATA_ROOT}
+ZOO=${ZOO:-runs/zoo-full}
+EPOCHS=${EPOCHS:-100}
+FT_EPOCHS=${FT_EPOCHS:-10}
+WIDTH=${WIDTH:-16}
+mkdir -p "$ZOO/logs"
+COMMON=(--arch resnet18 --width "$WIDTH" --data imagefolder --data-root "$DATA" --eval-data cifar10-mini
+        --batch-size 256 --no-progress)
+AT=(--scenario at --eps 8/255 --attack-steps 5)
+
+run() {  # run NAME ARGS...
+  local name=$1; shift
+  if [[ -n "${ONLY:-}" && " $ONLY " != *" ${name%-s[0-9]} "* && " $ONLY " != *" $name "* ]]; then return; fi
+  if [[ -f "$ZOO/$name.safetensors" ]]; then echo "skip $name (exists)"; return; fi
+  local t0=$SECONDS
+  echo "train $name: clrobust train $* ${COMMON[*]}"
+  clrobust train "$@" "${COMMON[@]}" --out "$ZOO/$name" --resume > "$ZOO/logs/$name.log" 2>&1
+  echo "done  $name in $((SECONDS - t0)) s: $(tail -1 "$ZOO/logs/$name.log")"
+}
+
+for seed in 0 1 2; do  # the default pair and the supervised pair, three seeds each
+  run "simclr-st-s$seed"     --scheme simclr --scenario st --epochs "$EPOCHS" --seed "$seed"
+  run "simclr-at-s$seed"     --scheme simclr "${AT[@]}" --dual-bn --epochs "$EPOCHS" --seed "$seed"
+  run "supervised-st-s$seed" --scheme supervised --scenario st --epochs "$EPOCHS" --seed "$seed"
+  run "supervised-at-s$seed" --scheme supervised "${AT[@]}" --epochs "$EPOCHS" --seed "$seed"
+done
+run supcon-st-s0   --scheme supcon --scenario st --epochs "$EPOCHS" --seed 0
+run supcon-at-s0   --scheme supcon "${AT[@]}" --dual-bn --epochs "$EPOCHS" --seed 0
+run simclr-pat-s0  --scheme simclr --scenario pat --init "$ZOO/simclr-at-s0.safetensors" --init-bn adversarial --dual-bn \
+                   --eps 8/255 --attack-steps 5 --classifier-epochs "$FT_EPOCHS" --seed 0
+run simclr-fat-s0  --scheme simclr --scenario fat --init "$ZOO/simclr-at-s0.safetensors" --init-bn adversarial --dual-bn \
+                   --eps 8/255 --attack-steps 5 --classifier-epochs "$FT_EPOCHS" --seed 0
+run simclr-clae-s0 --scheme simclr --scenario at --adv-method clae --eps 8/255 --epochs "$EPOCHS" --seed 0
+for seed in 0 1; do  # the eps sweep, two seeds each (8/255 is simclr-at)
+  for eps in 2 4 16; do
+    run "simclr-at-eps$eps-s$seed" --scheme simclr --scenario at --eps "$eps/255" --attack-steps 5 --dual-bn \
+        --epochs "$EPOCHS" --seed "$seed"
+  done
+done
+echo "zoo in $ZOO complete in $SECONDS s"
