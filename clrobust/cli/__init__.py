@@ -134,6 +134,18 @@ def _show_warning(message: Any, category: Any, filename: str, lineno: int, file:
     click.echo(f"warning: {_one_line(message)}", err=True)
 
 
+def _close_process_group() -> None:
+    """Under torchrun: wait until every process is done, then close the group, so no process exits while another
+    still talks to it (a process leaving early aborted in gloo's threads)."""
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as td
+
+    if td.is_available() and td.is_initialized():
+        td.barrier()
+        td.destroy_process_group()
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: every failure is one line on stderr. Bad input exits 2, a runtime failure 1,
     Ctrl-C 130, SIGTERM 143; ``--debug`` (or ``CLROBUST_DEBUG=1``) adds the traceback."""
@@ -147,6 +159,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         cli.main(args=args, prog_name="clrobust", standalone_mode=False)
+        _close_process_group()
     except click.exceptions.Abort:  # click's form of Ctrl-C while it parses the command line
         _fail("interrupted: nothing was written to --out (a resumable job resumes when run again).", 130, debug)
     except click.UsageError as exc:
