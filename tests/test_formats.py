@@ -597,3 +597,25 @@ def test_inspect_groups_dropped_keys_under_their_shared_prefix():
     assert _grouped(keys) == ["model.sub_block1.layer.* (5 keys)", "fc.weight", "fc.bias"]
     heads = [f"projector.{i}.weight" for i in range(3)] + ["projector.bn.running_mean", "projector.bn.bias"]
     assert _grouped(heads) == ["projector.* (5 keys)"]
+
+
+def test_half_storage_halves_the_file_and_keeps_the_accuracies(tmp_path: Path, trained_checkpoint) -> None:
+    """convert --half: float16 on disk, float32 in memory (every weight the float16 rounding of the original),
+    and the trained model's clean and PGD accuracies on 256 test images unchanged."""
+    from clrobust.attacks import AttackSpec
+    from clrobust.checkpoints import load
+    from clrobust.cli import main
+    from clrobust.data import load_dataset
+    from clrobust.robustness import accuracy
+
+    main(["convert", str(trained_checkpoint), str(tmp_path / "half"), "--half"])
+    full, half = load(str(trained_checkpoint)), load(str(tmp_path / "half.safetensors"))
+    assert (tmp_path / "half.safetensors").stat().st_size < 0.55 * trained_checkpoint.stat().st_size
+    assert half.metadata["storage"] == "float16"
+    for (k, a), b in zip(full.network.state_dict().items(), half.network.state_dict().values()):
+        assert b.dtype == a.dtype, k
+        if a.is_floating_point():
+            assert torch.equal(b, a.half().float()), k
+    data = load_dataset("cifar10-mini", "test").subset(256)
+    spec = AttackSpec("pgd", 2 / 255, 5)
+    assert accuracy(half.network, data, spec) == accuracy(full.network, data, spec)

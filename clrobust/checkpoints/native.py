@@ -38,11 +38,13 @@ def checkpoint_target(path: Union[str, Path], overwrite: bool, option: str = "OU
     return weights.with_suffix("")
 
 
-def save_network(path: Union[str, Path], net: Network, metadata: Optional[Dict[str, Any]] = None) -> Path:
+def save_network(path: Union[str, Path], net: Network, metadata: Optional[Dict[str, Any]] = None,
+                 half: bool = False) -> Path:
     """Write ``path.safetensors`` and ``path.json``; returns the weights path.
 
     Both are written beside their destination and moved into place, the metadata last,
-    so a run killed meanwhile leaves no half-written checkpoint.
+    so a run killed meanwhile leaves no half-written checkpoint. ``half`` stores the floating-point
+    tensors as float16 (half the size; loading upcasts them to the network's float32).
     """
     import os
 
@@ -51,8 +53,10 @@ def save_network(path: Union[str, Path], net: Network, metadata: Optional[Dict[s
     weights, meta_path = _paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     config = net.config.to_dict()
-    meta = {"format": FORMAT, "model": config, **(metadata or {})}
+    meta = {"format": FORMAT, "model": config, **(metadata or {}), "storage": "float16" if half else "float32"}
     tmp_w, tmp_m = weights.with_name(f".{weights.name}.partial"), meta_path.with_name(f".{meta_path.name}.partial")
     try:
         save_file(state, str(tmp_w), metadata={"format": FORMAT, "model": json.dumps(config)})

@@ -120,7 +120,10 @@ def _listing(title: str, names: List[str], limit: int = 400, count: Optional[int
 @click.argument("out", type=click.Path(dir_okay=False))
 @model_options
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def convert(checkpoint, out, load_options, overwrite):
+@click.option("--half", is_flag=True,
+              help="Store the weights as float16: half the size; loading upcasts them to float32 (the zoo's "
+                   "models are stored so).")
+def convert(checkpoint, out, load_options, overwrite, half):
     """Convert a third-party checkpoint to clrobust's format (OUT.safetensors + OUT.json).
 
     The result loads without pickle and records the source file, its detected
@@ -135,6 +138,7 @@ def convert(checkpoint, out, load_options, overwrite):
       clrobust convert last.pth runs/supcon-r18
       clrobust convert epoch_100.ckpt runs/advcl --arch resnet18 --normalize none
       clrobust compare-layers runs/supcon-r18.safetensors simclr-at
+      clrobust convert runs/simclr-at.safetensors zoo/simclr-at --half
     """
     from clrobust.checkpoints import checkpoint_target, save_network
 
@@ -144,6 +148,6 @@ def convert(checkpoint, out, load_options, overwrite):
     meta = {"source_format": lm.source_format, "source": lm.metadata.get("source", str(checkpoint)),
             "has_classifier": lm.has_classifier, "normalize": lm.normalize,
             "robust_bn": "adversarial" if report.adversarial_bn else "clean", "load_report": report.to_dict()}
-    weights = save_network(target, lm.network, meta)
+    weights = save_network(target, lm.network, meta, half=half)
     click.echo(f"saved {weights}: {report.format} {report.arch} width {report.width} stem {report.stem}, "
                f"{report.params:,} parameters, dropped {len(report.dropped)} head key(s)")
