@@ -39,18 +39,19 @@ def test_an_empty_zoo_is_an_error(tmp_path, capsys):
 
 def test_rebuilt_manifest_reads_the_checkpoints_metadata(tmp_path, monkeypatch):
     meta = {"training": {"scheme": "simclr", "scenario": "at", "eps_text": "8/255", "train_attack": "PGD-5",
-                         "epochs": 3, "seed": 4, "data": "cifar10-mini"},
+                         "epochs": 3, "seed": 4, "data": "imagefolder", "device": "cuda:0"},
             "metrics": {"clean_accuracy": 0.5, "pgd20_8_255_accuracy": 0.25, "tm1_pgd20_4_255_accuracy": 0.4,
-                        "eval_samples": 846}}
-    weights = save_network(tmp_path / "mine", tiny_network(0), meta)
+                        "eval_samples": 846, "eval_data": "cifar10-mini"}}
+    weights = save_network(tmp_path / "mine", tiny_network(0), meta, half=True)
     data = zoo.rebuild_manifest(tmp_path)
     (e,) = data["models"]
     assert e["name"] == "mine" and e["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert (e["scheme"], e["eps"], e["epochs"], e["seed"], e["clean_accuracy"]) == ("simclr", "8/255", 3, 4, 0.5)
     assert json.loads((tmp_path / "manifest.json").read_text()) == data
     md = (tmp_path / "MANIFEST.md").read_text().splitlines()
-    assert any(line.startswith("| mine | simclr | at | 8/255 | PGD-5 | 3 | 4 | 50.0% | 25.0% | 40.0% |")
-               for line in md), md
+    assert (e["device"], e["eval_data"], e["storage"], e["width"]) == ("cuda:0", "cifar10-mini", "float16", 4)
+    assert any(line.startswith("| mine | simclr | at | imagefolder | 4 | cuda:0 | 8/255 | PGD-5 | 3 | 4 | 50.0% | "
+                               "25.0% | 40.0% |") for line in md), md
     monkeypatch.setenv("CLROBUST_ZOO", str(tmp_path))
     assert zoo.zoo_dir() == tmp_path and resolve("mine") == ("mine", weights)
     assert load("mine").source == "zoo:mine"

@@ -149,6 +149,7 @@ def expand_models(specs: List[str]) -> Tuple[List[str], Dict[str, List[str]]]:
 
 
 _COLUMNS = [("name", "name", "{}"), ("scheme", "scheme", "{}"), ("scenario", "scenario", "{}"),
+            ("data", "data", "{}"), ("width", "width", "{}"), ("device", "device", "{}"),
             ("train eps", "eps", "{}"), ("train attack", "train_attack", "{}"), ("epochs", "epochs", "{}"),
             ("seed", "seed", "{}"), ("clean", "clean_accuracy", "{:.1%}"),
             ("PGD-20 8/255 (II)", "pgd20_8_255_accuracy", "{:.1%}"),
@@ -176,6 +177,8 @@ def _entry_from_metadata(path: Path) -> Dict[str, Any]:
         "train_attack": tr.get("train_attack"), "epochs": tr.get("epochs") if not tr.get("init") else
         f"{tr.get('classifier_epochs')} (+ {Path(str(tr.get('init'))).stem})",
         "seed": tr.get("seed"), "data": tr.get("data"), "train_seconds": tr.get("train_seconds"),
+        "device": tr.get("device"),  # None: trained before the device was recorded (the shipped zoo: the CPU)
+        "eval_data": m.get("eval_data", tr.get("data")), "storage": meta.get("storage", "float32"),
         **{k: m.get(k) for k in ("clean_accuracy", "pgd20_8_255_accuracy", "tm1_pgd20_4_255_accuracy",
                                  "eval_samples")},
     }
