@@ -146,22 +146,28 @@ class Stage:
 
     def _craft(self, indices: List[int], xs: List[torch.Tensor], ys: List[torch.Tensor]
                ) -> Dict[str, List[torch.Tensor]]:
-        """The adversarial batches of a group for every model, each model's in one attack call
+        """The adversarial batches of a group (or of one batch) for every model, each model's in one attack call
         (:func:`~clrobust.attacks.attack_batches`); with ``adv_source``, that model's only, shared."""
-        assert self.attack is not None
+        attack = self.attack
+        assert attack is not None
+
+        def craft(net: nn.Module) -> List[torch.Tensor]:
+            if len(xs) == 1:
+                return [attack_batch(attack, net, xs[0], ys[0], batch_index=indices[0])]
+            return attack_batches(attack, net, xs, ys, indices)
+
         t = time.perf_counter()
         if self.adv_source is not None:
-            shared = attack_batches(self.attack, self.models[self.adv_source], xs, ys, indices)
+            shared = craft(self.models[self.adv_source])
             out = {lab: shared for lab in self.models}
         else:
-            out = {lab: attack_batches(self.attack, net, xs, ys, indices) for lab, net in self.models.items()}
+            out = {lab: craft(net) for lab, net in self.models.items()}
         self.timings["attack"] += time.perf_counter() - t
         return out
 
     def _recordings(self, recorders: Dict[str, LayerRecorder], index: int, x: torch.Tensor, y: torch.Tensor,
                     inputs: Sequence[str], crafted: Optional[Dict[str, torch.Tensor]] = None
                     ) -> Iterator[Recording]:
-        shared: Optional[torch.Tensor] = None  # the adversarial batch of adv_source, crafted once
         for lab, net in self.models.items():
             for inp in inputs:
                 hit = self.cache.get(lab, inp, index) if self.cache is not None else None
@@ -170,18 +176,10 @@ class Stage:
                     yield Recording(lab, inp, hit["inputs"].to(x.device), hit["layers"], hit["logits"].to(x.device))
                     continue
                 xi = x
-                if inp == "adversarial" and crafted is not None:
+                if inp == "adversarial":
+                    if crafted is None:  # this batch alone: every model's examples at once (or adv_source's)
+                        crafted = {lab: c[0] for lab, c in self._craft([index], [x], [y]).items()}
                     xi = crafted[lab]
-                elif inp == "adversarial":
-                    assert self.attack is not None  # checked in batches()
-                    t = time.perf_counter()
-                    if self.adv_source is None:
-                        xi = attack_batch(self.attack, net, x, y, batch_index=index)
-                    else:
-                        if shared is None:
-                            shared = attack_batch(self.attack, self.models[self.adv_source], x, y, batch_index=index)
-                        xi = shared
-                    self.timings["attack"] += time.perf_counter() - t
                 elif inp == "noise":
                     assert self.attack is not None
                     xi = attack_batch(self.attack.noise(), net, x, y, batch_index=index)

@@ -13,6 +13,7 @@ from clrobust.cli.options import (
     classifier_option,
     data_options,
     device_option,
+    join_processes,
     model_options,
     out_options,
     progress_option,
@@ -69,7 +70,6 @@ def probe_layers(model, data, data_root,
       clrobust probe-layers simclr-at
       clrobust probe-layers runs/my.safetensors --layers 'layer4.*,avgpool' --eps 4/255 --steps 20
     """
-    from clrobust.distributed import Dist
     from clrobust.probes import ProbeSettings, run_probe_layers
 
     settings = ProbeSettings(model=model, data=data, data_root=data_root,
@@ -78,9 +78,7 @@ def probe_layers(model, data, data_root,
                              n_samples=n_samples, batch_size=batch_size, seed=seed, device=device, cache=cache,
                              load_options=load_options, classifier=classifier, sampling=sampling,
                              sample_seed=sample_seed)
-    dist = Dist.from_env(device)
-    if dist is not None:
-        settings.device = str(dist.device)  # each rank on its own GPU under torchrun
+    dist = join_processes(settings)  # each rank on its own GPU under torchrun
     res = run_probe_layers(settings, Path(out), overwrite=overwrite, progress=progress, dist=dist)
     if dist is not None and not dist.is_main:
         return
@@ -138,7 +136,6 @@ def figures(family, data, data_root,
       clrobust figures cross-model --models a.safetensors,b.safetensors,c.safetensors,d.safetensors
       clrobust figures all --models simclr-st=runs/my-st.safetensors
     """
-    from clrobust.distributed import Dist
     from clrobust.figures import FigureSettings, make_figures, parse_models
 
     fams = list(FAMILIES) if family == "all" else [family]
@@ -153,9 +150,7 @@ def figures(family, data, data_root,
                               positional=positional,
                               load_options=load_options, classifier=classifier, sampling=sampling,
                               sample_seed=sample_seed, adv_source=adv_source)
-    dist = Dist.from_env(device)
-    if dist is not None:
-        settings.device = str(dist.device)  # each rank on its own GPU under torchrun
+    dist = join_processes(settings)  # each rank on its own GPU under torchrun
     res = make_figures(fams, settings, Path(out), overwrite=overwrite, progress=progress, check=check, dist=dist)
     if dist is not None and not dist.is_main:
         return

@@ -13,6 +13,7 @@ from clrobust.cli.options import (
     classifier_option,
     data_options,
     device_option,
+    join_processes,
     model_options,
     out_options,
     probe_train_option,
@@ -65,8 +66,6 @@ def audit(models, data, data_root,
     """
     from clrobust.attacks import parse_eps_list
     from clrobust.audit import AuditSettings, run_audit
-    from clrobust.distributed import Dist
-
     settings = AuditSettings(models=list(models), data=data, data_root=data_root,
                              skip_bad_images=skip_bad_images, image_size=image_size, resize=resize, split=split,
                              eps=parse_eps_list(eps_text), l2_eps=parse_eps_list(l2_text, "L2"),
@@ -75,9 +74,7 @@ def audit(models, data, data_root,
                              probe_train=probe_train,
                              load_options=load_options, classifier=classifier, sampling=sampling,
                              sample_seed=sample_seed)
-    dist = Dist.from_env(device)
-    if dist is not None:
-        settings.device = str(dist.device)  # each rank on its own GPU under torchrun
+    dist = join_processes(settings)  # each rank on its own GPU under torchrun
     report = run_audit(settings, Path(out), overwrite=overwrite, progress=progress, dist=dist)
     if dist is None or dist.is_main:
         click.echo(report.markdown())

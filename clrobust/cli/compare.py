@@ -14,6 +14,7 @@ from clrobust.cli.options import (
     classifier_option,
     data_options,
     device_option,
+    join_processes,
     model_options,
     out_options,
     probe_train_option,
@@ -119,11 +120,7 @@ def compare_layers(models, data, data_root,
                                bootstrap=bootstrap, noise_control=noise_control, adv_source=adv_source,
                                measures=[m.strip() for m in measures.split(",") if m.strip()], precision=precision,
                                cache=cache_dir)
-    from clrobust.distributed import Dist
-
-    dist = Dist.from_env(device)
-    if dist is not None:
-        settings.device = str(dist.device)  # each rank on its own GPU under torchrun
+    dist = join_processes(settings)  # each rank on its own GPU under torchrun
     result = run(settings, Path(out), overwrite=overwrite, progress=progress, dist=dist)
     if dist is not None and not dist.is_main:
         return

@@ -268,3 +268,14 @@ def out_options(default: str, what: str = "results") -> Callable[[F], F]:
 def progress_option(f: F) -> F:
     return click.option("--progress/--no-progress", default=True, show_default=True,
                         help="Show progress bars.")(f)
+
+
+def join_processes(settings: Any) -> Any:
+    """Under torchrun, this process's :class:`~clrobust.distributed.Dist`, with ``settings.device`` set to the
+    rank's own device (each rank its own GPU); None for a single process."""
+    from clrobust.distributed import Dist
+
+    dist = Dist.from_env(settings.device)
+    if dist is not None:
+        settings.device = str(dist.device)
+    return dist

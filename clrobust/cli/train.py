@@ -12,6 +12,7 @@ from clrobust.cli.options import (
     POSITIVE,
     data_options,
     device_option,
+    join_processes,
     load_options,
     progress_option,
     seed_option,
@@ -114,7 +115,6 @@ def train(scheme, scenario, adv_method, arch, width, epochs, batch_size, lr, tem
     """
     from clrobust.attacks import parse_eps
     from clrobust.checkpoints import checkpoint_target
-    from clrobust.distributed import Dist
     from clrobust.train import TrainConfig, Trainer
 
     if attack_steps is None:
@@ -133,9 +133,7 @@ def train(scheme, scenario, adv_method, arch, width, epochs, batch_size, lr, tem
     if scenario in ("pat", "fat") and init is None and scheme != "supervised":
         click.echo(f"note: no --init given, so {scenario} pre-trains adversarially first "
                    f"({epochs} epochs).", err=True)
-    dist = Dist.from_env(device)
-    if dist is not None:
-        cfg.device = str(dist.device)  # each rank on its own GPU under torchrun
+    dist = join_processes(cfg)  # each rank on its own GPU under torchrun
     meta = Trainer(cfg, out_path, progress=progress, log=lambda m: click.echo(m, err=True),
                    dist=dist).run(resume=resume)
     if dist is not None and not dist.is_main:

@@ -524,10 +524,8 @@ class Trainer:
 
     def _light(self, x: torch.Tensor) -> torch.Tensor:
         """The light augmentation of ``--adv-view crop-flip`` (padded crop and flip), drawn for the whole batch."""
-        if not hasattr(self, "_light_augment"):
-            side = int(x.shape[-1])
-            self._light_augment = crop_flip_augment(side, padding=max(4, side // 8))
-        return cast(torch.Tensor, self._light_augment(x))
+        side = int(x.shape[-1])
+        return cast(torch.Tensor, crop_flip_augment(side, padding=max(4, side // 8))(x))
 
     def _supervised_step(self, x: torch.Tensor, y: torch.Tensor, augment: nn.Module) -> torch.Tensor:
         cfg, net = self.cfg, self.net
