@@ -13,7 +13,8 @@
 # train on clean + adversarial cross-entropy; every pre-training gets the same number of optimiser steps
 # (same epochs and batch size); PGD-5 at 8/255 with step 2.5 eps / 5. The device is auto (CUDA with bf16
 # autocast when there is one) and recorded in each model's metadata.
-# Runs resume (--resume) after an interruption; finished models are skipped; logs in $ZOO/logs/.
+# Runs resume (--resume) after an interruption; finished models are skipped; each run appends to its log in
+# $ZOO/logs/ (one line an epoch: loss, seconds, images/s).
 set -euo pipefail
 DATA=${1:?usage: bash analyses/train_zoo_full.sh DATA_ROOT}
 ZOO=${ZOO:-runs/zoo-full}
@@ -31,7 +32,8 @@ run() {  # run NAME ARGS...
   if [[ -f "$ZOO/$name.safetensors" ]]; then echo "skip $name (exists)"; return; fi
   local t0=$SECONDS
   echo "train $name: clrobust train $* ${COMMON[*]}"
-  clrobust train "$@" "${COMMON[@]}" --out "$ZOO/$name" --resume > "$ZOO/logs/$name.log" 2>&1
+  echo "--- $(date -u +%FT%TZ): clrobust train $* ${COMMON[*]}" >> "$ZOO/logs/$name.log"
+  clrobust train "$@" "${COMMON[@]}" --out "$ZOO/$name" --resume >> "$ZOO/logs/$name.log" 2>&1
   echo "done  $name in $((SECONDS - t0)) s: $(tail -1 "$ZOO/logs/$name.log")"
 }
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -24,18 +25,43 @@ import torch
 from clrobust.activations import Stage
 from clrobust.attacks import AttackSpec, format_eps
 from clrobust.checkpoints import LoadOptions, distinct_labels, load, resolve
+from clrobust.checkpoints.zoo import duration, training_summary
 from clrobust.data import ImageData, chosen_images
 from clrobust.distributed import Dist
 from clrobust.errors import ClrobustError
 from clrobust.heads import choose_classifier, ensure_classifier
 from clrobust.provenance import versions, weights_hash, write_json
 from clrobust.results import Drawer, OutputFolder, Result, Table
+from clrobust.uncertainty import wilson_interval, with_interval
 
 #: attack name -> (torchattacks-backed spec name, default steps)
 AUDIT_ATTACKS: Dict[str, Tuple[str, int]] = {
     "fgsm": ("fgsm", 1), "pgd20": ("pgd", 20), "apgd-ce": ("apgd", 100), "autoattack": ("autoattack", 100),
     "tm1-pgd20": ("rep", 20),
 }
+#: PGD with restarts, named ``pgd<steps>x<restarts>`` (e.g. pgd50x10): a point counts as robust only if every
+#: restart (each its own random start, seeds ``seed``, ``seed + 1``, ...) fails on it.
+_RESTARTED = re.compile(r"pgd(\d+)x(\d+)$")
+
+
+def audit_attack(attack: str) -> Tuple[str, int, int]:
+    """(spec name, steps, restarts) of an audit attack name.
+
+    Raises:
+        ClrobustError: an unknown name, or a pgdNxR with no steps or restarts.
+    """
+    if attack in AUDIT_ATTACKS:
+        return (*AUDIT_ATTACKS[attack], 1)
+    m = _RESTARTED.match(attack)
+    if m is None:
+        raise ClrobustError(f"unknown attack {attack!r}; use: {', '.join(AUDIT_ATTACKS)}, or pgdNxR (PGD-N with "
+                            "R random restarts, e.g. pgd50x10).")
+    steps, restarts = int(m.group(1)), int(m.group(2))
+    if steps < 1 or restarts < 1:
+        raise ClrobustError(f"attack {attack!r}: PGD needs at least 1 step and 1 restart (e.g. pgd50x10).")
+    return ("pgd", steps, restarts)
+
+
 REPORT_FILES = ("report.json", "report.csv", "report.md", "robust_accuracy_vs_eps.png", "settings.json")
 #: Version of the layout of report.json; raised when a key changes meaning or goes away.
 SCHEMA = "clrobust.audit/1"
@@ -66,9 +92,8 @@ class AuditSettings:
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = [a for a in self.attacks if a not in AUDIT_ATTACKS]
-        if unknown:
-            raise ClrobustError(f"unknown attack {unknown[0]!r}; use: {', '.join(AUDIT_ATTACKS)}.")
+        for a in self.attacks:
+            audit_attack(a)
         if not self.attacks:
             raise ClrobustError(f"no attack given (--attacks is empty); use some of: {', '.join(AUDIT_ATTACKS)}.")
         if not self.eps and not self.l2_eps:
@@ -89,7 +114,7 @@ class AuditSettings:
 
 def _spec(attack: str, norm: str, eps: float, seed: int, n_classes: int,
           batch_size: Optional[int] = None) -> AttackSpec:
-    name, steps = AUDIT_ATTACKS[attack]
+    name, steps, _ = audit_attack(attack)
     if norm == "L2":
         if attack in ("fgsm", "tm1-pgd20"):
             raise ClrobustError(f"{attack} is L-inf only here.")
@@ -135,6 +160,17 @@ class AuditRow:
     clean_accuracy: float
     robust_accuracy: float
     n: int
+    #: 95% Wilson intervals of the two accuracies over the ``n`` images (filled in from the counts when absent)
+    clean_ci_low: Optional[float] = None
+    clean_ci_high: Optional[float] = None
+    robust_ci_low: Optional[float] = None
+    robust_ci_high: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.clean_ci_low is None or self.clean_ci_high is None:
+            self.clean_ci_low, self.clean_ci_high = wilson_interval(round(self.clean_accuracy * self.n), self.n)
+        if self.robust_ci_low is None or self.robust_ci_high is None:
+            self.robust_ci_low, self.robust_ci_high = wilson_interval(round(self.robust_accuracy * self.n), self.n)
 
     @classmethod
     def count(cls, model: str, attack: str, norm: str, eps: float, clean: torch.Tensor,
@@ -143,6 +179,13 @@ class AuditRow:
         n = len(clean)
         return cls(model, attack, norm, eps, format_eps(eps) if norm == "Linf" else f"{eps:g}",
                    "I" if attack.startswith("tm1") else "II", float(clean.sum()) / n, float(corr.sum()) / n, n)
+
+    def clean_text(self) -> str:
+        """``37.5% [31.1%, 44.4%]``: the clean accuracy with its interval."""
+        return with_interval(self.clean_accuracy, self.clean_ci_low, self.clean_ci_high, percent=True)
+
+    def robust_text(self) -> str:
+        return with_interval(self.robust_accuracy, self.robust_ci_low, self.robust_ci_high, percent=True)
 
 
 @dataclass
@@ -187,14 +230,30 @@ class AuditResult(Result):
         cols: List[Tuple[str, str, str]] = list(dict.fromkeys((r.attack, r.norm, r.eps_text) for r in self.rows))
         models = list(dict.fromkeys(r.model for r in self.rows))
         head = ["model", "clean"] + [f"{a} {n} {e}" for a, n, e in cols]
-        lines = [f"Robust accuracy on {self.n_samples} {self.data['name']} {self.data['split']} images "
-                 f"(seed {self.seed}). {self.autoattack}.", "",
+        chosen = self.data.get("chosen") or (
+            f"{self.settings['sampling']}, sample seed {self.settings.get('sample_seed', 0)}"
+            if "sampling" in self.settings else "how they were chosen was not recorded")
+        lines = [f"Robust accuracy on {self.n_samples} {self.data['name']} {self.data['split']} images ({chosen}); "
+                 f"attack seed {self.seed}. Brackets: 95% Wilson intervals over the {self.n_samples} images. "
+                 f"{self.autoattack}.", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for m in models:
             mr = {(r.attack, r.norm, r.eps_text): r for r in self.rows if r.model == m}
-            clean = next(iter(mr.values())).clean_accuracy
-            lines.append("| " + " | ".join([m, f"{clean:.1%}"] + [f"{mr[c].robust_accuracy:.1%}" if c in mr
-                                                                else "-" for c in cols]) + " |")
+            clean = next(iter(mr.values())).clean_text()
+            lines.append("| " + " | ".join([m, clean] + [mr[c].robust_text() if c in mr else "-"
+                                                         for c in cols]) + " |")
+        trained = {m: self.models.get(m, {}).get("training") for m in models}
+        if any(trained.values()):  # what each model's training cost, from its checkpoint's metadata
+            lines += ["", "Training, as each checkpoint's metadata records it (time: wall clock over every resumed "
+                      "run; >= marks a lower bound):", "",
+                      "| model | trained on | epochs | seed | device | optimiser steps | train time |",
+                      "|---|---|---|---|---|---|---|"]
+            for m, t in trained.items():
+                if t:
+                    cells = [t.get("train_data") or t.get("data"), t.get("epochs"), t.get("seed"),
+                             ", ".join(t.get("train_devices") or []) or t.get("device"), t.get("optimizer_steps"),
+                             duration(t) if t.get("train_seconds") is not None else None]
+                    lines.append("| " + " | ".join([m] + ["-" if c is None else str(c) for c in cells]) + " |")
         return "\n".join(lines)
 
     def figures(self) -> Dict[str, Drawer]:
@@ -209,18 +268,23 @@ class AuditResult(Result):
         fig, ax = new_figure(figsize=(7, 4.2))
         for m in dict.fromkeys(r.model for r in rows):
             for attack, style in (("worst-case (II)", "-"), ("tm1-pgd20", ":")):
-                pts = sorted((r.eps, r.robust_accuracy) for r in rows if r.model == m and r.attack == attack)
+                pts = sorted((r.eps, r.robust_accuracy, r.robust_ci_low, r.robust_ci_high) for r in rows
+                             if r.model == m and r.attack == attack)
                 if pts:
-                    ax.plot([0] + [p[0] * 255 for p in pts],
-                            [next(r.clean_accuracy for r in rows if r.model == m)] + [p[1] for p in pts],
-                            style, marker="o", ms=3,
-                            label=f"{m} ({'worst case, II' if style == '-' else 'threat model I'})")
+                    c = next(r for r in rows if r.model == m)
+                    x = [0] + [p[0] * 255 for p in pts]
+                    line, = ax.plot(x, [c.clean_accuracy] + [p[1] for p in pts], style, marker="o", ms=3,
+                                    label=f"{m} ({'worst case, II' if style == '-' else 'threat model I'})")
+                    ax.fill_between(x, [c.clean_ci_low] + [p[2] for p in pts],
+                                    [c.clean_ci_high] + [p[3] for p in pts], color=line.get_color(), alpha=0.12,
+                                    linewidth=0)
         ax.set_xlabel("eps (x/255, L-inf)")
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-        ax.set_title(f"Robust accuracy vs eps ({self.n_samples} {self.data['name']} images)", fontsize=9)
+        ax.set_title(f"Robust accuracy vs eps ({self.n_samples} {self.data['name']} images; bands: 95% Wilson)",
+                     fontsize=9)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
 
@@ -282,7 +346,9 @@ def _audit(settings: AuditSettings, out: Path, labels: List[str], overwrite: boo
         if not lm.has_classifier and train is None:
             train = chosen_images(settings, "train", settings.probe_train, sampled=False)
         info = ensure_classifier(lm, train, settings.seed, progress and main)
-        models_info[lm.label] = {**lm.describe(), **info}
+        trained = lm.metadata.get("training")
+        models_info[lm.label] = {**lm.describe(), **info,
+                                 **({"training": training_summary(trained)} if isinstance(trained, dict) else {})}
         weights = weights_hash(net)
         mres = cache["results"].setdefault(lm.label, {})
         if mres.get("weights", weights) != weights:
@@ -299,9 +365,15 @@ def _audit(settings: AuditSettings, out: Path, labels: List[str], overwrite: boo
         for norm, eps, attack in _units(settings):
             key = f"{attack}|{norm}|{eps:.10g}"
             if key not in mres:
-                spec = _spec(attack, norm, eps, settings.seed, data.num_classes, settings.attack_batch_size)
-                mres[key] = _correct(net, spec, data, settings.batch_size, settings.device, dist,
-                                     f"{lm.label}: {attack} {norm} {format_eps(eps)}", progress and main).tolist()
+                restarts = audit_attack(attack)[2]
+                hit = torch.ones(len(data), dtype=torch.int64)
+                for r in range(restarts):  # robust only where every restart fails
+                    spec = _spec(attack, norm, eps, settings.seed + r, data.num_classes, settings.attack_batch_size)
+                    desc = f"{lm.label}: {attack} {norm} {format_eps(eps)}" + \
+                        (f" restart {r + 1}/{restarts}" if restarts > 1 else "")
+                    hit &= _correct(net, spec, data, settings.batch_size, settings.device, dist, desc,
+                                    progress and main)
+                mres[key] = hit.tolist()
                 if main:
                     write_json(cache_path, cache)
             corr = torch.tensor(mres[key]) & clean
@@ -311,8 +383,9 @@ def _audit(settings: AuditSettings, out: Path, labels: List[str], overwrite: boo
         for (norm, eps), corr in worst.items():
             rows.append(AuditRow.count(lm.label, "worst-case (II)", norm, eps, clean, corr))
     report = AuditResult(
-        models=models_info, rows=rows, n_samples=len(data), data={"name": settings.data, "split": settings.split},
-        attacks={a: {"spec": AUDIT_ATTACKS[a][0], "steps": AUDIT_ATTACKS[a][1]} for a in settings.attacks},
+        models=models_info, rows=rows, n_samples=len(data),
+        data={"name": settings.data, "split": settings.split, "chosen": data.chosen},
+        attacks={a: dict(zip(("spec", "steps", "restarts"), audit_attack(a))) for a in settings.attacks},
         autoattack="standard: APGD-CE 100 steps, APGD-T 100 steps, FAB-T 100 steps, Square 5000 "
                    "queries, 1 restart each, through torchattacks; robust = per-point worst case",
         seed=settings.seed, settings=settings.to_dict(), versions=versions())

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from clrobust.errors import ClrobustError
 from tests.conftest import assert_real_png, supcontrast_file, torchrun
 
 
@@ -226,12 +227,84 @@ def test_audit_counts_recomputed_from_attack_batch(tmp_path, trained_checkpoint,
     head = [c.strip() for c in table[0].strip("|").split("|")]
     assert head[:2] == ["model", "clean"] and len(head) == 2 + len(report["rows"])
     body = [[c.strip() for c in ln.strip("|").split("|")] for ln in table[2:]]
-    assert len(body) == 1 and body[0][0] == "trained" and body[0][1] == f"{clean.float().mean().item():.1%}"
+    c_lo, c_hi = _wilson(int(clean.sum()), N)
+    assert len(body) == 1 and body[0][0] == "trained"
+    assert body[0][1] == f"{clean.float().mean().item():.1%} [{c_lo:.1%}, {c_hi:.1%}]"
     for col, cell in zip(head[2:], body[0][2:]):
         attack, norm, eps_text = col.rsplit(" ", 2)
         row = next(r for r in report["rows"] if (r["attack"], r["norm"], r["eps_text"]) == (attack, norm, eps_text))
-        assert cell == f"{row['robust_accuracy']:.1%}"
+        lo, hi = _wilson(round(row["robust_accuracy"] * N), N)
+        assert cell == f"{row['robust_accuracy']:.1%} [{lo:.1%}, {hi:.1%}]"
+        # Every number carries its interval, in every file: the 95% Wilson interval over the N images.
+        assert (row["robust_ci_low"], row["robust_ci_high"]) == pytest.approx((lo, hi), abs=1e-12)
+        assert (row["clean_ci_low"], row["clean_ci_high"]) == pytest.approx((c_lo, c_hi), abs=1e-12)
+        got = next(g for g in csv_rows if (g["attack"], g["eps_text"]) == (attack, eps_text))
+        assert float(got["robust_ci_low"]) == pytest.approx(lo) and float(got["robust_ci_high"]) == pytest.approx(hi)
+    assert f"Robust accuracy on {N} cifar10-mini test images ({data.chosen})" in md[0]
+    assert "class-stratified, sample seed 0" in data.chosen
     _assert_picture(out / "robust_accuracy_vs_eps.png")
+
+
+def test_pgd_with_restarts_is_robust_only_where_every_restart_fails(tmp_path, trained_checkpoint, one_thread):
+    """pgdNxR: R PGD-N runs, seeds seed..seed+R-1, a point robust only if all fail; recounted here."""
+    from clrobust.attacks import AttackSpec, attack_batch
+    from clrobust.audit import AuditSettings, run_audit
+    from clrobust.checkpoints import load as load_model
+    from clrobust.data import load_dataset, to_float
+
+    N = 24
+    settings = AuditSettings(models=[str(trained_checkpoint)], eps=(8 / 255,), n_samples=N, batch_size=16,
+                             attacks=("pgd20", "pgd4x3"), seed=3)
+    report = run_audit(settings, tmp_path / "audit", progress=False).to_dict()
+    net = load_model(str(trained_checkpoint)).network
+    data = load_dataset("cifar10-mini", "test").sample(N)
+
+    def correct(spec=None):
+        hits = []
+        for i, lo in enumerate(range(0, N, 16)):
+            x, y = to_float(data.images[lo:lo + 16]), data.labels[lo:lo + 16]
+            if spec is not None:
+                x = attack_batch(spec, net, x, y, batch_index=i)
+            with torch.no_grad():
+                hits.append(net(x).argmax(1) == y)
+        return torch.cat(hits)
+
+    clean = correct()
+    runs = [correct(AttackSpec("pgd", 8 / 255, 4, seed=3 + r)) & clean for r in range(3)]
+    rows = {r["attack"]: r for r in report["rows"]}
+    assert rows["pgd4x3"]["robust_accuracy"] == (runs[0] & runs[1] & runs[2]).sum().item() / N
+    assert rows["pgd4x3"]["robust_accuracy"] <= min(r.sum().item() for r in runs) / N
+    worst = (runs[0] & runs[1] & runs[2]) & (correct(AttackSpec("pgd", 8 / 255, 20, seed=3)) & clean)
+    assert rows["worst-case (II)"]["robust_accuracy"] == worst.sum().item() / N
+    assert report["attacks"]["pgd4x3"] == {"spec": "pgd", "steps": 4, "restarts": 3}
+    assert report["attacks"]["pgd20"] == {"spec": "pgd", "steps": 20, "restarts": 1}
+
+
+@pytest.mark.parametrize("name", ["pgd0x3", "pgd5x0", "pgd5x", "pgdx10", "cw"])
+def test_a_malformed_audit_attack_is_refused(name):
+    from clrobust.audit import AuditSettings
+
+    with pytest.raises(ClrobustError, match=f"attack '{name}'.*pgd50x10"):
+        AuditSettings(models=["m"], attacks=(name,))
+
+
+def _wilson(k: int, n: int, z: float = 1.959963984540054):
+    """The Wilson score interval, written out in float64 (an independent reference)."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def test_a_report_written_before_intervals_reads_with_intervals_from_its_counts():
+    from clrobust.audit import AuditRow
+
+    row = AuditRow("m", "pgd20", "Linf", 8 / 255, "8/255", "II", 0.375, 0.125, 200)
+    assert (row.clean_ci_low, row.clean_ci_high) == pytest.approx(_wilson(75, 200), abs=1e-12)
+    assert (row.robust_ci_low, row.robust_ci_high) == pytest.approx(_wilson(25, 200), abs=1e-12)
+    lo, hi = _wilson(25, 200)
+    assert row.robust_text() == f"12.5% [{lo:.1%}, {hi:.1%}]"
+    assert AuditRow(**{**row.__dict__, "robust_ci_low": None}).robust_ci_low == row.robust_ci_low
 
 
 def _assert_picture(path):

@@ -17,6 +17,7 @@ import torch
 
 import clrobust.train.trainer as trainer_module
 from clrobust.checkpoints.native import load_network
+from clrobust.data import load_dataset
 from clrobust.errors import ClrobustError
 from clrobust.losses import nt_xent
 from clrobust.models import adversarial_bn
@@ -301,8 +302,21 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
                                             r"delete it to start from scratch, or run without --resume\.$"):
         Trainer(TrainConfig(**{**cfg, "lr": 0.5}), tmp_path / "cut", progress=False).run(resume=True)
     assert (tmp_path / "cut.state.pt").read_bytes() == saved  # refused, untouched
-    Trainer(TrainConfig(**cfg), tmp_path / "cut", progress=False).run(resume=True)
+    lines: List[str] = []
+    meta = Trainer(TrainConfig(**cfg), tmp_path / "cut", progress=False, log=lines.append).run(resume=True)
     assert _curve(tmp_path / "cut.history.csv") == _curve(tmp_path / "full.history.csv")
+    # The training cost sums every run's epochs: the first run's one epoch and the resumed run's two.
+    with open(tmp_path / "cut.history.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["phase"] == "pretrain"]
+    assert [r["device"] for r in rows] == ["cpu"] * 3 and all(float(r["seconds"]) > 0 for r in rows)
+    training = meta["training"]
+    assert training["train_seconds"] == pytest.approx(sum(float(r["seconds"]) for r in rows), abs=0.051)
+    assert (training["optimizer_steps"], training["train_images"], training["train_devices"]) == (6, 96, ["cpu x1"])
+    assert "untimed_epochs" not in training
+    # With the bars off, the log says how each epoch went.
+    assert lines[0] == "resuming pretrain after epoch 1"
+    assert [ln.split(":")[0] for ln in lines[1:]] == ["pretrain epoch 2/3", "pretrain epoch 3/3"]
+    assert "images/s)" in lines[-1] and "loss " in lines[-1]
     a, _ = load_network(tmp_path / "full.safetensors")
     b, _ = load_network(tmp_path / "cut.safetensors")
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
@@ -484,6 +498,17 @@ def test_evaluation_on_another_data_set_and_the_papers_attacks(tmp_path):
     assert m["eval_attacks"]["paper_threat_model_I"]["eps_text"] == "4/255"
     for key in ("paper_tm2_pgd40_4_255_accuracy", "paper_tm1_pgd40_4_255_accuracy"):
         assert 0 <= m[key] <= m["clean_accuracy"]
+
+
+def test_epochs_from_a_state_saved_before_timings_were_recorded_are_counted_as_untimed(tmp_path):
+    t = Trainer(TrainConfig(scheme="supervised", scenario="st", **TINY), tmp_path / "m", progress=False)
+    t.train_data = load_dataset("cifar10-mini", "train").subset(32)
+    t.history = [{"phase": "pretrain", "epoch": 1, "loss": 2.0, "lr": 0.1},
+                 {"phase": "pretrain", "epoch": 2, "loss": 1.9, "lr": 0.1, "seconds": 3.5, "device": "cuda",
+                  "processes": 2},
+                 {"phase": "linear-probe", "epoch": 1, "loss": float("nan"), "train_acc": 0.5}]
+    assert t.training_cost() == {"train_seconds": 3.5, "optimizer_steps": 4, "train_images": 64,
+                                 "train_devices": ["cuda x2"], "untimed_epochs": 1}
 
 
 def test_a_state_saved_before_a_setting_existed_still_resumes(tmp_path):

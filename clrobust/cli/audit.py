@@ -31,8 +31,9 @@ from clrobust.cli.options import (
               help="Comma-separated L-inf radii (8/255 or 0.0314 each); '' for none.")
 @click.option("--l2-eps", "l2_text", default="", type=EPS_LIST, help="Comma-separated L2 radii, e.g. 0.5.")
 @click.option("--attacks", default="fgsm,pgd20,apgd-ce,autoattack,tm1-pgd20", show_default=True,
-              help="fgsm, pgd20, apgd-ce, autoattack (threat model II, end to end) and tm1-pgd20 "
-                   "(threat model I: label-free representation attack, then the linear head).")
+              help="fgsm, pgd20, apgd-ce, autoattack (threat model II, end to end), pgdNxR (PGD-N with R "
+                   "random restarts, robust only where all fail; pgd50x10 checks for gradient masking) and "
+                   "tm1-pgd20 (threat model I: label-free representation attack, then the linear head).")
 @click.option("--n-samples", default=200, show_default=True, type=COUNT, help="Test images (chosen by --sampling).")
 @sampling_options
 @click.option("--batch-size", default=100, show_default=True, type=COUNT)

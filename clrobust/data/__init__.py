@@ -53,7 +53,8 @@ class ImageData:
             return self
         if n < 1:
             raise ClrobustError(f"--n-samples must be at least 1, got {n}.")
-        return ImageData(self.name, self.split, self.images[:n], self.labels[:n], self.classes)
+        return ImageData(self.name, self.split, self.images[:n], self.labels[:n], self.classes,
+                         f"the first {n} of the {len(self)} in the split")
 
     def sample(self, n: Optional[int], sampling: str = "stratified", seed: int = 0) -> "ImageData":
         """``n`` images of the split: a seeded class-stratified random subset (each class in proportion
@@ -70,9 +71,7 @@ class ImageData:
         if n < 1:
             raise ClrobustError(f"--n-samples must be at least 1, got {n}.")
         if sampling == "first":
-            out = self.subset(n)
-            out.chosen = f"the first {n} of the {len(self)} in the split"
-            return out
+            return self.subset(n)
         idx = stratified_indices(self.labels.numpy(), n, seed)
         digest = hashlib.sha256(idx.astype(np.int64).tobytes()).hexdigest()[:12]
         t = torch.from_numpy(idx)

@@ -263,17 +263,15 @@ class Trainer:
             self.log(f"resuming {resume_state['phase']} after epoch {resume_state['epoch'] + 1}")
         elif resume:
             self.log("nothing to resume: starting from scratch")
-        t0 = time.time()
         if cfg.init is None:
             self._phase("pretrain", cfg.epochs, resume_state)
         if resume_state is not None and resume_state["phase"] == "pretrain":
             resume_state = None
         self._classifier_phase(resume_state)
-        train_seconds = time.time() - t0
         if self.dist is not None:
             sync_batch_norm(self.net, enabled=False)
         metrics = self.evaluate()
-        meta = self._metadata(metrics, train_seconds)
+        meta = self._metadata(metrics)
         if self.main:
             save_network(self.out, self.net.to(memory_format=torch.contiguous_format), meta)
             self._write_history()
@@ -319,6 +317,7 @@ class Trainer:
         bar = tqdm(total=epochs * per_epoch, initial=start * per_epoch, desc=phase, unit="batch",
                    disable=not self.progress)
         for epoch in range(start, epochs):
+            started = time.time()
             net.train()
             if phase == "pat":
                 net.eval()  # encoder frozen, BN statistics included
@@ -345,9 +344,14 @@ class Trainer:
                 self.dist.all_reduce([total])
                 total /= self.dist.world
             mean = float(total) / max(per_epoch, 1)
+            seconds = time.time() - started
             self.history.append({"phase": phase, "epoch": epoch + 1, "loss": mean,
-                                 "lr": opt.param_groups[0]["lr"]})
+                                 "lr": opt.param_groups[0]["lr"], "seconds": round(seconds, 3),
+                                 "device": self.device.type, "processes": self.dist.world if self.dist else 1})
             bar.set_postfix(epoch=epoch + 1, loss=f"{mean:.4f}")
+            if not self.progress:  # a background job's log still says how it goes, one line an epoch
+                self.log(f"{phase} epoch {epoch + 1}/{epochs}: loss {mean:.4f}, lr {opt.param_groups[0]['lr']:.3g}, "
+                         f"{seconds:.0f} s ({per_epoch * bs / max(seconds, 1e-9):.0f} images/s)")
             self._save_state({"phase": phase, "epoch": epoch, "model": net.state_dict(),
                               "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                               "rng": torch.get_rng_state(), "history": self.history})
@@ -615,10 +619,23 @@ class Trainer:
                 "eval_attacks": {"threat_model_II": ii.to_dict(), "threat_model_I": i.to_dict(),
                                  "paper_threat_model_II": p2.to_dict(), "paper_threat_model_I": p1.to_dict()}}
 
-    def _metadata(self, metrics: Dict[str, Any], seconds: float) -> Dict[str, Any]:
+    def training_cost(self) -> Dict[str, Any]:
+        """What the training took, summed over every epoch of every run that resumed it: wall-clock seconds,
+        optimiser steps, images through the optimiser, and the devices (with their process counts) it ran on.
+        Epochs from a state saved before timings were recorded count as ``untimed_epochs``."""
+        epochs = [h for h in self.history if h["phase"] in ("pretrain", "pat", "fat")]
+        timed = [h for h in epochs if h.get("seconds") is not None]
+        bs = min(self.cfg.batch_size, len(self.train_data))
+        steps = len(epochs) * (len(self.train_data) // bs)
+        devices = sorted({f"{h['device']} x{h.get('processes', 1)}" for h in timed})
+        return {"train_seconds": round(sum(float(h["seconds"]) for h in timed), 1), "optimizer_steps": steps,
+                "train_images": steps * bs, "train_devices": devices,
+                **({"untimed_epochs": len(epochs) - len(timed)} if len(timed) < len(epochs) else {})}
+
+    def _metadata(self, metrics: Dict[str, Any]) -> Dict[str, Any]:
         cfg = self.cfg
         return {"training": {**asdict(cfg), "eps_text": format_eps(cfg.eps),
-                             "train_attack": self.train_attack_text(), "train_seconds": round(seconds, 1),
+                             "train_attack": self.train_attack_text(), **self.training_cost(),
                              "command": command_line()},
                 "metrics": metrics, "versions": versions(),
                 **({"robust_bn": "adversarial"} if self.robust_bn_adversarial else {})}
@@ -635,7 +652,7 @@ class Trainer:
 
     def _write_history(self) -> None:
         path = self.out.with_name(self.out.name + ".history.csv")
-        keys = ["phase", "epoch", "loss", "lr", "train_acc"]
+        keys = ["phase", "epoch", "loss", "lr", "train_acc", "seconds", "device", "processes"]
         with open(path, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
             w.writeheader()
