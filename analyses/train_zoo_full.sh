@@ -5,14 +5,16 @@
 #   bash analyses/train_zoo_full.sh DATA_ROOT            # DATA_ROOT holds train/<class>/*.jpg
 #   ZOO=runs/zoo-full EPOCHS=100 bash analyses/train_zoo_full.sh DATA_ROOT
 #   ONLY="supervised-at simclr-at" bash analyses/train_zoo_full.sh DATA_ROOT   # some models
+#   TIME_LIMIT=540 bash analyses/train_zoo_full.sh DATA_ROOT   # stop cleanly after 540 s (a lent GPU's slot)
 #
 # DATA_ROOT: an image folder of CIFAR-10's training images, e.g. the JPEG (quality 75) copy with the official
 # labels (class folders in CIFAR-10's class order). Nothing is downloaded and the package does not embed it.
 # Recipes (README, "Training"): contrastive AT perturbs the un-augmented image and forwards the adversarial
 # pair apart from the clean views, through its own batch norm (--dual-bn, as ACL); supervised AT, PAT and FAT
 # train on clean + adversarial cross-entropy; every pre-training gets the same number of optimiser steps
-# (same epochs and batch size); PGD-5 at 8/255 with step 2.5 eps / 5. The device is auto (CUDA with bf16
-# autocast when there is one) and recorded in each model's metadata.
+# (same epochs and batch size); PGD-5 at 8/255 with step 2.5 eps / 5. The device is auto and recorded in each
+# model's metadata; every model trains under bf16 autocast (--amp) on any device, so a model trained on a GPU and
+# one trained on a CPU share their precision (a CPU with bf16 instructions trains 2.1x faster with it).
 # Runs resume (--resume) after an interruption; finished models are skipped; each run appends to its log in
 # $ZOO/logs/ (one line an epoch: loss, seconds, images/s).
 set -euo pipefail
@@ -23,7 +25,7 @@ FT_EPOCHS=${FT_EPOCHS:-10}
 WIDTH=${WIDTH:-16}
 mkdir -p "$ZOO/logs"
 COMMON=(--arch resnet18 --width "$WIDTH" --data imagefolder --data-root "$DATA" --eval-data cifar10-mini
-        --batch-size 256 --no-progress)
+        --batch-size 256 --amp --no-progress)
 AT=(--scenario at --eps 8/255 --attack-steps 5)
 
 run() {  # run NAME ARGS...
@@ -32,8 +34,17 @@ run() {  # run NAME ARGS...
   if [[ -f "$ZOO/$name.safetensors" ]]; then echo "skip $name (exists)"; return; fi
   local t0=$SECONDS
   echo "train $name: clrobust train $* ${COMMON[*]}"
+  local limit=()
+  if [[ -n "${TIME_LIMIT:-}" ]]; then  # stop cleanly at the deadline: the last finished epoch stays resumable
+    local left=$((TIME_LIMIT - SECONDS))
+    if ((left < 60)); then echo "time limit reached before $name"; exit 0; fi
+    limit=(timeout --signal=TERM --kill-after=120 "$left")
+  fi
   echo "--- $(date -u +%FT%TZ): clrobust train $* ${COMMON[*]}" >> "$ZOO/logs/$name.log"
-  clrobust train "$@" "${COMMON[@]}" --out "$ZOO/$name" --resume >> "$ZOO/logs/$name.log" 2>&1
+  local status=0
+  "${limit[@]}" clrobust train "$@" "${COMMON[@]}" --out "$ZOO/$name" --resume >> "$ZOO/logs/$name.log" 2>&1 || status=$?
+  if ((status == 124)); then echo "time limit: stopped $name after $((SECONDS - t0)) s (resume: run again)"; exit 0; fi
+  if ((status != 0)); then echo "failed $name (exit $status): $(tail -1 "$ZOO/logs/$name.log")"; exit "$status"; fi
   echo "done  $name in $((SECONDS - t0)) s: $(tail -1 "$ZOO/logs/$name.log")"
 }
 

@@ -309,6 +309,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     with open(tmp_path / "cut.history.csv") as fh:
         rows = [r for r in csv.DictReader(fh) if r["phase"] == "pretrain"]
     assert [r["device"] for r in rows] == ["cpu"] * 3 and all(float(r["seconds"]) > 0 for r in rows)
+    assert {r["precision"] for r in rows} == {"fp32"}
     training = meta["training"]
     assert training["train_seconds"] == pytest.approx(sum(float(r["seconds"]) for r in rows), abs=0.051)
     assert (training["optimizer_steps"], training["train_images"], training["train_devices"]) == (6, 96, ["cpu x1"])
@@ -421,6 +422,8 @@ def test_amp_follows_the_device_and_is_recorded(tmp_path):
     assert meta["training"]["amp"] is True  # bf16 autocast runs on the CPU too
     plain = Trainer(TrainConfig(**ONE_BATCH), tmp_path / "fp32", progress=False).run()
     assert plain["training"]["amp"] is False
+    with open(tmp_path / "bf16.history.csv") as fh:
+        assert next(csv.DictReader(fh))["precision"] == "bf16"
     bf16, fp32 = _history(tmp_path / "bf16")[0], _history(tmp_path / "fp32")[0]
     assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.05)  # autocast really ran, at bf16 precision
 
