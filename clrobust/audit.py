@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import sys
 from dataclasses import asdict, dataclass, field, fields
@@ -161,15 +162,15 @@ class AuditRow:
     robust_accuracy: float
     n: int
     #: 95% Wilson intervals of the two accuracies over the ``n`` images (filled in from the counts when absent)
-    clean_ci_low: Optional[float] = None
-    clean_ci_high: Optional[float] = None
-    robust_ci_low: Optional[float] = None
-    robust_ci_high: Optional[float] = None
+    clean_ci_low: float = math.nan
+    clean_ci_high: float = math.nan
+    robust_ci_low: float = math.nan
+    robust_ci_high: float = math.nan
 
     def __post_init__(self) -> None:
-        if self.clean_ci_low is None or self.clean_ci_high is None:
+        if math.isnan(self.clean_ci_low) or math.isnan(self.clean_ci_high):
             self.clean_ci_low, self.clean_ci_high = wilson_interval(round(self.clean_accuracy * self.n), self.n)
-        if self.robust_ci_low is None or self.robust_ci_high is None:
+        if math.isnan(self.robust_ci_low) or math.isnan(self.robust_ci_high):
             self.robust_ci_low, self.robust_ci_high = wilson_interval(round(self.robust_accuracy * self.n), self.n)
 
     @classmethod
@@ -232,7 +233,7 @@ class AuditResult(Result):
         head = ["model", "clean"] + [f"{a} {n} {e}" for a, n, e in cols]
         chosen = self.data.get("chosen") or (
             f"{self.settings['sampling']}, sample seed {self.settings.get('sample_seed', 0)}"
-            if "sampling" in self.settings else "how they were chosen was not recorded")
+            if "sampling" in self.settings else "the first of the split: an audit from before --sampling")
         lines = [f"Robust accuracy on {self.n_samples} {self.data['name']} {self.data['split']} images ({chosen}); "
                  f"attack seed {self.seed}. Brackets: 95% Wilson intervals over the {self.n_samples} images. "
                  f"{self.autoattack}.", "",
@@ -272,18 +273,19 @@ class AuditResult(Result):
                              if r.model == m and r.attack == attack)
                 if pts:
                     c = next(r for r in rows if r.model == m)
-                    x = [0] + [p[0] * 255 for p in pts]
-                    line, = ax.plot(x, [c.clean_accuracy] + [p[1] for p in pts], style, marker="o", ms=3,
-                                    label=f"{m} ({'worst case, II' if style == '-' else 'threat model I'})")
-                    ax.fill_between(x, [c.clean_ci_low] + [p[2] for p in pts],
-                                    [c.clean_ci_high] + [p[3] for p in pts], color=line.get_color(), alpha=0.12,
-                                    linewidth=0)
+                    y = [c.clean_accuracy] + [p[1] for p in pts]
+                    low = [c.clean_ci_low] + [p[2] for p in pts]
+                    high = [c.clean_ci_high] + [p[3] for p in pts]
+                    ax.errorbar([0] + [p[0] * 255 for p in pts], y, yerr=[[v - lo for v, lo in zip(y, low)],
+                                                                          [hi - v for v, hi in zip(y, high)]],
+                                fmt=style, marker="o", ms=3, capsize=2, elinewidth=0.8,
+                                label=f"{m} ({'worst case, II' if style == '-' else 'threat model I'})")
         ax.set_xlabel("eps (x/255, L-inf)")
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-        ax.set_title(f"Robust accuracy vs eps ({self.n_samples} {self.data['name']} images; bands: 95% Wilson)",
+        ax.set_title(f"Robust accuracy vs eps ({self.n_samples} {self.data['name']} images; bars: 95% Wilson)",
                      fontsize=9)
         fig.tight_layout()
         fig.savefig(path, dpi=110)

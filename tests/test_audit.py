@@ -223,7 +223,12 @@ def test_audit_counts_recomputed_from_attack_batch(tmp_path, trained_checkpoint,
         assert float(got["robust_accuracy"]) == want["robust_accuracy"]
         assert float(got["clean_accuracy"]) == want["clean_accuracy"] and float(got["eps"]) == want["eps"]
     md = (out / "report.md").read_text().splitlines()
-    table = [ln for ln in md if ln.startswith("|")]
+    table = [ln for ln in md[:md.index("", 2)] if ln.startswith("|")]  # the first table: robust accuracy
+    # then what the checkpoint's metadata records of its training (the fixture: 4 epochs of 16 batches)
+    training = [[c.strip() for c in ln.strip("|").split("|")] for ln in md[md.index("", 2):] if ln.startswith("|")]
+    assert training[0] == ["model", "trained on", "epochs", "seed", "device", "optimiser steps", "train time"]
+    assert training[2][:6] == ["trained", "cifar10-mini train split, first 1024", "4", "0", "cpu x1", "64"]
+    assert training[2][6].endswith(" min") and len(training) == 3
     head = [c.strip() for c in table[0].strip("|").split("|")]
     assert head[:2] == ["model", "clean"] and len(head) == 2 + len(report["rows"])
     body = [[c.strip() for c in ln.strip("|").split("|")] for ln in table[2:]]
@@ -304,7 +309,7 @@ def test_a_report_written_before_intervals_reads_with_intervals_from_its_counts(
     assert (row.robust_ci_low, row.robust_ci_high) == pytest.approx(_wilson(25, 200), abs=1e-12)
     lo, hi = _wilson(25, 200)
     assert row.robust_text() == f"12.5% [{lo:.1%}, {hi:.1%}]"
-    assert AuditRow(**{**row.__dict__, "robust_ci_low": None}).robust_ci_low == row.robust_ci_low
+    assert AuditRow(**{**row.__dict__, "robust_ci_low": float("nan")}).robust_ci_low == row.robust_ci_low
 
 
 def _assert_picture(path):
