@@ -15,11 +15,13 @@ from clrobust.distributed import Dist
 
 def accuracy(net: nn.Module, data: ImageData, spec: AttackSpec, batch_size: int = 256,
              progress: bool = False, desc: str = "accuracy", dist: Optional[Dist] = None) -> Dict[str, float]:
-    """Clean accuracy and accuracy under ``spec`` (crafted against ``net``) on all of ``data``.
+    """Clean accuracy and robust accuracy under ``spec`` (crafted against ``net``) on all of ``data``.
 
-    Batches, attack seeds and forward passes are those of the activations stage
-    (:mod:`clrobust.activations`), as in every other job; under torchrun (``dist``) each process attacks its
-    batches and the counts are summed.
+    Robust accuracy counts an image only if it is classified correctly both clean and attacked, as
+    ``clrobust audit`` and RobustBench count it: a label-free attack (threat model I) can move a misclassified
+    image to its right class, and that is no robustness. Batches, attack seeds and forward passes are those of
+    the activations stage (:mod:`clrobust.activations`), as in every other job; under torchrun (``dist``) each
+    process attacks its batches and the counts are summed.
     """
     net.eval()
     correct = {"clean": 0, "adversarial": 0}
@@ -27,8 +29,9 @@ def accuracy(net: nn.Module, data: ImageData, spec: AttackSpec, batch_size: int 
     stage = Stage({"model": net}, None, spec, str(device))
     for batch in stage.batches(data, batch_size, inputs=("clean", "adversarial"), progress=progress, desc=desc,
                                dist=dist):
-        for rec in batch.recordings:
-            correct[rec.input] += int((rec.logits.argmax(1) == batch.y).sum())
+        right = {rec.input: rec.logits.argmax(1) == batch.y for rec in batch.recordings}
+        correct["clean"] += int(right["clean"].sum())
+        correct["adversarial"] += int((right["adversarial"] & right["clean"]).sum())
     if dist is not None:
         counts = torch.tensor([correct["clean"], correct["adversarial"]], dtype=torch.int64)
         dist.all_reduce([counts])
