@@ -168,12 +168,28 @@ def test_a_process_without_a_batch_joins_every_collective(tmp_path, tiny_checkpo
 
 # ----------------------------------------------------------------------------- independent recount, in process
 
+def _recount(net, data, spec, batch_size: int) -> torch.Tensor:
+    """Per-image correctness written here, independently of clrobust's stages: each batch attacked with
+    ``attack_batch`` (``spec`` None: clean), then classified."""
+    from clrobust.attacks import attack_batch
+    from clrobust.data import to_float
+
+    hits = []
+    for i, lo in enumerate(range(0, len(data), batch_size)):
+        x, y = to_float(data.images[lo:lo + batch_size]), data.labels[lo:lo + batch_size]
+        if spec is not None:
+            x = attack_batch(spec, net, x, y, batch_index=i)
+        with torch.no_grad():
+            hits.append(net(x).argmax(1) == y)
+    return torch.cat(hits)
+
+
 def test_audit_counts_recomputed_from_attack_batch(tmp_path, trained_checkpoint, one_thread):
     """Every row of an audit of a trained model equals a per-point recount made here with attack_batch."""
-    from clrobust.attacks import AttackSpec, attack_batch
+    from clrobust.attacks import AttackSpec
     from clrobust.audit import AuditSettings, run_audit
     from clrobust.checkpoints import load as load_model
-    from clrobust.data import load_dataset, to_float
+    from clrobust.data import load_dataset
 
     N = 24
     eps = (2 / 255,)
@@ -186,15 +202,8 @@ def test_audit_counts_recomputed_from_attack_batch(tmp_path, trained_checkpoint,
     data = load_dataset("cifar10-mini", "test").sample(N)  # the job's default: class-stratified, sample seed 0
     specs = {"fgsm": ("fgsm", 1), "pgd20": ("pgd", 20), "apgd-ce": ("apgd", 100), "tm1-pgd20": ("rep", 20)}
 
-    def correct(spec=None):
-        hits = []
-        for i, lo in enumerate(range(0, N, 16)):  # audit's batches: 16, then 8 (no folding)
-            x, y = to_float(data.images[lo:lo + 16]), data.labels[lo:lo + 16]
-            if spec is not None:
-                x = attack_batch(spec, net, x, y, batch_index=i)
-            with torch.no_grad():
-                hits.append(net(x).argmax(1) == y)
-        return torch.cat(hits)
+    def correct(spec=None):  # audit's batches: 16, then 8 (no folding)
+        return _recount(net, data, spec, 16)
 
     clean = correct()
     rows = {(r["attack"], r["eps"]): r for r in report["rows"]}
@@ -252,10 +261,10 @@ def test_audit_counts_recomputed_from_attack_batch(tmp_path, trained_checkpoint,
 
 def test_pgd_with_restarts_is_robust_only_where_every_restart_fails(tmp_path, trained_checkpoint, one_thread):
     """pgdNxR: R PGD-N runs, seeds seed..seed+R-1, a point robust only if all fail; recounted here."""
-    from clrobust.attacks import AttackSpec, attack_batch
+    from clrobust.attacks import AttackSpec
     from clrobust.audit import AuditSettings, run_audit
     from clrobust.checkpoints import load as load_model
-    from clrobust.data import load_dataset, to_float
+    from clrobust.data import load_dataset
 
     N = 24
     settings = AuditSettings(models=[str(trained_checkpoint)], eps=(8 / 255,), n_samples=N, batch_size=16,
@@ -265,14 +274,7 @@ def test_pgd_with_restarts_is_robust_only_where_every_restart_fails(tmp_path, tr
     data = load_dataset("cifar10-mini", "test").sample(N)
 
     def correct(spec=None):
-        hits = []
-        for i, lo in enumerate(range(0, N, 16)):
-            x, y = to_float(data.images[lo:lo + 16]), data.labels[lo:lo + 16]
-            if spec is not None:
-                x = attack_batch(spec, net, x, y, batch_index=i)
-            with torch.no_grad():
-                hits.append(net(x).argmax(1) == y)
-        return torch.cat(hits)
+        return _recount(net, data, spec, 16)
 
     clean = correct()
     runs = [correct(AttackSpec("pgd", 8 / 255, 4, seed=3 + r)) & clean for r in range(3)]
@@ -447,22 +449,15 @@ def test_the_training_evaluation_counts_robust_accuracy_as_the_audit_does(traine
     when it is right both clean and attacked. The label-free representation attack moves some misclassified
     images to their class; they must not count (they did, and the manifest's threat-model-I numbers ran up to
     8 points above the audit's)."""
-    from clrobust.attacks import AttackSpec, attack_batch
+    from clrobust.attacks import AttackSpec
     from clrobust.checkpoints import load as load_model
-    from clrobust.data import load_dataset, to_float
+    from clrobust.data import load_dataset
     from clrobust.robustness import accuracy
 
     net = load_model(str(trained_checkpoint)).network
     data = load_dataset("cifar10-mini", "test").subset(96)
     spec = AttackSpec("rep", 16 / 255, 3, seed=1, n_classes=10)
     got = accuracy(net, data, spec, batch_size=32)
-    clean, attacked = [], []
-    for i, lo in enumerate(range(0, 96, 32)):
-        x, y = to_float(data.images[lo:lo + 32]), data.labels[lo:lo + 32]
-        adv = attack_batch(spec, net, x, y, batch_index=i)
-        with torch.no_grad():
-            clean.append(net(x).argmax(1) == y)
-            attacked.append(net(adv).argmax(1) == y)
-    c, a = torch.cat(clean), torch.cat(attacked)
+    c, a = _recount(net, data, None, 32), _recount(net, data, spec, 32)
     assert (a & ~c).any()  # the case that tells the two counts apart happens here
     assert got["clean"] == c.sum().item() / 96 and got["adversarial"] == (a & c).sum().item() / 96
