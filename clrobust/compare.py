@@ -47,6 +47,9 @@ RESULT_FILES = ("results.json", "disparity.csv", "summary.md", "disparity.png", 
 #: Version of the layout of results.json; raised when a key changes meaning or goes away.
 SCHEMA = "clrobust.compare-layers/1"
 INPUTS = ("clean", "adversarial")
+#: accuracies reported per model: on clean inputs, on adversarial inputs, and robust (right on both, the audit's
+#: and RobustBench's count: an attack that moves a misclassified image to its class does not add to it)
+ACCURACIES = ("clean", "adversarial", "robust")
 LEVEL_TEXT = "95%"
 
 
@@ -147,7 +150,7 @@ class CompareResult(Result):
     layers: Dict[str, List[str]]  # label -> recorded layers, in depth order
     cka: List[CKAEntry]
     disparity: Dict[str, List[float]]  # label -> 1 - CKA(clean_l, adversarial_l)
-    accuracy: Dict[str, Dict[str, float]]  # label -> {"clean", "adversarial"}
+    accuracy: Dict[str, Dict[str, float]]  # label -> {"clean", "adversarial", "robust"}: see ACCURACIES
     attack: Dict[str, Any]
     data: Dict[str, str]
     n_samples: int
@@ -163,7 +166,7 @@ class CompareResult(Result):
     disparity_ci: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
     #: label -> mean disparity over the last third of the layers: {"value", "ci_low", "ci_high", "layers"}
     late_disparity: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    #: label -> {"clean": [low, high], "adversarial": [low, high]}: Wilson intervals
+    #: label -> {"clean": [low, high], "adversarial": [low, high], "robust": [low, high]}: Wilson intervals
     accuracy_ci: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
     #: every pair of models: per-layer disparity difference on the same images, CI, p, Holm-adjusted p
     paired_disparity: List[Dict[str, Any]] = field(default_factory=list)
@@ -252,7 +255,8 @@ class CompareResult(Result):
             a, aci = self.accuracy[lab], self.accuracy_ci.get(lab, {})
             ci = self.disparity_ci.get(lab)
             idx = [0, len(d) // 2, len(d) - 1]
-            cells = [lab] + [with_interval(a[k], *_pair(aci.get(k)), digits=3, percent=True) for k in INPUTS]
+            cells = [lab] + [with_interval(a[k], *_pair(aci.get(k)), digits=3, percent=True) if k in a
+                             else "not recorded" for k in ACCURACIES]  # robust: files written before it
             cells += [with_interval(d[i], ci["ci_low"][i] if ci else None, ci["ci_high"][i] if ci else None)
                       for i in idx]
             late = self.late_disparity.get(lab)
@@ -261,15 +265,16 @@ class CompareResult(Result):
             out.append(cells)
         return out
 
-    HEAD: ClassVar[List[str]] = ["model", "clean acc", "adv acc", "disp first", "disp mid", "disp last",
-                                 "mean last 1/3"]
+    HEAD: ClassVar[List[str]] = ["model", "clean acc", "adv acc", "robust acc", "disp first", "disp mid",
+                                 "disp last", "mean last 1/3"]
 
     def describe(self) -> str:
         """One sentence: what was measured, on which images, with which uncertainty."""
         return (f"Layer-wise {self.metric} of {', '.join(self.labels)} on n = {self.n_samples} "
                 f"{self.data['name']} {self.data['split']} images ({self.sampling}), {self.attack_text()} "
                 f"(seed {self.seed}); adversarial inputs: {self.adversarial_design}. Intervals: {self.uncertainty}; "
-                f"accuracies: Wilson {LEVEL_TEXT}.")
+                f"accuracies: Wilson {LEVEL_TEXT}; adv acc counts right answers on the adversarial inputs, "
+                f"robust acc only images right both clean and adversarial.")
 
     def markdown(self) -> str:
         lines = [self.describe(), "", "| " + " | ".join(self.HEAD) + " |", "|" + "---|" * len(self.HEAD)]
@@ -301,7 +306,9 @@ class CompareResult(Result):
         for group, g in self.group_summary.items():
             lines.append(f"{group} ({len(g['runs'])} training runs: {', '.join(g['runs'])}): mean last 1/3 "
                          f"disparity {cell(g['late_disparity'])}; clean acc {cell(g['clean_accuracy'], True)}; "
-                         f"adv acc {cell(g['adversarial_accuracy'], True)} (interval: t over runs)")
+                         f"adv acc {cell(g['adversarial_accuracy'], True)}"
+                         + (f"; robust acc {cell(g['robust_accuracy'], True)}" if "robust_accuracy" in g else "")
+                         + " (interval: t over runs)")
         return [""] + lines if lines else []
 
     def _control_lines(self) -> List[str]:
@@ -414,7 +421,7 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
     boot = Bootstrap(settings.bootstrap, settings.seed) if settings.bootstrap else None
     accs = {e: metric(settings.metric, bootstrap=settings.bootstrap, precision=settings.precision) for e in entries}
     measure = next(iter(accs.values()))
-    correct = {lab: {inp: 0 for inp in inputs} for lab in labels}
+    correct = {lab: {**{inp: 0 for inp in inputs}, "robust": 0} for lab in labels}
     if len(data) < MIN_BATCH:
         raise ClrobustError(f"need at least {MIN_BATCH} samples for minibatch CKA, got {len(data)}.")
     source = None
@@ -437,11 +444,13 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
         grams: Dict[Tuple[str, str], Any] = {}
         weights = boot.weights(batch.index, len(batch.y)) if boot is not None else None
         held: Dict[str, Recording] = {}  # this model's clean and adversarial recordings, until its noise one
+        right: Dict[Tuple[str, str], torch.Tensor] = {}  # (model, input) -> which images it classified right
         for rec in batch.recordings:
             if settings.measures and rec.input in INPUTS:
                 for name, act in rec.layers.items():
                     pooled[(rec.model, rec.input)].setdefault(name, []).append(pool_flatten(act).double().cpu())
-            correct[rec.model][rec.input] += int((rec.logits.argmax(1) == batch.y).sum())
+            right[(rec.model, rec.input)] = (rec.logits.argmax(1) == batch.y).cpu()
+            correct[rec.model][rec.input] += int(right[(rec.model, rec.input)].sum())
             t = time.perf_counter()
             grams[(rec.model, rec.input)] = measure.prepare([a.cpu() for a in rec.layers.values()])
             if noise:
@@ -450,6 +459,8 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
                     gains[rec.model].update(held["clean"], held["adversarial"], rec, batch.x, weights)
                     held = {}
             timings["cka"] += time.perf_counter() - t
+        for lab in labels:
+            correct[lab]["robust"] += int((right[(lab, "clean")] & right[(lab, "adversarial")]).sum())
         t = time.perf_counter()
         for e in entries:
             if weights is None:
@@ -487,8 +498,8 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
                      noise_late_disparity=noise_stats["late_disparity"],
                      amplification={lab: g.result() for lab, g in gains.items()})
     timings["cka"] += time.perf_counter() - t
-    accuracy = {lab: {k: correct[lab][k] / n for k in INPUTS} for lab in labels}
-    accuracy_ci = {lab: {k: list(wilson_interval(correct[lab][k], n)) for k in INPUTS} for lab in labels}
+    accuracy = {lab: {k: correct[lab][k] / n for k in ACCURACIES} for lab in labels}
+    accuracy_ci = {lab: {k: list(wilson_interval(correct[lab][k], n)) for k in ACCURACIES} for lab in labels}
     result = CompareResult(
         models={lab: {**lm.describe(), "training": lm.metadata.get("training", {}),
                       **classifiers.get(lab, {"classifier": "own linear head"})}
@@ -552,7 +563,8 @@ def group_summary(result: CompareResult) -> Dict[str, Dict[str, Any]]:
 
     numbers = {"late_disparity": lambda lab: result.late_disparity[lab]["value"],
                "clean_accuracy": lambda lab: result.accuracy[lab]["clean"],
-               "adversarial_accuracy": lambda lab: result.accuracy[lab]["adversarial"]}
+               "adversarial_accuracy": lambda lab: result.accuracy[lab]["adversarial"],
+               "robust_accuracy": lambda lab: result.accuracy[lab]["robust"]}
     if result.noise_late_disparity:
         numbers["noise_late_disparity"] = lambda lab: result.noise_late_disparity[lab]["value"]
     out: Dict[str, Dict[str, Any]] = {}

@@ -84,6 +84,9 @@ class ProbeResult:
     adversarial_ci: List[List[float]] = field(default_factory=list)
     #: how the test images were chosen
     sampling: str = ""
+    #: per layer, the probe right on a test image both clean and adversarial ([] in files written before it)
+    robust_accuracy: List[float] = field(default_factory=list)
+    robust_ci: List[List[float]] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -107,23 +110,29 @@ def feature_key(net: nn.Module, layers: Sequence[str], train: ImageData, test: I
 
 def _pooled(stage: Stage, data: ImageData, batch_size: int, inputs: Sequence[str], desc: str, progress: bool,
             dist: Optional[Dist] = None) -> Tuple[Dict[str, Dict[str, np.ndarray]], Dict[str, int]]:
-    """Pooled features of every layer per input (``clean``, ``adversarial``), and the model's correct counts.
+    """Pooled features of every layer per input (``clean``, ``adversarial``), and the model's correct counts
+    (with both inputs also ``robust``: right both clean and adversarial).
 
     Under torchrun each process records its batches into its rows, and a sum over the processes (every
     other process holds zeros there) gives every process all rows.
     """
     names = stage.layers["model"]
     rows: Dict[str, Dict[str, torch.Tensor]] = {i: {} for i in inputs}
-    correct = torch.zeros(len(inputs), dtype=torch.int64)
+    keys = list(inputs) + (["robust"] if {"clean", "adversarial"} <= set(inputs) else [])
+    correct = torch.zeros(len(keys), dtype=torch.int64)
     for batch in stage.batches(data, batch_size, inputs=inputs, progress=progress, desc=desc, dist=dist):
         lo, hi = batch.start, batch.start + len(batch.y)
+        right = {}
         for rec in batch.recordings:
             for name, act in rec.layers.items():
                 f = pool_flatten(act).float().cpu()
                 if name not in rows[rec.input]:
                     rows[rec.input][name] = torch.zeros(len(data), f.shape[1])
                 rows[rec.input][name][lo:hi] = f
-            correct[list(inputs).index(rec.input)] += int((rec.logits.argmax(1) == batch.y).sum())
+            right[rec.input] = (rec.logits.argmax(1) == batch.y).cpu()
+            correct[keys.index(rec.input)] += int(right[rec.input].sum())
+        if "robust" in keys:
+            correct[keys.index("robust")] += int((right["clean"] & right["adversarial"]).sum())
     if dist is not None:
         # a process without a batch learns every layer's width from the others, then joins the sum
         dims = torch.tensor([rows[i][n].shape[1] if n in rows[i] else 0 for i in inputs for n in names])
@@ -134,7 +143,7 @@ def _pooled(stage: Stage, data: ImageData, batch_size: int, inputs: Sequence[str
                 width = next(widths)
                 rows[i].setdefault(n, torch.zeros(len(data), width))
         dist.all_reduce([rows[i][n] for i in inputs for n in names] + [correct])
-    counts = {i: int(c) for i, c in zip(inputs, correct.tolist())}
+    counts = {k: int(c) for k, c in zip(keys, correct.tolist())}
     return {i: {n: rows[i][n].numpy() for n in names} for i in inputs}, counts
 
 
@@ -223,27 +232,37 @@ def _load_npz(path: Path, names: List[str]) -> Optional[LayerFeatures]:
 
 def fit_probe(train_x: np.ndarray, train_y: np.ndarray, tests: Mapping[str, Tuple[np.ndarray, np.ndarray]],
               n_classes: Optional[int] = None, seed: int = 0, weight_decay: float = 1e-4,
-              max_iter: int = 200) -> Dict[str, float]:
+              max_iter: int = 200, robust: Optional[Tuple[str, str]] = None) -> Dict[str, float]:
     """Fit :func:`clrobust.linear_probe.fit_linear_probe` on ``train_x``; accuracy on train and each test set.
 
+    Args:
+        robust: names of two test sets of the same images in the same order (clean, adversarial): adds
+            ``"robust"``, the fraction of images predicted right in both.
+
     Returns:
-        ``{"train": acc, <name>: acc for each entry of tests}``.
+        ``{"train": acc, <name>: acc for each entry of tests}`` (and ``"robust"``).
     """
     probe = fit_linear_probe(train_x, train_y, n_classes, weight_decay, seed, max_iter)
     out = {"train": probe.accuracy(train_x, train_y)}
+    right = {}
     for name, (xt, yt) in tests.items():
-        out[name] = probe.accuracy(xt, yt)
+        right[name] = probe.predict(xt) == torch.as_tensor(np.asarray(yt), dtype=torch.long)
+        out[name] = float(right[name].double().mean())
+    if robust is not None:
+        out["robust"] = float((right[robust[0]] & right[robust[1]]).double().mean())
     return out
 
 
 def fit_layers(feats: LayerFeatures, n_classes: int, seed: int = 0, progress: bool = True) -> Dict[str, List[float]]:
-    """One probe per layer of ``feats``: lists of train, clean test and adversarial test accuracy."""
-    res: Dict[str, List[float]] = {"train": [], "clean": [], "adversarial": []}
+    """One probe per layer of ``feats``: lists of train, clean test, adversarial test and robust accuracy
+    (the probe right on an image both clean and adversarial; the attack targets the model's classifier, so a
+    layer's probe can be right on the adversarial image only, and that does not count as robust)."""
+    res: Dict[str, List[float]] = {"train": [], "clean": [], "adversarial": [], "robust": []}
     for name in tqdm(feats.layers, desc="fit probes", disable=not progress, unit="layer", leave=False):
         r = fit_probe(feats.train[name], feats.train_labels,
                       {"clean": (feats.test_clean[name], feats.test_labels),
                        "adversarial": (feats.test_adversarial[name], feats.test_labels)},
-                      n_classes=n_classes, seed=seed)
+                      n_classes=n_classes, seed=seed, robust=("clean", "adversarial"))
         for k in res:
             res[k].append(r[k])
     return res
@@ -294,7 +313,8 @@ def probe_layers(model: nn.Module, train_data: ImageData, test_data: ImageData,
         clean_ci=[list(wilson_interval(round(a * len(test_data)), len(test_data))) for a in accs["clean"]],
         adversarial_ci=[list(wilson_interval(round(a * len(test_data)), len(test_data)))
                         for a in accs["adversarial"]],
-        sampling=test_data.chosen)
+        sampling=test_data.chosen, robust_accuracy=accs["robust"],
+        robust_ci=[list(wilson_interval(round(a * len(test_data)), len(test_data))) for a in accs["robust"]])
 
 
 PROBE_FILES = ("probes.json", "probes.csv", "probes.md", "probes.png", "settings.json")
@@ -366,12 +386,16 @@ class ProbeLayersResult(Result):
             low, high = p.interval(which, i)
             return [f"{v:.6f}" if v is not None else "" for v in (low, high)]
 
+        robust = bool(p.robust_accuracy)
         rows = [[i, name, p.feature_dims[i], f"{p.train_accuracy[i]:.6f}", f"{p.clean_accuracy[i]:.6f}",
-                 *ci("clean", i), f"{p.adversarial_accuracy[i]:.6f}", *ci("adversarial", i), p.n_test]
+                 *ci("clean", i), f"{p.adversarial_accuracy[i]:.6f}", *ci("adversarial", i),
+                 *([f"{p.robust_accuracy[i]:.6f}", *ci("robust", i)] if robust else []), p.n_test]
                 for i, name in enumerate(p.layers)]
         return {"probes.csv": Table(["layer_index", "layer", "feature_dim", "train_accuracy", "clean_accuracy",
                                      "clean_ci_low", "clean_ci_high", "adversarial_accuracy", "adversarial_ci_low",
-                                     "adversarial_ci_high", "n_test"], rows)}
+                                     "adversarial_ci_high",
+                                     *(["robust_accuracy", "robust_ci_low", "robust_ci_high"] if robust else []),
+                                     "n_test"], rows)}
 
     def attack_text(self) -> str:
         a = self.probes.attack
@@ -382,17 +406,22 @@ class ProbeLayersResult(Result):
 
     def markdown(self) -> str:
         p = self.probes
-        lines = [self.describe(), "", "| layer | dim | train | clean | adversarial |", "|---|---|---|---|---|"]
-        lines += [f"| {name} | {p.feature_dims[i]} | {self._cell('train', i)} | {self._cell('clean', i)} | "
-                  f"{self._cell('adversarial', i)} |" for i, name in enumerate(p.layers)]
+        cols = self._columns()
+        lines = [self.describe(), "", "| layer | dim | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+        lines += [f"| {name} | {p.feature_dims[i]} | " + " | ".join(self._cell(c, i) for c in cols) + " |"
+                  for i, name in enumerate(p.layers)]
         return "\n".join(lines)
+
+    def _columns(self) -> List[str]:
+        return ["train", "clean", "adversarial"] + (["robust"] if self.probes.robust_accuracy else [])
 
     def describe(self) -> str:
         p = self.probes
         chosen = f" ({p.sampling})" if p.sampling else ""
         return (f"Linear probe per layer of {self.model['label']}: fit on {p.n_train} {self.data['name']} train "
                 f"images, tested on n = {p.n_test} test images{chosen}, clean and under {self.attack_text()} "
-                f"(seed {p.seed}); 95% Wilson intervals.")
+                f"(seed {p.seed}); 95% Wilson intervals; robust: the probe right on an image both clean and "
+                f"adversarial.")
 
     def _cell(self, which: str, i: int) -> str:
         return with_interval(getattr(self.probes, f"{which}_accuracy")[i], *self.probes.interval(which, i),
@@ -400,10 +429,10 @@ class ProbeLayersResult(Result):
 
     def summary(self) -> str:
         p = self.probes
-        rows = [["layer", "dim", "train", "clean", "adv"]]
-        rows += [[name, str(p.feature_dims[i]), self._cell("train", i), self._cell("clean", i),
-                  self._cell("adversarial", i)] for i, name in enumerate(p.layers)]
-        widths = [max(len(r[c]) for r in rows) for c in range(5)]
+        cols = self._columns()
+        rows = [["layer", "dim"] + [{"adversarial": "adv"}.get(c, c) for c in cols]]
+        rows += [[name, str(p.feature_dims[i])] + [self._cell(c, i) for c in cols] for i, name in enumerate(p.layers)]
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
         table = ["  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths)))
                  for r in rows]
         return "\n".join([self.describe()] + table)

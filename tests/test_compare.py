@@ -156,22 +156,25 @@ def test_every_model_is_attacked_with_its_own_examples(tiny_checkpoints, trained
     recs = {}
     for label, path in zip(("tiny0", "trained"), models):
         net = load_model(path).network
-        correct = {"clean": 0, "adversarial": 0}
+        correct = {"clean": 0, "adversarial": 0, "robust": 0}
         acts = {"clean": [], "adversarial": [], "noise": []}
         gain = {"adversarial": np.zeros(len(BLOCKS)), "noise": np.zeros(len(BLOCKS))}
         for bi, (lo, hi) in enumerate(bounds):
             x, y = to_float(data.images[lo:hi]), data.labels[lo:hi]
             x_adv = attack_batch(AttackSpec("pgd", 4 / 255, steps=3, seed=5), net, x, y, batch_index=bi)
             x_noise = noise_batch(4 / 255, "Linf", x, 5, bi)  # the control: random signs at the same eps
+            right = {}
             for inp, xi in (("clean", x), ("adversarial", x_adv), ("noise", x_noise)):
                 a, logits = _record(net, xi, BLOCKS)
                 acts[inp].append(a)
+                right[inp] = logits.argmax(1) == y
                 if inp in correct:
-                    correct[inp] += int((logits.argmax(1) == y).sum())
+                    correct[inp] += int(right[inp].sum())
                 if inp != "clean":  # feature change per unit of input change, summed over images
                     moved = (xi - x).flatten(1).norm(dim=1).double().numpy()
                     gain[inp] += [float((np.linalg.norm((np.asarray(a[n]) - np.asarray(acts["clean"][-1][n]))
                                                         .reshape(len(x), -1), axis=1) / moved).sum()) for n in BLOCKS]
+            correct["robust"] += int((right["clean"] & right["adversarial"]).sum())  # right both clean and attacked
         assert {k: res.accuracy[label][k] for k in correct} == {k: v / 34 for k, v in correct.items()}, label
         expect = [1 - _minibatch_cka([b[n] for b in acts["clean"]], [b[n] for b in acts["adversarial"]])
                   for n in BLOCKS]
@@ -183,6 +186,7 @@ def test_every_model_is_attacked_with_its_own_examples(tiny_checkpoints, trained
         recs[label] = acts
     trained = res.accuracy["trained"]
     assert trained["clean"] > 0.2 and 0 < trained["adversarial"] < trained["clean"]  # non-trivial counts
+    assert 0 < trained["robust"] <= trained["adversarial"]
     # One cross-model entry on adversarial inputs: each model's own adversarial activations.
     ent = next(e for e in res.cka if e.rows == ("tiny0", "adversarial") and e.cols == ("trained", "adversarial"))
     for i, j in ((0, 0), (4, 9), (9, 9)):
@@ -261,6 +265,34 @@ def test_every_number_carries_its_interval(tmp_path, tiny_checkpoints):
     off = compare_layers(CompareSettings(**{**settings.__dict__, "bootstrap": 0}), tmp_path / "off", progress=False)
     assert off.disparity_ci == {} and all(e.ci_low is None for e in off.cka) and off.paired_disparity == []
     np.testing.assert_array_equal(off.cka[0].matrix, res.cka[0].matrix)  # the bootstrap changes no value
+
+
+def test_robust_accuracy_counts_images_right_both_clean_and_perturbed(trained_checkpoint, one_thread):
+    """Robust accuracy (the audit's count) is not accuracy on the perturbed inputs: strong random noise turns
+    some of the trained model's wrong answers right, and those must not count."""
+    import torch
+
+    from clrobust.attacks import AttackSpec, noise_batch
+    from clrobust.checkpoints import load as load_model
+    from clrobust.compare import CompareSettings, run_compare
+    from clrobust.data import load_dataset, to_float
+
+    spec = AttackSpec("noise", 32 / 255, steps=1, seed=3)
+    res = run_compare(CompareSettings(models=[str(trained_checkpoint)], attack=spec, n_samples=64, batch_size=64,
+                                      layers="stem,avgpool", bootstrap=0), progress=False)
+    data = load_dataset("cifar10-mini", "test").sample(64)
+    x, y = to_float(data.images), data.labels
+    net = load_model(str(trained_checkpoint)).network.eval()
+    with torch.no_grad():
+        clean = net(x).argmax(1) == y
+        moved = net(noise_batch(32 / 255, "Linf", x, 3, 0)).argmax(1) == y
+    acc = res.accuracy["trained"]
+    assert acc["clean"] == clean.sum().item() / 64 and acc["adversarial"] == moved.sum().item() / 64
+    assert acc["robust"] == (clean & moved).sum().item() / 64
+    assert acc["robust"] < acc["adversarial"]  # some wrong answers turned right: the counts differ
+    lo, hi = res.accuracy_ci["trained"]["robust"]
+    assert lo < acc["robust"] < hi
+    assert "robust acc" in res.markdown()
 
 
 def test_shared_adversarial_inputs_from_one_model(tiny_checkpoints):

@@ -123,7 +123,7 @@ def test_all_figures_numbers_match_plots(tmp_path, four_models, monkeypatch):
             cc = results.matrix((lab, "clean"), (lab, "clean"))
             assert s["cross_layer_cka_clean"][key] == pytest.approx(figures.off_diagonal_mean(cc))
             assert info["accuracy"] == results.accuracy[lab]
-            assert s["robust_accuracy"][key] == results.accuracy[lab]["adversarial"]
+            assert s["robust_accuracy"][key] == results.accuracy[lab]["robust"]
             assert s["clean_accuracy"][key] == results.accuracy[lab]["clean"]
             d = results.disparity[lab]
             assert s["early_disparity"][key] == pytest.approx(float(np.mean(d[:max(1, len(d) // 3)])))
@@ -133,7 +133,7 @@ def test_all_figures_numbers_match_plots(tmp_path, four_models, monkeypatch):
     assert eps["curves"]["disparity"]["AT eps 2/255"] == results.disparity["m3"]
     assert "robust acc" in eps["curves"]["legend"]["AT eps 16/255"]
     for key, info in eps["models"].items():
-        assert f"(robust acc {results.accuracy[info['label']]['adversarial']:.1%})" in eps["curves"]["legend"][key]
+        assert f"(robust acc {results.accuracy[info['label']]['robust']:.1%})" in eps["curves"]["legend"][key]
     cm = json.loads((out / "cross-model.json").read_text())["summary"]["cross_model_cka"]
     assert cm["ST"]["mean"] == pytest.approx(float(np.mean(results.matrix(
         ("m0", "adversarial"), ("m2", "adversarial")))))

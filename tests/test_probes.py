@@ -214,20 +214,20 @@ def _record_pooled(net: torch.nn.Module, layers: Sequence[str], x: torch.Tensor
 
 
 def _recorded_features(net: torch.nn.Module, data: ImageData, layers: Sequence[str], batch_size: int,
-                       attack: "AttackSpec | None" = None) -> Tuple[Dict[str, np.ndarray], float]:
+                       attack: "AttackSpec | None" = None) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
     """Pooled features of ``data`` batch by batch (adversarial inputs from attack_batch with the batch's
-    index when ``attack`` is given), and the network's own accuracy on those inputs."""
+    index when ``attack`` is given), and which of those inputs the network itself classifies right."""
     chunks: Dict[str, List[np.ndarray]] = {n: [] for n in layers}
-    correct = 0
+    right: List[np.ndarray] = []
     for bi, lo in enumerate(range(0, len(data), batch_size)):
         x, y = to_float(data.images[lo:lo + batch_size]), data.labels[lo:lo + batch_size]
         if attack is not None:
             x = attack_batch(attack, net, x, y, batch_index=bi)
         feats, logits = _record_pooled(net, layers, x)
-        correct += int((logits.argmax(1) == y).sum())
+        right.append((logits.argmax(1) == y).numpy())
         for n in layers:
             chunks[n].append(feats[n])
-    return {n: np.concatenate(c) for n, c in chunks.items()}, correct / len(data)
+    return {n: np.concatenate(c) for n, c in chunks.items()}, np.concatenate(right)
 
 
 def test_probe_layers_equals_features_recorded_here_and_sklearn(tiny_checkpoints):
@@ -241,11 +241,12 @@ def test_probe_layers_equals_features_recorded_here_and_sklearn(tiny_checkpoints
     r = probe_layers(net, train, test, ",".join(LAYERS), AttackSpec("pgd", 8 / 255, 2), bs, seed=0, progress=False)
 
     tr, _ = _recorded_features(net, train, LAYERS, bs)
-    clean, clean_acc = _recorded_features(net, test, LAYERS, bs)
-    adv, adv_acc = _recorded_features(net, test, LAYERS, bs, AttackSpec("pgd", 8 / 255, 2))
+    clean, clean_right = _recorded_features(net, test, LAYERS, bs)
+    adv, adv_right = _recorded_features(net, test, LAYERS, bs, AttackSpec("pgd", 8 / 255, 2))
     assert r.layers == LAYERS and r.feature_dims == [tr[n].shape[1] for n in LAYERS] == [16, 16, 32, 32]
     assert (r.n_train, r.n_test) == (160, 48)
-    assert r.model_accuracy == {"clean": clean_acc, "adversarial": adv_acc}
+    assert r.model_accuracy == {"clean": clean_right.sum() / 48, "adversarial": adv_right.sum() / 48,
+                                "robust": (clean_right & adv_right).sum() / 48}
     # What the probes were fitted on (still in the memory cache) is what was recorded here.
     feats = extract_features(net, train, test, ",".join(LAYERS), AttackSpec("pgd", 8 / 255, 2), bs, progress=False)
     assert feats.from_cache == "memory"
@@ -257,16 +258,23 @@ def test_probe_layers_equals_features_recorded_here_and_sklearn(tiny_checkpoints
 
     # The accuracies: scikit-learn on the recorded features (count differences summed over every number).
     y_tr, y_te = train.labels.numpy(), test.labels.numpy()
-    off, attack_mattered = 0, False
+    # Robust: the probe right on an image both clean and adversarial.
+    off, attack_mattered, flipped_right = 0, False, False
     for i, n in enumerate(LAYERS):
         scaler = StandardScaler().fit(tr[n])
         ref = _sklearn_logreg(scaler.transform(tr[n]), y_tr, 1e-4)
         want = [ref.score(scaler.transform(f), yy) for f, yy in ((tr[n], y_tr), (clean[n], y_te), (adv[n], y_te))]
-        got = [r.train_accuracy[i], r.clean_accuracy[i], r.adversarial_accuracy[i]]
-        off += sum(round(abs(g - w) * m) for g, w, m in zip(got, want, (len(y_tr), len(y_te), len(y_te))))
+        right_clean = ref.predict(scaler.transform(clean[n])) == y_te
+        right_adv = ref.predict(scaler.transform(adv[n])) == y_te
+        want.append(float((right_clean & right_adv).mean()))
+        got = [r.train_accuracy[i], r.clean_accuracy[i], r.adversarial_accuracy[i], r.robust_accuracy[i]]
+        off += sum(round(abs(g - w) * m) for g, w, m in zip(got, want, (len(y_tr), len(y_te), len(y_te), len(y_te))))
         attack_mattered |= want[1] != want[2]
+        flipped_right |= want[3] != want[2]
     assert off <= 1, (r, off)  # exact, up to one near-tie falling the other way
     assert attack_mattered  # else clean features passed off as adversarial would go unnoticed
+    assert flipped_right  # some probe is right on an adversarial image it got wrong clean: robust differs
+    assert r.robust_ci[0][0] <= r.robust_accuracy[0] <= r.robust_ci[0][1]
 
 
 def test_probe_layers_tiny_model_and_cache(tmp_path, tiny_checkpoints):
@@ -309,21 +317,26 @@ def test_probe_layers_tiny_model_and_cache(tmp_path, tiny_checkpoints):
 
 
 PROBE_CSV_HEADER = ["layer_index", "layer", "feature_dim", "train_accuracy", "clean_accuracy", "clean_ci_low",
-                    "clean_ci_high", "adversarial_accuracy", "adversarial_ci_low", "adversarial_ci_high", "n_test"]
+                    "clean_ci_high", "adversarial_accuracy", "adversarial_ci_low", "adversarial_ci_high",
+                    "robust_accuracy", "robust_ci_low", "robust_ci_high", "n_test"]
+#: the header of a result written before robust accuracy was recorded
+PROBE_CSV_HEADER_OLD = [c for c in PROBE_CSV_HEADER if not c.startswith("robust")]
 
 
 def _assert_csv_is_json(path: Path, data: Dict) -> None:
     """probes.csv holds probes.json's per-layer numbers, row by row (accuracies to 6 decimals)."""
     with open(path, newline="") as fh:
         rows = list(csv.reader(fh))
-    assert rows[0] == PROBE_CSV_HEADER and len(rows) == len(data["layers"]) + 1
+    robust = bool(data.get("robust_accuracy"))
+    header = PROBE_CSV_HEADER if robust else PROBE_CSV_HEADER_OLD
+    assert rows[0] == header and len(rows) == len(data["layers"]) + 1
     for i, row in enumerate(rows[1:]):
-        assert len(row) == len(PROBE_CSV_HEADER)
+        assert len(row) == len(header)
         assert (int(row[0]), row[1], int(row[2])) == (i, data["layers"][i], data["feature_dims"][i])
-        cell = dict(zip(PROBE_CSV_HEADER, row))
-        for col in ("train_accuracy", "clean_accuracy", "adversarial_accuracy"):
+        cell = dict(zip(header, row))
+        for col in ("train_accuracy", "clean_accuracy", "adversarial_accuracy") + (("robust_accuracy",) * robust):
             assert float(cell[col]) == pytest.approx(data[col][i], abs=5.1e-7), (i, col)
-        for which in ("clean", "adversarial"):  # the Wilson interval of each accuracy, beside it
+        for which in ("clean", "adversarial") + (("robust",) * robust):  # each accuracy's Wilson interval
             ci = data.get(f"{which}_ci") or []
             got = [cell[f"{which}_ci_low"], cell[f"{which}_ci_high"]]
             assert got == ([f"{v:.6f}" for v in ci[i]] if ci else ["", ""]), (i, which)
@@ -334,18 +347,22 @@ def _assert_real_png(path: Path) -> None:
     assert_real_png(path, min_side=300, max_side=4000)
 
 
-def test_probe_outputs_csv_and_png_hold_the_json_numbers(tmp_path):
-    """Every number distinct, so a shifted row or column cannot go unnoticed."""
+@pytest.mark.parametrize("robust", [True, False], ids=["robust", "written-before-robust"])
+def test_probe_outputs_csv_and_png_hold_the_json_numbers(tmp_path, robust):
+    """Every number distinct, so a shifted row or column cannot go unnoticed; a result without robust
+    accuracy (written before it was recorded) still renders."""
     from clrobust.attacks import AttackSpec
     from clrobust.probes import ProbeLayersResult, ProbeResult
     from clrobust.results import write_results
 
     rng = np.random.default_rng(0)
-    acc = rng.permutation(np.linspace(0.05, 0.95, 15)).reshape(3, 5).round(7)
+    acc = rng.permutation(np.linspace(0.05, 0.95, 20)).reshape(4, 5).round(7)
     probe = ProbeResult(layers=["stem", "layer1.0", "layer2.1", "layer3.0", "avgpool"],
                         feature_dims=[16, 32, 64, 128, 256], train_accuracy=acc[0].tolist(),
                         clean_accuracy=acc[1].tolist(), adversarial_accuracy=acc[2].tolist(), n_train=64, n_test=32,
-                        n_classes=10, attack=AttackSpec().to_dict(), seed=0, model_accuracy={})
+                        n_classes=10, attack=AttackSpec().to_dict(), seed=0, model_accuracy={},
+                        robust_accuracy=acc[3].tolist() if robust else [],
+                        robust_ci=[[a - 0.01, a + 0.01] for a in acc[3]] if robust else [])
     result = ProbeLayersResult({"label": "m"}, {"name": "cifar10-mini"}, "blocks", probe, {})
     paths = write_results(tmp_path, [result])
     assert [p.name for p in paths] == ["probes.json", "probes.csv", "probes.md", "probes.png"]
@@ -354,7 +371,10 @@ def test_probe_outputs_csv_and_png_hold_the_json_numbers(tmp_path):
     assert ProbeLayersResult.read(tmp_path / "probes.json") == result
     md = (tmp_path / "probes.md").read_text()
     for i, layer in enumerate(probe.layers):
-        assert f"| {layer} | {probe.feature_dims[i]} | {acc[0, i]:.1%} | {acc[1, i]:.1%} | {acc[2, i]:.1%} |" in md
+        row = f"| {layer} | {probe.feature_dims[i]} | {acc[0, i]:.1%} | {acc[1, i]:.1%} | {acc[2, i]:.1%} |"
+        if robust:
+            row += f" {acc[3, i]:.1%} [{acc[3, i] - 0.01:.1%}, {acc[3, i] + 0.01:.1%}] |"
+        assert row in md
     _assert_csv_is_json(tmp_path / "probes.csv", data)
     _assert_real_png(tmp_path / "probes.png")
 

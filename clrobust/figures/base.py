@@ -145,7 +145,7 @@ class FigureResult(Result):
             "cross_layer_cka_clean": {k: off_diagonal_mean(results.matrix((m["label"], "clean"), (m["label"], "clean")))
                                       for k, m in models.items()},
             "cross_layer_cka_definition": "mean off-diagonal entry of the clean-vs-clean CKA heatmap",
-            "robust_accuracy": {k: m["accuracy"]["adversarial"] for k, m in models.items()},
+            "robust_accuracy": {k: m["accuracy"]["robust"] for k, m in models.items()},
             "clean_accuracy": {k: m["accuracy"]["clean"] for k, m in models.items()},
         }
         data_text = f"{results.data['name']} {results.data['split']}, n={results.n_samples}"

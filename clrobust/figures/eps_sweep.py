@@ -26,7 +26,7 @@ class EpsSweep(FigureResult):
         keys = {r.key: labels[spec] for r, spec in pairs}
         curves = {"disparity": {k: results.disparity[lab] for k, lab in keys.items()},
                   "layers": {k: results.layers[lab] for k, lab in keys.items()},
-                  "legend": {k: f"{k}: {lab} (robust acc {results.accuracy[lab]['adversarial']:.1%})"
+                  "legend": {k: f"{k}: {lab} (robust acc {results.accuracy[lab]['robust']:.1%})"
                              for k, lab in keys.items()},
                   "bands": {k: results.disparity_ci[lab] for k, lab in keys.items() if lab in results.disparity_ci}}
         title = f"Clean vs adversarial disparity over depth by training eps ({context})"

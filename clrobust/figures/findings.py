@@ -220,7 +220,7 @@ def finding_3(figs: Mapping[str, FigureResult], num: Numbers) -> Finding:
                                      *_minus(num.rise(lo), num.rise(hi))))
     if not contrasts:
         return Finding(3, STATEMENTS[3], "not checked", detail="needs at least two adversarially trained models.")
-    rob = ", ".join(f"{k} {with_interval(sweep.models[k]['accuracy']['adversarial'], *_wilson(num, lab), percent=True)}"
+    rob = ", ".join(f"{k} {with_interval(sweep.models[k]['accuracy']['robust'], *_wilson(num, lab), percent=True)}"
                     for _, k, lab in models)
     w = _weakest(contrasts[:-1] or contrasts)
     failing = [c.name for c in contrasts if c.verdict != "supported"]
@@ -231,7 +231,7 @@ def finding_3(figs: Mapping[str, FigureResult], num: Numbers) -> Finding:
 
 
 def _wilson(num: Numbers, label: str) -> Tuple[Optional[float], Optional[float]]:
-    ci = num.r.accuracy_ci.get(label, {}).get("adversarial")
+    ci = num.r.accuracy_ci.get(label, {}).get("robust")
     return (ci[0], ci[1]) if ci else (None, None)
 
 
