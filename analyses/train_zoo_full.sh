@@ -6,6 +6,7 @@
 #   ZOO=runs/zoo-full EPOCHS=100 bash analyses/train_zoo_full.sh DATA_ROOT
 #   ONLY="supervised-at simclr-at" bash analyses/train_zoo_full.sh DATA_ROOT   # some models
 #   TIME_LIMIT=540 bash analyses/train_zoo_full.sh DATA_ROOT   # stop cleanly after 540 s (a lent GPU's slot)
+#   EVAL_EVERY=1 bash analyses/train_zoo_full.sh DATA_ROOT      # clean / PGD-20 accuracy every epoch [every 2]
 #
 # DATA_ROOT: an image folder of CIFAR-10's training images, e.g. the JPEG (quality 75) copy with the official
 # labels (class folders in CIFAR-10's class order). Nothing is downloaded and the package does not embed it.
@@ -16,7 +17,8 @@
 # model's metadata; every model trains under bf16 autocast (--amp) on any device, so a model trained on a GPU and
 # one trained on a CPU share their precision (a CPU with bf16 instructions trains 2.1x faster with it).
 # Runs resume (--resume) after an interruption; finished models are skipped; each run appends to its log in
-# $ZOO/logs/ (one line an epoch: loss, seconds, images/s).
+# $ZOO/logs/ (one line an epoch: loss, seconds, images/s, and every EVAL_EVERY epochs clean and PGD-20 8/255
+# accuracy on the evaluation images, to watch robust overfitting; it does not change the training).
 set -euo pipefail
 DATA=${1:?usage: bash analyses/train_zoo_full.sh DATA_ROOT}
 ZOO=${ZOO:-runs/zoo-full}
@@ -25,7 +27,7 @@ FT_EPOCHS=${FT_EPOCHS:-10}
 WIDTH=${WIDTH:-16}
 mkdir -p "$ZOO/logs"
 COMMON=(--arch resnet18 --width "$WIDTH" --data imagefolder --data-root "$DATA" --eval-data cifar10-mini
-        --batch-size 256 --amp --no-progress)
+        --batch-size 256 --amp --no-progress --eval-every "${EVAL_EVERY:-2}")
 AT=(--scenario at --eps 8/255 --attack-steps 5)
 
 run() {  # run NAME ARGS...

@@ -527,3 +527,51 @@ def test_a_state_saved_before_a_setting_existed_still_resumes(tmp_path):
     assert not t._same_settings(json.dumps({**now, "lr": 0.5}))
     assert not t._same_settings(json.dumps({**now, "gone": 1}))  # a setting this clrobust does not know
     assert not t._same_settings("not json") and not t._same_settings(None)
+
+
+def _weights(path: Path) -> State:
+    net, _ = load_network(path)
+    return net.state_dict()
+
+
+@pytest.mark.parametrize("scheme,scenario,dual_bn", [("supervised", "at", False), ("simclr", "st", False),
+                                                     ("simclr", "at", True)])
+def test_watching_during_training_leaves_it_unchanged_and_ends_at_the_final_numbers(tmp_path, scheme, scenario,
+                                                                                    dual_bn):
+    """--eval-every measures clean and robust accuracy on the final evaluation's images and attack after every
+    N-th and the last epoch, without touching the training (weights, losses, classifier, the batch norm the
+    training reads are those of a run without it); for a supervised net its last measurement is the final
+    evaluation."""
+    cfg = dict(scheme=scheme, scenario=scenario, seed=3, dual_bn=dual_bn,
+               **{**TINY, "epochs": 3, "eval_samples": 16})
+    plain = Trainer(TrainConfig(**cfg), tmp_path / "plain", progress=False).run()
+    lines: List[str] = []
+    meta = Trainer(TrainConfig(**cfg, eval_every=2), tmp_path / "watched", progress=False, log=lines.append).run()
+    assert _curve(tmp_path / "watched.history.csv") == _curve(tmp_path / "plain.history.csv")
+    a, b = _weights(tmp_path / "plain.safetensors"), _weights(tmp_path / "watched.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "watching changed the training"
+    assert meta["metrics"]["clean_accuracy"] == plain["metrics"]["clean_accuracy"]
+    with open(tmp_path / "watched.history.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    watched = [(r["phase"], int(r["epoch"])) for r in rows if r["eval_clean"]]
+    assert watched[:2] == [("pretrain", 2), ("pretrain", 3)]  # every 2nd epoch, and the last
+    assert [ln for ln in lines if "eval clean" in ln][0].startswith("pretrain epoch 2/3: loss ")
+    during = meta["metrics"]["during_training"]
+    assert [(e["phase"], e["epoch"]) for e in during["epochs"]] == watched
+    assert during["attack"] == meta["metrics"]["eval_attacks"]["threat_model_II"]
+    last = during["epochs"][1]
+    for e in during["epochs"]:
+        assert 0 <= e["robust"] <= e["clean"] <= 1 and e["clean"] * 16 == round(e["clean"] * 16)
+    if scheme == "supervised":  # nothing trains after the last pre-training epoch: the final numbers
+        assert (last["clean"], last["robust"]) == (meta["metrics"]["clean_accuracy"],
+                                                   meta["metrics"]["pgd20_8_255_accuracy"])
+    else:  # a contrastive encoder is read through a probe fitted on a copy: no extra linear-probe row
+        assert [r["phase"] for r in rows].count("linear-probe") == 1
+
+
+def test_a_run_resumes_with_another_eval_every_and_a_negative_one_is_refused(tmp_path):
+    t = Trainer(TrainConfig(scheme="supervised", scenario="at"), tmp_path / "m")
+    assert Trainer(TrainConfig(scheme="supervised", scenario="at", eval_every=3), tmp_path / "m")._same_settings(
+        t._settings_key())
+    with pytest.raises(ClrobustError, match=r"--eval-every -1 is negative"):
+        TrainConfig(eval_every=-1)

@@ -76,6 +76,11 @@ from clrobust.names import ADV_METHODS, ADV_OBJECTIVES, ADV_VIEWS, AUGMENTS, DAT
 @data_options
 @click.option("--n-train", default=None, type=COUNT, help="Use only the first N training images.")
 @click.option("--eval-samples", default=None, type=COUNT, help="Test images for the final evaluation [all].")
+@click.option("--eval-every", default=0, show_default=True, type=COUNT0, metavar="EPOCHS",
+              help="Every EPOCHS epochs (and after the last of each phase) measure clean and robust accuracy as the "
+                   "final evaluation does (PGD-20 8/255 on its images; a contrastive encoder through a linear probe "
+                   "fitted on 5,000 training images), into the history and the log, to watch robust overfitting. "
+                   "The training itself is unchanged, so a run may resume with another value. 0: only at the end.")
 @click.option("--eval-data", type=click.Choice(list(DATASETS)), default=None,
               help="Evaluate on this data set's test split [the training data's]: e.g. cifar10-mini's exact "
                    "pixels when training on a JPEG copy of CIFAR-10.")
@@ -97,7 +102,8 @@ def train(scheme, scenario, adv_method, arch, width, epochs, batch_size, lr, tem
           init, init_format, init_normalize, init_bn,
           init_trust_checkpoint, data, data_root,
           skip_bad_images, image_size, resize,
-          n_train, eval_samples, eval_data, eval_data_root, seed, device, amp, out, resume, overwrite, progress):
+          n_train, eval_samples, eval_every, eval_data, eval_data_root, seed, device, amp, out, resume, overwrite,
+          progress):
     """Train an encoder under one scheme and scenario, then its linear classifier.
 
     Writes a safetensors checkpoint with a JSON beside it recording the settings,
@@ -127,7 +133,8 @@ def train(scheme, scenario, adv_method, arch, width, epochs, batch_size, lr, tem
                       proj_dim=proj_dim, eval_data=eval_data, eval_data_root=eval_data_root,
                       augment=augment, classifier_epochs=classifier_epochs, init=init, data=data, data_root=data_root,
                       skip_bad_images=skip_bad_images, image_size=image_size, resize=resize,
-                      n_train=n_train, eval_samples=eval_samples, seed=seed, device=device, amp=amp,
+                      n_train=n_train, eval_samples=eval_samples, eval_every=eval_every, seed=seed, device=device,
+                      amp=amp,
                       init_load=load_options(None, None, init_format, init_normalize, init_bn, False,
                                              init_trust_checkpoint).kwargs() if init else {})
     out_path = checkpoint_target(out, overwrite or resume, "--out")

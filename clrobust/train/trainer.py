@@ -23,6 +23,7 @@ passes run under bf16 autocast with channels-last memory.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import time
 from dataclasses import asdict, dataclass, field
@@ -50,6 +51,8 @@ from clrobust.robustness import accuracy
 from clrobust.train.augment import crop_flip_augment, simclr_augment
 
 CONTRASTIVE = ("simclr", "supcon")
+#: training images the in-training evaluation (``eval_every``) fits a contrastive encoder's linear probe on
+WATCH_PROBE_IMAGES = 5000
 
 
 @dataclass
@@ -103,6 +106,10 @@ class TrainConfig:
     eval_data_root: Optional[str] = None
     eval_steps: int = 20
     paper_eval_steps: int = 40  # the public code's PGD-40 at 4/255, both threat models
+    #: every this many epochs (and after the last), clean and robust accuracy under the final evaluation's
+    #: threat-model-II attack on its images, in the history; 0: only the final evaluation. It leaves the
+    #: training itself unchanged (random state saved and restored), so a run may resume with another value
+    eval_every: int = 0
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -129,6 +136,9 @@ class TrainConfig:
             raise ClrobustError(f"unknown --augment {self.augment!r}; use simclr or crop-flip.")
         if self.attack_steps < 1:
             raise ClrobustError("--attack-steps must be at least 1.")
+        if self.eval_every < 0:
+            raise ClrobustError(f"--eval-every {self.eval_every} is negative; give a number of epochs, or 0 for "
+                                "the final evaluation only.")
         if self.scenario != "st" and not self.eps > 0:
             raise ClrobustError(f"--eps {self.eps:g} with scenario {self.scenario!r} would train without any "
                                 "attack while recording an adversarial one; use --scenario st for standard "
@@ -351,9 +361,15 @@ class Trainer:
                                  "device": self.device.type, "processes": self.dist.world if self.dist else 1,
                                  "precision": "bf16" if cfg.amp else "fp32"})
             bar.set_postfix(epoch=epoch + 1, loss=f"{mean:.4f}")
+            watched = ""
+            if cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == epochs):
+                h = self.history[-1]
+                h.update(self.watch())
+                watched = (f"; eval clean {h['eval_clean']:.1%}, robust {h['eval_robust']:.1%} "
+                           f"({h['eval_seconds']:.0f} s)")
             if not self.progress:  # a background job's log still says how it goes, one line an epoch
                 self.log(f"{phase} epoch {epoch + 1}/{epochs}: loss {mean:.4f}, lr {opt.param_groups[0]['lr']:.3g}, "
-                         f"{seconds:.0f} s ({per_epoch * bs / max(seconds, 1e-9):.0f} images/s)")
+                         f"{seconds:.0f} s ({per_epoch * bs / max(seconds, 1e-9):.0f} images/s){watched}")
             self._save_state({"phase": phase, "epoch": epoch, "model": net.state_dict(),
                               "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                               "rng": torch.get_rng_state(), "history": self.history})
@@ -364,7 +380,8 @@ class Trainer:
         import json
 
         # any device may resume (and its precision follows the device)
-        settings = {k: v for k, v in asdict(self.cfg).items() if k not in ("device", "amp")}
+        # nor with another --eval-every: watching leaves the training as it is
+        settings = {k: v for k, v in asdict(self.cfg).items() if k not in ("device", "amp", "eval_every")}
         return json.dumps(settings, sort_keys=True, default=str)
 
     def _same_settings(self, saved: Any) -> bool:
@@ -565,10 +582,7 @@ class Trainer:
     # ------------------------------------------------------------------ classifier
     def _classifier_phase(self, resume_state: Optional[dict]) -> None:
         cfg = self.cfg
-        if self.robust_bn_adversarial:  # from here on the network is read through its adversarial batch norm
-            for m in self.net.modules():
-                if isinstance(m, DualBatchNorm2d):
-                    m.route_adversarial = True
+        self._route_robust_bn(self.net)  # from here on the network is read through its adversarial batch norm
         if cfg.scheme == "supervised":
             if cfg.scenario == "fat":
                 self._phase("fat", cfg.classifier_epochs, resume_state)
@@ -580,9 +594,13 @@ class Trainer:
 
     def fit_linear_probe(self) -> None:
         """Fit the classifier on frozen, un-augmented train features (:mod:`clrobust.linear_probe`)."""
-        net = self.net
+        acc = self._fit_probe_into(self.net, self.train_data)
+        self.history.append({"phase": "linear-probe", "epoch": 1, "loss": float("nan"), "train_acc": acc})
+
+    def _fit_probe_into(self, net: Network, data: ImageData) -> float:
+        """Fit ``net``'s classifier as a linear probe on frozen, un-augmented features of ``data``; its accuracy
+        on them."""
         net.eval()
-        data = self.train_data
         f = torch.zeros(len(data), cast(int, net.encoder.feature_dim))
         with torch.no_grad():  # each process its batches, summed into every process's copy
             for i, (lo, hi) in enumerate(batch_plan(len(data), 512)):
@@ -593,20 +611,55 @@ class Trainer:
             self.dist.all_reduce([f])
         y = data.labels
         head = net.classifier
-        fit_linear_probe(f, y, self.train_data.num_classes, weight_decay=1e-4, seed=self.cfg.seed).to_linear(head)
+        fit_linear_probe(f, y, data.num_classes, weight_decay=1e-4, seed=self.cfg.seed).to_linear(head)
         with torch.no_grad():
-            acc = (head(f.to(self.device)).argmax(1).cpu() == y).float().mean().item()
-        self.history.append({"phase": "linear-probe", "epoch": 1, "loss": float("nan"), "train_acc": acc})
+            return float((head(f.to(self.device)).argmax(1).cpu() == y).float().mean().item())
+
+    def _route_robust_bn(self, net: nn.Module) -> None:
+        """Read ``net`` through the adversarial batch norm where the run keeps one for robustness."""
+        if self.robust_bn_adversarial:
+            for m in net.modules():
+                if isinstance(m, DualBatchNorm2d):
+                    m.route_adversarial = True
+
+    def watch(self) -> Dict[str, Any]:
+        """Clean and robust accuracy of the network as it stands, under the final evaluation's threat-model-II
+        attack on its images; a contrastive encoder is read through a linear probe fitted on a copy (on the
+        first :data:`WATCH_PROBE_IMAGES` training images). The training's network, random state and batch-norm
+        statistics are left as they were."""
+        started = time.time()
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
+        net = copy.deepcopy(self.net)
+        self._route_robust_bn(net)
+        probe = self.cfg.scheme in CONTRASTIVE and not any(h["phase"] in ("linear-probe", "pat", "fat")
+                                                            for h in self.history)
+        if probe:
+            self._fit_probe_into(net, self.train_data.subset(min(WATCH_PROBE_IMAGES, len(self.train_data))))
+        r = accuracy(net, self.test_data, self.eval_attacks()["threat_model_II"], dist=self.dist)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        return {"eval_clean": r["clean"], "eval_robust": r["adversarial"],
+                "eval_seconds": round(time.time() - started, 3)}
 
     # ------------------------------------------------------------------ eval & outputs
-    def evaluate(self) -> Dict[str, Any]:
+    def eval_attacks(self) -> Dict[str, AttackSpec]:
+        """The final evaluation's attacks: PGD-20 at 8/255 (threat model II) and the representation attack at
+        4/255 (I), and the paper's own, PGD-40 at 4/255 in both threat models."""
         cfg = self.cfg
         nc = self.train_data.num_classes
-        ii = AttackSpec("pgd", 8 / 255, cfg.eval_steps, seed=cfg.seed, n_classes=nc)
-        i = AttackSpec("rep", 4 / 255, cfg.eval_steps, seed=cfg.seed, n_classes=nc)
-        # the paper's own evaluation: PGD-40 at 4/255, end to end (II) and on the encoder (I)
-        p2 = AttackSpec("pgd", 4 / 255, cfg.paper_eval_steps, seed=cfg.seed, n_classes=nc)
-        p1 = AttackSpec("rep", 4 / 255, cfg.paper_eval_steps, seed=cfg.seed, n_classes=nc)
+        return {"threat_model_II": AttackSpec("pgd", 8 / 255, cfg.eval_steps, seed=cfg.seed, n_classes=nc),
+                "threat_model_I": AttackSpec("rep", 4 / 255, cfg.eval_steps, seed=cfg.seed, n_classes=nc),
+                "paper_threat_model_II": AttackSpec("pgd", 4 / 255, cfg.paper_eval_steps, seed=cfg.seed,
+                                                    n_classes=nc),
+                "paper_threat_model_I": AttackSpec("rep", 4 / 255, cfg.paper_eval_steps, seed=cfg.seed,
+                                                   n_classes=nc)}
+
+    def evaluate(self) -> Dict[str, Any]:
+        specs = self.eval_attacks()
+        ii, i, p2, p1 = (specs[k] for k in ("threat_model_II", "threat_model_I", "paper_threat_model_II",
+                                            "paper_threat_model_I"))
         run = {name: accuracy(self.net, self.test_data, spec, progress=self.progress, desc=f"eval {name}",
                               dist=self.dist)
                for name, spec in (("PGD 8/255", ii), ("rep-attack 4/255", i), ("paper II", p2), ("paper I", p1))}
@@ -636,6 +689,12 @@ class Trainer:
 
     def _metadata(self, metrics: Dict[str, Any]) -> Dict[str, Any]:
         cfg = self.cfg
+        curve = [{"phase": h["phase"], "epoch": h["epoch"], "clean": h["eval_clean"], "robust": h["eval_robust"]}
+                 for h in self.history if "eval_clean" in h]
+        if curve:  # the in-training evaluation (--eval-every): the final evaluation's attack and images
+            metrics = {**metrics, "during_training": {
+                "attack": metrics["eval_attacks"]["threat_model_II"], "images": metrics["eval_images"],
+                "robust": "right both clean and attacked", "epochs": curve}}
         return {"training": {**asdict(cfg), "eps_text": format_eps(cfg.eps),
                              "train_attack": self.train_attack_text(), **self.training_cost(),
                              "command": command_line()},
@@ -654,7 +713,8 @@ class Trainer:
 
     def _write_history(self) -> None:
         path = self.out.with_name(self.out.name + ".history.csv")
-        keys = ["phase", "epoch", "loss", "lr", "train_acc", "seconds", "device", "processes", "precision"]
+        keys = ["phase", "epoch", "loss", "lr", "train_acc", "seconds", "device", "processes", "precision",
+                "eval_clean", "eval_robust", "eval_seconds"]
         with open(path, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
             w.writeheader()
