@@ -612,6 +612,14 @@ def test_half_storage_halves_the_file_and_keeps_the_accuracies(tmp_path: Path, t
     full, half = load(str(trained_checkpoint)), load(str(tmp_path / "half.safetensors"))
     assert (tmp_path / "half.safetensors").stat().st_size < 0.55 * trained_checkpoint.stat().st_size
     assert half.metadata["storage"] == "float16"
+    # the training record and metrics travel with the weights: the zoo's manifest is read from them
+    for key in ("training", "metrics", "versions"):
+        assert half.metadata[key] == full.metadata[key], key
+    from clrobust.checkpoints import zoo
+
+    (entry,) = zoo.rebuild_manifest(tmp_path)["models"]
+    assert (entry["scheme"], entry["epochs"], entry["clean_accuracy"]) == (
+        "supervised", full.metadata["training"]["epochs"], full.metadata["metrics"]["clean_accuracy"])
     for (k, a), b in zip(full.network.state_dict().items(), half.network.state_dict().values()):
         assert b.dtype == a.dtype, k
         if a.is_floating_point():

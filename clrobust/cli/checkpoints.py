@@ -126,6 +126,8 @@ def _listing(title: str, names: List[str], limit: int = 400, count: Optional[int
 def convert(checkpoint, out, load_options, overwrite, half):
     """Convert a third-party checkpoint to clrobust's format (OUT.safetensors + OUT.json).
 
+    A checkpoint clrobust trained keeps its training record and metrics (with --half: the zoo's storage).
+
     The result loads without pickle and records the source file, its detected
     format, the dropped heads and the input normalisation. Dual-BN checkpoints
     keep both batch norms: the clean one is used unless a loader asks for the
@@ -144,8 +146,10 @@ def convert(checkpoint, out, load_options, overwrite, half):
 
     target = checkpoint_target(out, overwrite)
     lm, report = _load(checkpoint, load_options)
-    # What the file says about itself travels with the converted weights.
-    meta = {"source_format": lm.source_format, "source": lm.metadata.get("source", str(checkpoint)),
+    # What the file says about itself travels with the converted weights; a checkpoint clrobust trained keeps
+    # its training record and metrics (the zoo's manifest is read from them).
+    carried = {k: lm.metadata[k] for k in ("training", "metrics", "versions") if k in lm.metadata}
+    meta = {**carried, "source_format": lm.source_format, "source": lm.metadata.get("source", str(checkpoint)),
             "has_classifier": lm.has_classifier, "normalize": lm.normalize,
             "robust_bn": "adversarial" if report.adversarial_bn else "clean", "load_report": report.to_dict()}
     weights = save_network(target, lm.network, meta, half=half)
