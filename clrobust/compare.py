@@ -33,6 +33,7 @@ from clrobust.hooks import layer_names
 from clrobust.metrics import metric
 from clrobust.provenance import versions
 from clrobust.results import Drawer, OutputFolder, Result, Table
+from clrobust.robustness import right_counts
 from clrobust.similarity import MEASURES
 from clrobust.uncertainty import (
     DEFAULT_REPLICATES,
@@ -444,13 +445,12 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
         grams: Dict[Tuple[str, str], Any] = {}
         weights = boot.weights(batch.index, len(batch.y)) if boot is not None else None
         held: Dict[str, Recording] = {}  # this model's clean and adversarial recordings, until its noise one
-        right: Dict[Tuple[str, str], torch.Tensor] = {}  # (model, input) -> which images it classified right
+        right: Dict[str, Dict[str, torch.Tensor]] = {lab: {} for lab in labels}  # which images each got right
         for rec in batch.recordings:
             if settings.measures and rec.input in INPUTS:
                 for name, act in rec.layers.items():
                     pooled[(rec.model, rec.input)].setdefault(name, []).append(pool_flatten(act).double().cpu())
-            right[(rec.model, rec.input)] = (rec.logits.argmax(1) == batch.y).cpu()
-            correct[rec.model][rec.input] += int(right[(rec.model, rec.input)].sum())
+            right[rec.model][rec.input] = (rec.logits.argmax(1) == batch.y).cpu()
             t = time.perf_counter()
             grams[(rec.model, rec.input)] = measure.prepare([a.cpu() for a in rec.layers.values()])
             if noise:
@@ -460,7 +460,8 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
                     held = {}
             timings["cka"] += time.perf_counter() - t
         for lab in labels:
-            correct[lab]["robust"] += int((right[(lab, "clean")] & right[(lab, "adversarial")]).sum())
+            for k, c in right_counts(right[lab]).items():
+                correct[lab][k] += c
         t = time.perf_counter()
         for e in entries:
             if weights is None:

@@ -34,6 +34,7 @@ from clrobust.hooks import layer_names
 from clrobust.linear_probe import fit_linear_probe
 from clrobust.provenance import versions, weights_hash
 from clrobust.results import Drawer, OutputFolder, Result, Table
+from clrobust.robustness import right_counts
 from clrobust.uncertainty import wilson_interval, with_interval
 
 #: Spatial size conv maps are average pooled to before flattening.
@@ -122,7 +123,7 @@ def _pooled(stage: Stage, data: ImageData, batch_size: int, inputs: Sequence[str
     correct = torch.zeros(len(keys), dtype=torch.int64)
     for batch in stage.batches(data, batch_size, inputs=inputs, progress=progress, desc=desc, dist=dist):
         lo, hi = batch.start, batch.start + len(batch.y)
-        right = {}
+        right: Dict[str, torch.Tensor] = {}
         for rec in batch.recordings:
             for name, act in rec.layers.items():
                 f = pool_flatten(act).float().cpu()
@@ -130,9 +131,8 @@ def _pooled(stage: Stage, data: ImageData, batch_size: int, inputs: Sequence[str
                     rows[rec.input][name] = torch.zeros(len(data), f.shape[1])
                 rows[rec.input][name][lo:hi] = f
             right[rec.input] = (rec.logits.argmax(1) == batch.y).cpu()
-            correct[keys.index(rec.input)] += int(right[rec.input].sum())
-        if "robust" in keys:
-            correct[keys.index("robust")] += int((right["clean"] & right["adversarial"]).sum())
+        counts = right_counts(right)
+        correct += torch.tensor([counts[k] for k in keys], dtype=torch.int64)
     if dist is not None:
         # a process without a batch learns every layer's width from the others, then joins the sum
         dims = torch.tensor([rows[i][n].shape[1] if n in rows[i] else 0 for i in inputs for n in names])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Mapping, Optional
 
 import torch
 from torch import nn
@@ -11,6 +11,16 @@ from clrobust.activations import Stage
 from clrobust.attacks import AttackSpec
 from clrobust.data import ImageData
 from clrobust.distributed import Dist
+
+
+def right_counts(right: Mapping[str, torch.Tensor]) -> Dict[str, int]:
+    """Images classified right on each input (name -> per-image boolean mask of one model on one batch), and,
+    where both were recorded, ``robust``: right both clean and adversarial. An attack that moves a misclassified
+    image to its class adds to the adversarial count but not to the robust one (as audit and RobustBench count)."""
+    out = {k: int(v.sum()) for k, v in right.items()}
+    if "clean" in right and "adversarial" in right:
+        out["robust"] = int((right["clean"] & right["adversarial"]).sum())
+    return out
 
 
 def accuracy(net: nn.Module, data: ImageData, spec: AttackSpec, batch_size: int = 256,
@@ -29,9 +39,9 @@ def accuracy(net: nn.Module, data: ImageData, spec: AttackSpec, batch_size: int 
     stage = Stage({"model": net}, None, spec, str(device))
     for batch in stage.batches(data, batch_size, inputs=("clean", "adversarial"), progress=progress, desc=desc,
                                dist=dist):
-        right = {rec.input: rec.logits.argmax(1) == batch.y for rec in batch.recordings}
-        correct["clean"] += int(right["clean"].sum())
-        correct["adversarial"] += int((right["adversarial"] & right["clean"]).sum())
+        right = right_counts({rec.input: rec.logits.argmax(1) == batch.y for rec in batch.recordings})
+        correct["clean"] += right["clean"]
+        correct["adversarial"] += right["robust"]
     if dist is not None:
         counts = torch.tensor([correct["clean"], correct["adversarial"]], dtype=torch.int64)
         dist.all_reduce([counts])

@@ -658,11 +658,11 @@ class Trainer:
 
     def evaluate(self) -> Dict[str, Any]:
         specs = self.eval_attacks()
-        ii, i, p2, p1 = (specs[k] for k in ("threat_model_II", "threat_model_I", "paper_threat_model_II",
-                                            "paper_threat_model_I"))
-        run = {name: accuracy(self.net, self.test_data, spec, progress=self.progress, desc=f"eval {name}",
-                              dist=self.dist)
-               for name, spec in (("PGD 8/255", ii), ("rep-attack 4/255", i), ("paper II", p2), ("paper I", p1))}
+        names = {"threat_model_II": "PGD 8/255", "threat_model_I": "rep-attack 4/255",
+                 "paper_threat_model_II": "paper II", "paper_threat_model_I": "paper I"}
+        run = {names[k]: accuracy(self.net, self.test_data, spec, progress=self.progress, desc=f"eval {names[k]}",
+                                  dist=self.dist)
+               for k, spec in specs.items()}
         r2 = run["PGD 8/255"]
         return {"clean_accuracy": r2["clean"],
                 "pgd20_8_255_accuracy": r2["adversarial"],
@@ -671,8 +671,7 @@ class Trainer:
                 "paper_tm1_pgd40_4_255_accuracy": run["paper I"]["adversarial"],
                 "eval_data": self.test_data.name, "eval_split": "test", "eval_samples": r2["n"],
                 "eval_images": f"the first {r2['n']} of the {self.test_data.name} test split",
-                "eval_attacks": {"threat_model_II": ii.to_dict(), "threat_model_I": i.to_dict(),
-                                 "paper_threat_model_II": p2.to_dict(), "paper_threat_model_I": p1.to_dict()}}
+                "eval_attacks": {k: spec.to_dict() for k, spec in specs.items()}}
 
     def training_cost(self) -> Dict[str, Any]:
         """What the training took, summed over every epoch of every run that resumed it: wall-clock seconds,
