@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -9,7 +11,23 @@ from clrobust.checkpoints import save_network
 from clrobust.data import CIFAR10_MEAN, CIFAR10_STD
 from clrobust.models import ModelConfig, create_model
 
-torch.set_num_threads(2)
+
+def _pin_xdist_worker() -> None:
+    """Under pytest-xdist (``-n N``), give worker i its own share of the CPUs: the commands size their thread
+    pools from the CPUs a process may run on, so N workers do not each start a pool over every core."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and count.isdigit() and hasattr(os, "sched_setaffinity")):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    n, i = int(count), int(worker[2:])
+    if n <= 1 or len(cpus) < n:
+        return
+    share = len(cpus) // n
+    os.sched_setaffinity(0, cpus[i * share:(i + 1) * share])
+
+
+_pin_xdist_worker()
+torch.set_num_threads(min(2, len(os.sched_getaffinity(0))))
 
 
 def torchrun(args, processes=2):
@@ -105,10 +123,18 @@ def trained_checkpoint(tmp_path_factory):
     """
     from clrobust.train import TrainConfig, Trainer
 
-    out = tmp_path_factory.mktemp("trained") / "trained"
-    cfg = TrainConfig(scheme="supervised", scenario="st", width=4, n_train=1024, epochs=4, batch_size=64,
-                      lr=0.05, eval_samples=8, eval_steps=1, seed=0)
-    Trainer(cfg, out, progress=False).run()
+    from filelock import FileLock  # torch's own dependency
+
+    # Under pytest-xdist the workers share one session folder: the first trains, the others wait and read.
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    out = shared / "trained-fixture" / "trained"
+    with FileLock(str(shared / "trained-fixture.lock")):
+        if not out.with_suffix(".safetensors").exists():
+            cfg = TrainConfig(scheme="supervised", scenario="st", width=4, n_train=1024, epochs=4, batch_size=64,
+                              lr=0.05, eval_samples=8, eval_steps=1, seed=0)
+            Trainer(cfg, out, progress=False).run()
     return out.with_suffix(".safetensors")
 
 

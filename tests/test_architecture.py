@@ -14,6 +14,8 @@ import fnmatch
 from pathlib import Path
 from typing import Dict, List, Set
 
+import pytest
+
 import clrobust
 
 PACKAGE = Path(clrobust.__file__).resolve().parent
@@ -101,6 +103,7 @@ def test_the_checker_sees_upward_imports_and_cycles(tmp_path):
     assert _floor("clrobust.cli.options") > _floor("clrobust.checkpoints.table") > _floor("clrobust.errors")
 
 
+@pytest.mark.slow
 def test_versions_come_from_package_metadata_without_importing_the_libraries():
     """Recording versions must not import scikit-learn, kornia or torchattacks (seconds at start-up), and
     must say what those imports would say."""

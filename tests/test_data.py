@@ -238,6 +238,7 @@ def test_image_folder_resize_then_centre_crop(tmp_path):
         load_dataset("cifar10-mini", "test", image_size=64)
 
 
+@pytest.mark.slow
 def test_image_size_options_reach_every_job(tmp_path, tiny_checkpoints):
     """compare-layers on an image folder with --image-size 40 --resize 45 runs (a tiny CIFAR-stem network takes
     any size) and its settings record both."""

@@ -599,6 +599,7 @@ def test_inspect_groups_dropped_keys_under_their_shared_prefix():
     assert _grouped(heads) == ["projector.* (5 keys)"]
 
 
+@pytest.mark.slow
 def test_half_storage_halves_the_file_and_keeps_the_accuracies(tmp_path: Path, trained_checkpoint) -> None:
     """convert --half: float16 on disk, float32 in memory (every weight the float16 rounding of the original),
     and the trained model's clean and PGD accuracies on 256 test images unchanged."""

@@ -60,6 +60,7 @@ def test_library_model_errors_are_one_line(resnet18_file, tmp_path):
     assert random.label == "resnet18-random-init" and not random.has_classifier and random.num_classes == 1000
 
 
+@pytest.mark.slow
 def test_a_library_model_converts_to_a_native_checkpoint(resnet18_file, tmp_path):
     _, path = resnet18_file
     out = tmp_path / "native"

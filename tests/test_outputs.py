@@ -250,6 +250,7 @@ def test_tf32_is_off_unless_asked_and_settings_record_the_arithmetic(capsys):
         torch.backends.cudnn.allow_tf32 = False
 
 
+@pytest.mark.slow
 def test_the_gpu_check_is_a_dry_run_without_a_gpu():
     import subprocess
     import sys

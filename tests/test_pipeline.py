@@ -47,6 +47,7 @@ def test_converted_headless_encoder_gets_a_probe_not_a_random_head(tmp_path, cap
     assert res.accuracy["conv"]["clean"] > 0.1
 
 
+@pytest.mark.slow
 def test_models_of_one_name_get_distinct_file_system_safe_labels(tmp_path, tiny_checkpoints):
     from clrobust.attacks import AttackSpec
     from clrobust.audit import AuditSettings, run_audit

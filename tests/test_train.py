@@ -34,6 +34,13 @@ ALPHA = 2.5 * EPS / STEPS  # the default PGD step size
 COMBOS = [(s, c, "pgd") for s in ("simclr", "supcon") for c in ("st", "at", "pat", "fat")] + \
          [("supervised", c, "pgd") for c in ("st", "at", "fat")] + [("simclr", "at", "clae"), ("supcon", "pat", "clae")]
 ADVERSARIAL = [c for c in COMBOS if c[1] != "st"]
+#: The combinations the fast subset (``-m "not slow"``) trains; CI trains them all.
+FAST = {("simclr", "at", "pgd"), ("supervised", "at", "pgd"), ("supcon", "pat", "clae"), ("supervised", "st", "pgd")}
+
+
+def _fast_few(combos: Iterable[Tuple[str, ...]], fast: Collection[Tuple[str, ...]] = FAST) -> List[Any]:
+    """``combos`` as parameters, those outside ``fast`` marked slow."""
+    return [pytest.param(*c, marks=() if c in fast else pytest.mark.slow) for c in combos]
 
 State = Dict[str, torch.Tensor]
 #: What :class:`Spy` wraps, taken before any test patches it.
@@ -145,7 +152,7 @@ def _attack_text(scenario: str, method: str) -> str:
     return f"{'CLAE ' if method == 'clae' else ''}PGD-{STEPS} L-inf eps 8/255 step {ALPHA:.4g}"
 
 
-@pytest.mark.parametrize("scheme,scenario,method", COMBOS)
+@pytest.mark.parametrize("scheme,scenario,method", _fast_few(COMBOS))
 def test_every_combination_trains_and_reloads(tmp_path, monkeypatch, scheme, scenario, method):
     cfg = TrainConfig(scheme=scheme, scenario=scenario, adv_method=method, eps=EPS, seed=3, **TINY)
     trainer, spy, meta = _run(monkeypatch, cfg, tmp_path / "m")
@@ -197,7 +204,7 @@ def test_every_combination_trains_and_reloads(tmp_path, monkeypatch, scheme, sce
     assert not (tmp_path / "m.state.pt").exists()
 
 
-@pytest.mark.parametrize("scheme,scenario,method", ADVERSARIAL)
+@pytest.mark.parametrize("scheme,scenario,method", _fast_few(ADVERSARIAL))
 def test_adversarial_training_attacks_and_the_attack_matters(tmp_path, monkeypatch, scheme, scenario, method):
     cfg = dict(scheme=scheme, scenario=scenario, adv_method=method, eps=EPS, seed=4, **ONE_BATCH)
     attacked = ["pretrain"] + ([scenario] if scenario in ("pat", "fat") else [])
@@ -220,6 +227,7 @@ def test_adversarial_training_attacks_and_the_attack_matters(tmp_path, monkeypat
         assert clean_loss[phase] < loss[phase], phase
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["wrn-10-1", "preact-resnet18"])
 def test_preactivation_architectures_train_and_reload(tmp_path, arch, one_thread):
     cfg = TrainConfig(scheme="simclr", scenario="at", arch=arch, seed=1, **TINY)
@@ -251,6 +259,7 @@ def test_nonsense_combinations_are_refused():
         TrainConfig(scheme="supcon", augment="jitter")
 
 
+@pytest.mark.slow
 def test_augment_defaults_and_choice_are_used_and_recorded(tmp_path):
     assert TrainConfig(scheme="supcon").augment == "simclr"
     assert TrainConfig(scheme="supervised").augment == "crop-flip"
@@ -267,6 +276,7 @@ def _curve(path):
         return [row["loss"] for row in csv.DictReader(fh)]
 
 
+@pytest.mark.slow
 def test_same_seed_same_loss_curve(tmp_path):
     cfg = dict(scheme="simclr", scenario="at", seed=7, **{**TINY, "epochs": 2})
     Trainer(TrainConfig(**cfg), tmp_path / "a", progress=False).run()
@@ -415,6 +425,7 @@ def test_a_batch_that_does_not_split_evenly_is_refused(tmp_path, monkeypatch):
         trainer.run()
 
 
+@pytest.mark.slow
 def test_amp_follows_the_device_and_is_recorded(tmp_path):
     assert TrainConfig(device="cuda").amp is True and TrainConfig(device="cpu").amp is False
     assert TrainConfig(device="cpu", amp=True).amp is True
@@ -534,8 +545,8 @@ def _weights(path: Path) -> State:
     return net.state_dict()
 
 
-@pytest.mark.parametrize("scheme,scenario,dual_bn", [("supervised", "at", False), ("simclr", "st", False),
-                                                     ("simclr", "at", True)])
+@pytest.mark.parametrize("scheme,scenario,dual_bn", _fast_few(
+    [("supervised", "at", False), ("simclr", "st", False), ("simclr", "at", True)], fast={("simclr", "at", True)}))
 def test_watching_during_training_leaves_it_unchanged_and_ends_at_the_final_numbers(tmp_path, scheme, scenario,
                                                                                     dual_bn):
     """--eval-every measures clean and robust accuracy on the final evaluation's images and attack after every

@@ -42,6 +42,7 @@ def _interval(x, y, replicates, batch=128, seed=0, doubled=True):
     return acc.compute()[0, 0], low[0, 0], high[0, 0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise", [1.5, 4.0])
 def test_nominal_95_percent_intervals_cover_the_population_cka_93_to_97_percent_of_the_time(noise):
     """400 independent data sets of 256 images (2 batches), 400 replicates each."""
