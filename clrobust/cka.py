@@ -369,9 +369,9 @@ class StreamingCKA:
         if not self.bootstrap or self.bxy is None:
             return None
         assert self.bxx is not None and self.byy is not None
-        denom = self.bxx[:, :, None] * self.byy[:, None, :]
-        out = self.bxy / torch.sqrt(denom.clamp(min=0))
-        return torch.where(denom > 0, out, torch.full_like(out, float("nan"))).numpy()
+        defined = (self.bxx[:, :, None] > 0) & (self.byy[:, None, :] > 0)  # both self-HSICs, not their product
+        out = self.bxy / torch.sqrt((self.bxx[:, :, None] * self.byy[:, None, :]).clamp(min=0))
+        return torch.where(defined, out, torch.full_like(out, float("nan"))).numpy()
 
 
 def disparity(cka_clean_adversarial: ArrayLike) -> np.ndarray:

@@ -121,9 +121,9 @@ def trained_checkpoint(tmp_path_factory):
     accuracy strictly between 0 and clean, so robust-accuracy counts are non-trivial
     numbers. Returns the native ``.safetensors`` path.
     """
-    from clrobust.train import TrainConfig, Trainer
-
     from filelock import FileLock  # torch's own dependency
+
+    from clrobust.train import TrainConfig, Trainer
 
     # Under pytest-xdist the workers share one session folder: the first trains, the others wait and read.
     shared = tmp_path_factory.getbasetemp()

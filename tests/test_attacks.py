@@ -555,3 +555,82 @@ def test_attack_group_size_auto_and_given():
     assert not AttackSpec("autoattack").batch_coupled
     with pytest.raises(ClrobustError, match="attack-batch-size"):
         AttackSpec("pgd", batch_size=0)
+
+
+def test_a_group_that_cannot_be_one_call_is_attacked_batch_by_batch():
+    """One batch, batch-coupled attacks (the noise control, the representation attack) and eps 0 go batch by
+    batch: exactly attack_batch's examples, each with its own batch index."""
+    from clrobust.attacks import attack_batches
+
+    torch.manual_seed(0)
+    net = tiny_network(seed=2).eval()
+    xs = [torch.rand(n, 3, 32, 32) for n in (6, 5)]
+    ys = [torch.randint(0, 10, (n,)) for n in (6, 5)]
+    for spec in (AttackSpec("noise", 8 / 255, seed=2), AttackSpec("rep", 8 / 255, steps=2, seed=2),
+                 AttackSpec("pgd", 0.0), AttackSpec("fgsm", 0.0)):
+        got = attack_batches(spec, net, xs, ys, [3, 4])
+        want = [attack_batch(spec, net, x, y, i) for x, y, i in zip(xs, ys, [3, 4])]
+        assert len(got) == 2 and all(torch.equal(a, b) for a, b in zip(got, want)), spec.name
+    assert torch.equal(attack_batches(AttackSpec("noise", 8 / 255), net, xs, ys, [3, 4])[1],
+                       attack_batch(AttackSpec("noise", 8 / 255), net, xs[1], ys[1], 4))
+    spec = AttackSpec("pgd", 8 / 255, steps=2, seed=5)
+    (alone,) = attack_batches(spec, net, xs[:1], ys[:1], [9])
+    assert torch.equal(alone, attack_batch(spec, net, xs[0], ys[0], 9))
+
+
+def test_torchattacks_attacks_on_a_group_run_once_seeded_by_its_first_batch():
+    """FGSM and APGD on a group: one torchattacks call on the concatenated batches under the seed of the
+    first batch's index, split back; the model is attacked in eval mode and left in the mode it was in."""
+    from clrobust.attacks import attack_batches
+
+    torch.manual_seed(1)
+    net = tiny_network(seed=3)
+    xs = [torch.rand(n, 3, 32, 32) for n in (4, 3)]
+    with torch.no_grad():
+        ys = [net.eval()(x).argmax(1) for x in xs]
+    net.train()
+    stats = {k: v.clone() for k, v in net.state_dict().items()}
+    for spec in (AttackSpec("fgsm", 8 / 255, seed=2), AttackSpec("apgd", 8 / 255, steps=3, seed=2)):
+        got = attack_batches(spec, net, xs, ys, [5, 6])
+        assert net.training
+        assert all(torch.equal(v, stats[k]) for k, v in net.state_dict().items())  # eval mode: BN untouched
+        net.eval()
+        with seeded(spec.seed * 100003 + 5):
+            whole = torchattacks_attack(spec, net)(torch.cat(xs), torch.cat(ys)).detach()
+        net.train()
+        assert [len(g) for g in got] == [4, 3]
+        assert torch.equal(torch.cat(got), whole), spec.name
+        assert float((whole - torch.cat(xs)).abs().max()) > 0
+    fgsm = attack_batches(AttackSpec("fgsm", 8 / 255), net, xs, ys, [5, 6])
+    one_by_one = [attack_batch(AttackSpec("fgsm", 8 / 255), net, x, y, i) for x, y, i in zip(xs, ys, [5, 6])]
+    for a, b in zip(fgsm, one_by_one):  # FGSM has no randomness: the group changes nothing
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_pgd_on_a_group_without_random_start_starts_at_the_images():
+    from clrobust.attacks import attack_batches
+
+    torch.manual_seed(2)
+    net = tiny_network(seed=4).eval()
+    xs = [torch.rand(n, 3, 32, 32) for n in (5, 4)]
+    ys = [torch.randint(0, 10, (n,)) for n in (5, 4)]
+    for name, eps in (("pgd", 8 / 255), ("pgd-l2", 0.5)):
+        spec = AttackSpec(name, eps, steps=2, random_start=False, seed=1)
+        got = attack_batches(spec, net, xs, ys, [0, 1])
+        for a, x, y, i in zip(got, xs, ys, [0, 1]):
+            torch.testing.assert_close(a, attack_batch(spec, net, x, y, i), rtol=0, atol=1e-6)
+
+
+def test_the_noise_control_keeps_the_attacks_settings():
+    spec = AttackSpec("pgd-l2", 0.5, 7, seed=3, n_classes=7, batch_size=64)
+    assert spec.noise() == AttackSpec("noise", 0.5, 1, None, seed=3, n_classes=7, norm="L2", batch_size=64)
+    assert spec.noise().to_dict()["threat_model"] == "none (random noise control)"
+    assert spec.to_dict()["threat_model"] != spec.noise().to_dict()["threat_model"]
+    assert AttackSpec("pgd", batch_size=1).batch_size == 1  # one image per call is allowed
+
+
+def test_group_size_on_a_gpu_up_to_64_pixel_images():
+    from clrobust.attacks import attack_batch_images
+
+    assert attack_batch_images(AttackSpec("pgd"), 128, "cuda", 64) == 1024
+    assert attack_batch_images(AttackSpec("pgd"), 128, "cuda", 65) == 128

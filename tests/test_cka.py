@@ -483,3 +483,30 @@ def test_fast_precision_stays_within_1e_6_of_exact(scale):
     assert "float32 Gram" in fast.description
     with pytest.raises(ClrobustError, match="unknown precision 'half'"):
         StreamingCKA(precision="half")
+
+
+@pytest.mark.parametrize("n,early,late", [(1, [0], [0]), (2, [0], [1]), (3, [0], [2]), (5, [0], [4]),
+                                          (6, [0, 1], [4, 5]), (9, [0, 1, 2], [6, 7, 8]), (10, [0, 1, 2], [7, 8, 9])])
+def test_depth_thirds_and_their_means(n, early, late):
+    """'Early' and 'late' are the first and last third of the layers, at least one layer each."""
+    from clrobust.cka import depth_thirds, early_mean, late_mean
+
+    first, last = depth_thirds(n)
+    assert list(range(n))[first] == early and list(range(n))[last] == late
+    values = [float(2 ** i) for i in range(n)]  # distinct powers of two: any other subset has another mean
+    assert early_mean(values) == pytest.approx(np.mean([values[i] for i in early]), rel=1e-15)
+    assert late_mean(values) == pytest.approx(np.mean([values[i] for i in late]), rel=1e-15)
+    assert isinstance(late_mean(values), float) and isinstance(early_mean(values), float)
+
+
+@pytest.mark.parametrize("dtype,value,e", [(torch.float64, 2.0 ** 1000, -1101), (torch.float64, 2.0 ** -1000, 1101),
+                                           (torch.float32, 2.0 ** 100, -161), (torch.float32, 2.0 ** -100, 161),
+                                           (torch.float64, 3.0, -7), (torch.float32, 3.0, 9)])
+def test_power_of_two_scaling_is_exact_beyond_the_range_of_two_to_the_e(dtype, value, e):
+    """t * 2**e is exact even where 2**e alone over- or underflows the dtype (it is applied in two steps)."""
+    from clrobust.cka import _ldexp
+
+    t = torch.tensor([value, -value / 2], dtype=dtype)
+    got = _ldexp(t, e)
+    want = torch.tensor([np.ldexp(value, e), np.ldexp(-value / 2, e)], dtype=torch.float64)
+    assert got.dtype == dtype and torch.equal(got.double(), want)

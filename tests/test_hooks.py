@@ -369,3 +369,32 @@ def test_an_empty_layer_list_records_nothing_and_keeps_the_output():
             assert torch.equal(rec.output, net(x))
     with pytest.raises(RuntimeError, match="outside its `with` block"):
         rec.record(x)  # closed again after the block
+
+
+def test_execution_order_feeds_the_models_own_input_size():
+    """A model whose config names its input size (e.g. 64 x 64) gets a dry pass of that size; 32 x 32 would
+    not even run through it."""
+    from types import SimpleNamespace
+
+    class Big(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3, padding=1)
+            self.fc = nn.Linear(2 * 64 * 64, 3)
+            self.config = SimpleNamespace(extra={"input_size": 64})
+
+        def forward(self, x):
+            return self.fc(self.conv(x).flatten(1))
+
+    assert execution_order(Big(), ["fc", "conv"]) == ["conv", "fc"]
+    plain = Big()
+    del plain.config
+    with pytest.raises(RuntimeError):
+        execution_order(plain, ["fc", "conv"])
+
+
+def test_an_empty_layer_list_is_refused_with_the_fix():
+    for empty in ("", " , ", []):
+        with pytest.raises(ClrobustError, match=r"^no layers given \(--layers is empty\); use blocks, all, or "
+                           r"comma-separated names or glob patterns such as 'layer3\.\*,avgpool'\.$"):
+            layer_names(tiny_network(), empty)

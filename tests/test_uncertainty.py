@@ -192,3 +192,86 @@ def test_sampling_of_a_data_set():
         data.sample(10, "random")
     tiny = ImageData("t", "test", data.images[:6], torch.tensor([0, 0, 0, 1, 1, 1]), ["a", "b"])
     assert sorted(tiny.sample(4, "stratified", 1).labels.tolist()) == [0, 0, 1, 1]
+
+
+def _pair_stack(seed: int = 9):
+    """Two batches (16 images) of a 2-layer recording and a 3-layer one, the second batch 1e3 times larger."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for m in (1.0, 1e3):
+        x = [rng.normal(size=(16, 4)) * m, rng.normal(size=(16, 6)) * m]
+        y = [x[0] @ rng.normal(size=(4, 3)) + rng.normal(size=(16, 3)), rng.normal(size=(16, 5)),
+             x[1][:, :2] + 0.1 * rng.normal(size=(16, 2))]
+        batches.append(([torch.from_numpy(a) for a in x], [torch.from_numpy(b) for b in y]))
+    return batches
+
+
+def test_replicates_of_a_layer_stack_are_each_pairs_own():
+    """Every (i, j) replicate of a 2 x 3 layer stack equals the replicate of the pair (x_i, y_j) accumulated
+    alone with the same weights; weights of 1 give the CKA itself; all-zero weights leave no positive
+    self-HSIC, so every replicate is NaN."""
+    boot = Bootstrap(20, 2)
+    batches = _pair_stack()
+    acc = StreamingCKA(bootstrap=20)
+    for k, (x, y) in enumerate(batches):
+        acc.update(x, y, boot.weights(k, 16))
+    reps = acc.replicates()
+    assert reps.shape == (20, 2, 3)
+    for i in range(2):
+        for j in range(3):
+            one = StreamingCKA(bootstrap=20)
+            for k, (x, y) in enumerate(batches):
+                one.update([x[i]], [y[j]], boot.weights(k, 16))
+            np.testing.assert_allclose(reps[:, i, j], one.replicates()[:, 0, 0], rtol=1e-12)
+            assert acc.compute()[i, j] == pytest.approx(one.compute()[0, 0], rel=1e-12)
+    ones = StreamingCKA(bootstrap=3)
+    for x, y in batches:
+        ones.update(x, y, torch.ones(3, 16, dtype=torch.float64))
+    np.testing.assert_allclose(ones.replicates(), np.broadcast_to(ones.compute(), (3, 2, 3)), rtol=1e-12)
+    zero = StreamingCKA(bootstrap=2)
+    zero.update(batches[0][0], batches[0][1], torch.zeros(2, 16, dtype=torch.float64))
+    assert np.isnan(zero.replicates()).all() and np.isfinite(zero.compute()).all()
+    assert StreamingCKA().replicates() is None
+    with pytest.raises(ClrobustError, match=r"bootstrap weights of shape \(20, 16\)"):
+        StreamingCKA(bootstrap=20).update(batches[0][0], batches[0][1], torch.ones(20, 15, dtype=torch.float64))
+
+
+def test_a_recording_against_itself_equals_it_against_a_copy():
+    """The self-pair shortcut (one Gram stack for both sides) gives what two equal recordings give."""
+    boot = Bootstrap(10, 3)
+    x = _pair_stack()[0][0]
+    same, copy = StreamingCKA(bootstrap=10), StreamingCKA(bootstrap=10)
+    same.update(x, x, boot.weights(0, 16))
+    copy.update(x, [t.clone() for t in x], boot.weights(0, 16))
+    np.testing.assert_allclose(same.replicates(), copy.replicates(), rtol=1e-12)
+    np.testing.assert_allclose(same.compute(), copy.compute(), rtol=1e-12)
+    assert same.compute()[0, 0] == pytest.approx(1.0) and same.compute()[0, 1] < 1
+
+
+@pytest.mark.parametrize("bootstrap", [0, 5])
+def test_a_process_without_batches_joins_with_zero_sums(bootstrap):
+    """A process that owned no batch makes zero sums of the right shapes and the 'no batch yet' exponents;
+    aligned to the others' exponents and added, it changes nothing."""
+    from clrobust.cka import NO_EXPONENT
+
+    boot = Bootstrap(max(bootstrap, 1), 4)
+    full, empty = StreamingCKA(bootstrap=bootstrap), StreamingCKA(bootstrap=bootstrap)
+    for k, (x, y) in enumerate(_pair_stack(1)):
+        full.update(x, y, boot.weights(k, 16) if bootstrap else None)
+    before = full.compute(), full.replicates()
+    empty.ensure_state(2, 3)
+    shapes = [(2, 3), (2,), (3,)] + ([(bootstrap, 2, 3), (bootstrap, 2), (bootstrap, 3)] if bootstrap else [])
+    assert [tuple(t.shape) for t in empty.state()] == shapes
+    assert all(float(t.abs().sum()) == 0 and t.dtype == torch.float64 for t in empty.state())
+    assert all(bool((e == NO_EXPONENT).all()) for e in empty.exponents())
+    assert [tuple(e.shape) for e in empty.exponents()] == [(2,), (3,)]
+    top = [torch.maximum(a, b) for a, b in zip(full.exponents(), empty.exponents())]
+    for acc in (full, empty):
+        acc.align(top)
+    for a, b in zip(full.state(), empty.state()):
+        a += b
+    np.testing.assert_allclose(full.compute(), before[0], rtol=1e-12)
+    if bootstrap:
+        np.testing.assert_allclose(full.replicates(), before[1], rtol=1e-12)
+    empty.ensure_state(7, 7)  # state already there: unchanged
+    assert tuple(empty.state()[0].shape) == (2, 3)
