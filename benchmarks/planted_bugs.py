@@ -30,7 +30,7 @@ from typing import List, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 IGNORE = shutil.ignore_patterns(".git", ".venv", "mutants", "__pycache__", ".pytest_cache", "*.egg-info",
-                                ".coverage*", "compare-layers-out", "runs")
+                                ".coverage*", "compare-layers-out", "runs", "cifar10-jpeg")
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,10 @@ BUGS: List[Bug] = [
     Bug("cka-biased-batches", "minibatch CKA drops the U-centring's diagonal zeroing",
         "clrobust/cka.py", "    u = k - row - row.transpose(-2, -1) + total\n    u.diagonal(dim1=-2, dim2=-1).zero_()",
         "    u = k - row - row.transpose(-2, -1) + total", ("tests/test_cka.py",)),
+    Bug("bootstrap-sign-product", "a bootstrap replicate counts as defined when the product of its self-HSICs is "
+        "positive (both negative read as -CKA)", "clrobust/cka.py",
+        "        defined = (self.bxx[:, :, None] > 0) & (self.byy[:, None, :] > 0)",
+        "        defined = self.bxx[:, :, None] * self.byy[:, None, :] > 0", ("tests/test_uncertainty.py",)),
     Bug("probe-pool-1x1", "probe features pooled to 1x1 instead of 2x2",
         "clrobust/probes.py", "POOL_SIZE = 2", "POOL_SIZE = 1", ("tests/test_probes.py",)),
 ]

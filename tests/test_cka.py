@@ -510,3 +510,21 @@ def test_power_of_two_scaling_is_exact_beyond_the_range_of_two_to_the_e(dtype, v
     got = _ldexp(t, e)
     want = torch.tensor([np.ldexp(value, e), np.ldexp(-value / 2, e)], dtype=torch.float64)
     assert got.dtype == dtype and torch.equal(got.double(), want)
+
+
+def test_all_finite_on_empty_integer_and_infinite_tensors():
+    from clrobust.cka import all_finite
+
+    assert all_finite(torch.empty(0)) and all_finite(torch.tensor([1, 2])) and all_finite(torch.ones(3))
+    for bad in ([1.0, float("inf")], [float("-inf"), 1.0], [float("nan"), 1.0]):
+        assert not all_finite(torch.tensor(bad)), bad
+
+
+def test_linear_cka_names_the_bad_side():
+    good, bad = np.ones((6, 2)), np.ones((6, 2))
+    good[:, 0] = np.arange(6)
+    bad[2, 1] = np.nan
+    with pytest.raises(ClrobustError, match=r"^y: "):
+        linear_cka(good, bad)
+    with pytest.raises(ClrobustError, match=r"^x: "):
+        linear_cka(bad, good)

@@ -231,7 +231,23 @@ def test_replicates_of_a_layer_stack_are_each_pairs_own():
     zero = StreamingCKA(bootstrap=2)
     zero.update(batches[0][0], batches[0][1], torch.zeros(2, 16, dtype=torch.float64))
     assert np.isnan(zero.replicates()).all() and np.isfinite(zero.compute()).all()
-    assert StreamingCKA().replicates() is None
+    assert StreamingCKA().replicates() is None and StreamingCKA(bootstrap=3).replicates() is None  # no batch yet
+    # Features with a small spread (self-HSICs far below 1) and weights 1: still the CKA itself.
+    rng = np.random.default_rng(1)
+    small = [torch.from_numpy(1 + 1e-3 * rng.normal(size=(16, 2)))]
+    tiny = StreamingCKA(bootstrap=2)
+    tiny.update(small, [batches[0][1][0]], torch.ones(2, 16, dtype=torch.float64))
+    assert float(tiny.state()[1][0]) < 1e-3
+    np.testing.assert_allclose(tiny.replicates()[:, 0, 0], tiny.compute()[0, 0], rtol=1e-12)
+    # One image carries layer x's spread but not layer y's: drawing that image twice and no other leaves x's
+    # self-HSIC positive and y's negative, so the replicate is undefined (NaN), not a division by zero.
+    x = rng.normal(size=(16, 3))
+    x[0] *= 100
+    lop = StreamingCKA(bootstrap=1)
+    lop.update([torch.from_numpy(x)], [torch.from_numpy(rng.normal(size=(16, 3)))],
+               2 * torch.eye(16, dtype=torch.float64)[:1])
+    assert float(lop.state()[4][0, 0]) > 0 > float(lop.state()[5][0, 0])
+    assert np.isnan(lop.replicates()).all()
     with pytest.raises(ClrobustError, match=r"bootstrap weights of shape \(20, 16\)"):
         StreamingCKA(bootstrap=20).update(batches[0][0], batches[0][1], torch.ones(20, 15, dtype=torch.float64))
 
