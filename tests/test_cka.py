@@ -480,9 +480,25 @@ def test_fast_precision_stays_within_1e_6_of_exact(scale):
         for acc in (exact, fast):
             acc.update([a[lo:lo + 50] for a in layers], [b[lo:lo + 50] for b in other])
     assert np.abs(fast.compute() - exact.compute()).max() < 1e-6
-    assert "float32 Gram" in fast.description
-    with pytest.raises(ClrobustError, match="unknown precision 'half'"):
-        StreamingCKA(precision="half")
+    assert not np.array_equal(fast.compute(), exact.compute())  # the Gram products did run in float32
+    assert fast.description == ("minibatch linear CKA, unbiased HSIC summed over batches (float32 Gram products "
+                                "of float64-centred features, float64 after them)")
+    assert exact.description == "minibatch linear CKA, unbiased HSIC summed over batches (float64)"
+    for bad in (lambda: StreamingCKA(precision="half"), lambda: ugram_stack(layers, precision="half")):
+        with pytest.raises(ClrobustError, match=r"^unknown precision 'half'; use one of: exact, fast\.$"):
+            bad()
+
+
+def test_fast_precision_reads_float64_features_beyond_float32s_range():
+    """float64 features of magnitude 1e100 are checked and rescaled in float64 before the float32 Gram."""
+    rng = np.random.default_rng(31)
+    x = rng.normal(size=(40, 6)) * 1e100
+    y = x[:, :3] + 1e100 * rng.normal(size=(40, 3))
+    exact, fast = StreamingCKA(), StreamingCKA(precision="fast")
+    for lo in (0, 20):
+        for acc in (exact, fast):
+            acc.update([torch.from_numpy(x[lo:lo + 20])], [torch.from_numpy(y[lo:lo + 20])])
+    assert np.isfinite(fast.compute()).all() and abs(fast.compute() - exact.compute()).max() < 1e-6
 
 
 @pytest.mark.parametrize("n,early,late", [(1, [0], [0]), (2, [0], [1]), (3, [0], [2]), (5, [0], [4]),

@@ -194,11 +194,12 @@ def test_sampling_of_a_data_set():
     assert sorted(tiny.sample(4, "stratified", 1).labels.tolist()) == [0, 0, 1, 1]
 
 
-def _pair_stack(seed: int = 9):
-    """Two batches (16 images) of a 2-layer recording and a 3-layer one, the second batch 1e3 times larger."""
+def _pair_stack(seed: int = 9, scales=(1.0, 1e12)):
+    """Two batches (16 images) of a 2-layer recording and a 3-layer one, the second 1e12 times larger (so its
+    features are rescaled by a power of two and the running sums by the change of reference exponent)."""
     rng = np.random.default_rng(seed)
     batches = []
-    for m in (1.0, 1e3):
+    for m in scales:
         x = [rng.normal(size=(16, 4)) * m, rng.normal(size=(16, 6)) * m]
         y = [x[0] @ rng.normal(size=(4, 3)) + rng.normal(size=(16, 3)), rng.normal(size=(16, 5)),
              x[1][:, :2] + 0.1 * rng.normal(size=(16, 2))]
@@ -291,3 +292,57 @@ def test_a_process_without_batches_joins_with_zero_sums(bootstrap):
         np.testing.assert_allclose(full.replicates(), before[1], rtol=1e-12)
     empty.ensure_state(7, 7)  # state already there: unchanged
     assert tuple(empty.state()[0].shape) == (2, 3)
+
+
+def _ref_stream(batches, weights):
+    """The minibatch CKA of every layer pair and its bootstrap replicates, in float64 from the definitions:
+    per batch the U-centred Grams (K with a zero diagonal, minus its row and column means over n - 2, plus its
+    total over (n - 1)(n - 2), diagonal zeroed), HSIC_u = sum U_K U_L / (n (n - 3)) summed over batches; a
+    replicate weighs image a's row of that sum by 2 w_a - 1."""
+    def u(f):
+        f = f - f.mean(0)
+        k = f @ f.T
+        np.fill_diagonal(k, 0.0)
+        n, r = len(k), k.sum(1)
+        out = k - r[:, None] / (n - 2) - r[None, :] / (n - 2) + k.sum() / ((n - 1) * (n - 2))
+        np.fill_diagonal(out, 0.0)
+        return out
+
+    nx, ny = len(batches[0][0]), len(batches[0][1])
+    reps = weights[0].shape[0]
+    s, sx, sy = np.zeros((nx, ny)), np.zeros(nx), np.zeros(ny)
+    b, bx, by = np.zeros((reps, nx, ny)), np.zeros((reps, nx)), np.zeros((reps, ny))
+    for (xs, ys), w in zip(batches, weights):
+        n = len(xs[0])
+        c = 1.0 / (n * (n - 3))
+        v = 2 * w.numpy() - 1
+        ux, uy = [u(t.numpy()) for t in xs], [u(t.numpy()) for t in ys]
+        for i, a in enumerate(ux):
+            sx[i] += (a * a).sum() * c
+            bx[:, i] += v @ (a * a).sum(1) * c
+            for j, g in enumerate(uy):
+                s[i, j] += (a * g).sum() * c
+                b[:, i, j] += v @ (a * g).sum(1) * c
+        for j, g in enumerate(uy):
+            sy[j] += (g * g).sum() * c
+            by[:, j] += v @ (g * g).sum(1) * c
+    with np.errstate(invalid="ignore"):  # a replicate with a negative self-HSIC is undefined: NaN
+        return s / np.sqrt(np.outer(sx, sy)), b / np.sqrt(bx[:, :, None] * by[:, None, :])
+
+
+@pytest.mark.parametrize("scales", [(1e7, 4e7, 1e7), (1.0, 1e12), (3e-9, 1.0)])
+def test_streaming_cka_and_replicates_equal_the_float64_definition_at_any_scale(scales):
+    """Batches of other magnitudes (each rescaled by its power of two; reference exponents that grow, sums
+    rescaled, later batches below the reference): the streaming CKA and every replicate equal the float64
+    definition written here."""
+    boot = Bootstrap(6, 8)
+    batches = _pair_stack(4, scales)
+    weights = [boot.weights(k, 16) for k in range(len(batches))]
+    for order in (batches, batches[::-1]):  # the larger batch second (reference grows) and first
+        acc = StreamingCKA(bootstrap=6)
+        w = weights if order is batches else weights[::-1]
+        for (x, y), wk in zip(order, w):
+            acc.update(x, y, wk)
+        cka, reps = _ref_stream(order, w)
+        np.testing.assert_allclose(acc.compute(), cka, rtol=1e-9)
+        np.testing.assert_allclose(acc.replicates(), reps, rtol=1e-9)
