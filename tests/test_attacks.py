@@ -634,3 +634,34 @@ def test_group_size_on_a_gpu_up_to_64_pixel_images():
 
     assert attack_batch_images(AttackSpec("pgd"), 128, "cuda", 64) == 1024
     assert attack_batch_images(AttackSpec("pgd"), 128, "cuda", 65) == 128
+
+
+def test_pgd_l2_defaults_to_a_random_start_and_works_at_eps_one():
+    """pgd_l2 called without random_start starts at a random point (as the reference does), and eps = 1 is an
+    ordinary radius, not a special case."""
+    from clrobust.attacks import pgd_l2
+
+    net, x = _net64(), _batch()
+    y = torch.tensor([0, 3, 5, 9])
+
+    def loss(xa):
+        return F.cross_entropy(net(xa), y)
+
+    for eps in (0.4, 1.0):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(6)
+            got = pgd_l2(loss, x, eps, 0.3, 2)
+        torch.testing.assert_close(got, ref_pgd_l2(net, x, y, eps, 0.3, 2, 6), rtol=0, atol=1e-12)
+        assert float((got - x).abs().max()) > 0
+
+
+def test_the_noise_controls_draws_are_pinned():
+    """A recorded seed must mean the same noise in later versions: the signs drawn for two (seed, batch index)
+    pairs, pinned here."""
+    from clrobust.attacks import noise_batch
+
+    def signs(shape, seed, index):
+        return (noise_batch(1.0, "Linf", torch.full(shape, 0.5), seed, index).flatten() > 0.5).int().tolist()
+
+    assert signs((1, 1, 2, 4), 3, 2) == [0, 0, 0, 0, 0, 1, 0, 0]
+    assert signs((1, 1, 4, 4), 1, 1) == [1, 1, 1, 0, 0, 1, 0, 1, 1, 0, 0, 1, 0, 1, 0, 1]
