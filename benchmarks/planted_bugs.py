@@ -62,8 +62,8 @@ BUGS: List[Bug] = [
         ("tests/test_mapping.py", "tests/test_formats.py")),
     Bug("compare-first-model-attack", "every model is attacked with the examples crafted against the first",
         "clrobust/activations.py",
-        "xi = attack_batch(self.attack, net, x, y, batch_index=index)",
-        "xi = attack_batch(self.attack, next(iter(self.models.values())), x, y, batch_index=index)",
+        "out = {lab: craft(net) for lab, net in self.models.items()}",
+        "out = {lab: craft(next(iter(self.models.values()))) for lab, net in self.models.items()}",
         (COMPARE,)),
     Bug("train-at-without-attack", "the adversarial scenarios train without any attack",
         "clrobust/train/trainer.py",
@@ -72,13 +72,13 @@ BUGS: List[Bug] = [
         ("tests/test_train.py",)),
     Bug("train-pgd-returns-input", "the training attack returns its input unchanged",
         "clrobust/attacks.py",
-        "    x = x.detach()\n    if eps == 0:\n        return x.clone()",
-        "    x = x.detach()\n    if True:\n        return x.clone()",
+        "    x = x.detach()\n    if eps == 0:\n        return x.clone()\n    if start is not None:",
+        "    x = x.detach()\n    if True:\n        return x.clone()\n    if start is not None:",
         ("tests/test_train.py",)),
     # Further plausible bugs in the seams between stages.
     Bug("compare-batch-seed", "every batch is attacked with the seed of batch 0",
-        "clrobust/activations.py", "attack_batch(self.attack, net, x, y, batch_index=index)",
-        "attack_batch(self.attack, net, x, y, batch_index=0)", (COMPARE,)),
+        "clrobust/activations.py", "attack_batch(attack, net, xs[0], ys[0], batch_index=indices[0])",
+        "attack_batch(attack, net, xs[0], ys[0], batch_index=0)", (COMPARE,)),
     Bug("hooks-no-copy", "recorded outputs are not copied (in-place operations change them)",
         "clrobust/hooks.py", "self._out[name] = output.detach().clone()", "self._out[name] = output.detach()",
         ("tests/test_hooks.py",)),
@@ -104,7 +104,7 @@ BUGS: List[Bug] = [
         "        defined = (self.bxx[:, :, None] > 0) & (self.byy[:, None, :] > 0)",
         "        defined = self.bxx[:, :, None] * self.byy[:, None, :] > 0", ("tests/test_uncertainty.py",)),
     Bug("probe-pool-1x1", "probe features pooled to 1x1 instead of 2x2",
-        "clrobust/probes.py", "POOL_SIZE = 2", "POOL_SIZE = 1", ("tests/test_probes.py",)),
+        "clrobust/activations.py", "POOL_SIZE = 2", "POOL_SIZE = 1", ("tests/test_probes.py",)),
 ]
 
 

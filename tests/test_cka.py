@@ -544,3 +544,36 @@ def test_linear_cka_names_the_bad_side():
         linear_cka(good, bad)
     with pytest.raises(ClrobustError, match=r"^x: "):
         linear_cka(bad, good)
+
+
+def test_power_of_two_rescaling_by_hand():
+    """scaled(t) = (t * 2**-e, e), e the binary exponent of max |t| (negative entries count by magnitude);
+    zero and empty features keep e = 0; lazily, e within +-20 is left unscaled."""
+    from clrobust.cka import scaled
+
+    t, e = scaled(torch.tensor([-8.0, 1.0], dtype=torch.float64))
+    assert e == 4 and torch.equal(t, torch.tensor([-0.5, 0.0625], dtype=torch.float64))
+    t, e = scaled(torch.tensor([1.0, -0.5], dtype=torch.float64))
+    assert e == 1 and torch.equal(t, torch.tensor([0.5, -0.25], dtype=torch.float64))
+    assert scaled(torch.zeros(3))[1] == 0 and scaled(torch.empty(0))[1] == 0
+    edge = torch.tensor([2.0 ** 19], dtype=torch.float64)  # exponent 20: still left as it is
+    assert scaled(edge, lazy=True) == (edge, 0)
+    t, e = scaled(torch.tensor([2.0 ** 20], dtype=torch.float64), lazy=True)  # exponent 21: rescaled
+    assert e == 21 and float(t) == 0.5
+
+
+def test_bad_feature_messages_are_one_line_and_carry_the_cause():
+    from clrobust.cka import _one_line
+
+    assert _one_line(ValueError("first line\n   second\tline ")) == "first line second line"
+    junk = [["a"] * 12] * 60
+    with pytest.raises((TypeError, ValueError, RuntimeError)) as cause:
+        torch.as_tensor(junk)
+    with pytest.raises(ClrobustError) as err:
+        linear_cka(junk, np.ones((60, 12)))
+    assert str(err.value) == f"x: not a numeric array ({_one_line(cause.value)})."
+    bad = np.ones((5, 2))
+    bad[3, 0] = np.inf
+    with pytest.raises(ClrobustError) as err:
+        linear_cka(np.arange(10.0).reshape(5, 2), bad)
+    assert str(err.value) == "y: NaN or Inf values (first in sample 3); CKA of non-finite features is undefined."
