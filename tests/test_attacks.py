@@ -477,8 +477,13 @@ def test_the_noise_control_is_random_signs_at_eps_seeded_on_the_cpu():
     assert torch.equal(a, noise_batch(eps, "Linf", x, 3, 2)) and not torch.equal(a, noise_batch(eps, "Linf", x, 3, 4))
     l2 = noise_batch(0.5, "L2", x, 3, 2) - x
     assert torch.allclose(l2.flatten(1).norm(dim=1), torch.full((4,), 0.5), rtol=1e-5)
+    assert torch.equal(noise_batch(0.5, "L2", x, 3, 2), noise_batch(0.5, "L2", x, 3, 2))  # seeded too
+    assert not torch.equal(noise_batch(0.5, "L2", x, 3, 2), noise_batch(0.5, "L2", x, 3, 5))
     edge = noise_batch(eps, "Linf", torch.zeros(2, 3, 4, 4), 0, 0)
     assert float(edge.min()) == 0.0 and float(edge.max()) == pytest.approx(eps)  # clipped into [0, 1]
+    for norm, radius in (("Linf", 0.6), ("L2", 30.0)):  # pushed past 1: clipped at 1
+        top = noise_batch(radius, norm, torch.full((2, 3, 4, 4), 0.9), 0, 0)
+        assert float(top.max()) == 1.0 and float(top.min()) < 0.9, norm
     spec = AttackSpec("pgd", eps, 3, seed=3)
     assert spec.noise().name == "noise" and spec.noise().eps == eps and spec.noise().norm == "Linf"
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10))
