@@ -259,6 +259,7 @@ def test_audit_counts_recomputed_from_attack_batch(tmp_path, trained_checkpoint,
     _assert_picture(out / "robust_accuracy_vs_eps.png")
 
 
+@pytest.mark.slow
 def test_pgd_with_restarts_is_robust_only_where_every_restart_fails(tmp_path, trained_checkpoint, one_thread):
     """pgdNxR: R PGD-N runs, seeds seed..seed+R-1, a point robust only if all fail; recounted here."""
     from clrobust.attacks import AttackSpec

@@ -425,6 +425,7 @@ def test_precision_fast_matches_exact_in_the_job(tiny_checkpoints):
         assert np.abs(a.matrix - b.matrix).max() < 1e-6
 
 
+@pytest.mark.slow
 def test_grouped_attack_calls_give_the_same_comparison(tiny_checkpoints, monkeypatch, one_thread):
     """--attack-batch-size 24 over batches of 8: the attack is called once per three batches (spied on), and
     accuracies and every CKA matrix equal the batch-by-batch run's."""

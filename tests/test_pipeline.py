@@ -180,6 +180,7 @@ def test_drawing_leaves_the_users_matplotlib_backend_alone(tmp_path):
         matplotlib.use(before)
 
 
+@pytest.mark.slow
 def test_train_init_reads_a_third_party_file_with_the_init_options(tmp_path):
     """`train --init FILE` goes through the one door: a SupContrast file, its format and normalisation given."""
     from clrobust.checkpoints.native import read_metadata

@@ -379,6 +379,7 @@ def test_probe_outputs_csv_and_png_hold_the_json_numbers(tmp_path, robust):
     _assert_real_png(tmp_path / "probes.png")
 
 
+@pytest.mark.slow
 def test_probe_layers_cli(tmp_path, tiny_checkpoints):
     from click.testing import CliRunner
 
