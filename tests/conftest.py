@@ -27,7 +27,7 @@ def _pin_xdist_worker() -> None:
 
 
 _pin_xdist_worker()
-torch.set_num_threads(min(2, len(os.sched_getaffinity(0))))
+torch.set_num_threads(min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2))
 
 
 def torchrun(args, processes=2):
