@@ -586,3 +586,37 @@ def test_a_run_resumes_with_another_eval_every_and_a_negative_one_is_refused(tmp
         t._settings_key())
     with pytest.raises(ClrobustError, match=r"--eval-every -1 is negative"):
         TrainConfig(eval_every=-1)
+
+
+def test_the_watch_probe_sees_every_class_of_a_class_ordered_training_set(tmp_path, monkeypatch):
+    """An image folder lists its images class by class: the probe that reads a contrastive encoder during
+    training is fitted on a class-stratified sample, not on the first images (which would be one class)."""
+    from clrobust.data import ImageData
+
+    real_chosen = trainer_module.chosen_images
+    sizes: List[int] = []
+
+    def class_ordered(cfg: Any, split: str, *args: Any, **kw: Any) -> ImageData:
+        d = real_chosen(cfg, split, *args, **kw)
+        if split != "train":
+            return d
+        order = torch.argsort(d.labels, stable=True)
+        sizes.append(len(d))
+        return ImageData(d.name, d.split, d.images[order], d.labels[order], d.classes, "sorted by class")
+
+    monkeypatch.setattr(trainer_module, "chosen_images", class_ordered)
+    monkeypatch.setattr(trainer_module, "WATCH_PROBE_IMAGES", TINY["n_train"] // 4)
+    trainer = Trainer(TrainConfig(scheme="simclr", scenario="st", seed=3, eval_every=1, **{**TINY, "epochs": 1}),
+                      tmp_path / "m", progress=False)
+    seen: List[Set[int]] = []
+    real = Trainer._fit_probe_into
+
+    def spy(self: Trainer, net: Any, data: Any) -> float:
+        seen.append(set(data.labels.tolist()))
+        return real(self, net, data)
+
+    monkeypatch.setattr(Trainer, "_fit_probe_into", spy)
+    trainer.run()
+    # 8 of 32 images: the first 8 of the class-ordered set hold 2 or 3 classes, a stratified 8 nearly all
+    classes = set(load_dataset("cifar10-mini", "train").labels[:TINY["n_train"]].tolist())
+    assert sizes == [TINY["n_train"]] and seen and seen[0] <= classes and len(seen[0]) >= 6

@@ -624,9 +624,9 @@ class Trainer:
 
     def watch(self) -> Dict[str, Any]:
         """Clean and robust accuracy of the network as it stands, under the final evaluation's threat-model-II
-        attack on its images; a contrastive encoder is read through a linear probe fitted on a copy (on the
-        first :data:`WATCH_PROBE_IMAGES` training images). The training's network, random state and batch-norm
-        statistics are left as they were."""
+        attack on its images; a contrastive encoder is read through a linear probe fitted on a copy (on a
+        class-stratified sample of :data:`WATCH_PROBE_IMAGES` training images). The training's network, random
+        state and batch-norm statistics are left as they were."""
         started = time.time()
         cpu_rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
@@ -635,7 +635,9 @@ class Trainer:
         probe = self.cfg.scheme in CONTRASTIVE and not any(h["phase"] in ("linear-probe", "pat", "fat")
                                                             for h in self.history)
         if probe:
-            self._fit_probe_into(net, self.train_data.subset(min(WATCH_PROBE_IMAGES, len(self.train_data))))
+            # a class-stratified seeded subset: an image folder lists its images class by class, so the first
+            # images would all be of one class
+            self._fit_probe_into(net, self.train_data.sample(WATCH_PROBE_IMAGES, "stratified", seed=self.cfg.seed))
         r = accuracy(net, self.test_data, self.eval_attacks()["threat_model_II"], dist=self.dist)
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
