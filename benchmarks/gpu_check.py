@@ -29,7 +29,8 @@ CHECKS = [
     "--attack-batch-size auto (1024 images per call) gives the batch-by-batch PGD comparison",
     "the torchrun path through a one-process NCCL group: compare-layers, audit and train equal the plain CUDA "
     "runs (every collective tensor on the rank's GPU; train's batch norm over all processes)",
-    "train on CUDA: bf16 autocast and channels-last by default (recorded), first-epoch loss close to fp32's",
+    "train on CUDA: bf16 autocast and channels-last by default (recorded), first-epoch loss close to fp32's; "
+    "the same seed's first batch gives the CPU's loss",
     "probe-layers on CUDA: probe accuracies close to the CPU's",
     "throughput (images/s): forward, PGD-10, AutoAttack (one batch of 128 and grouped calls of 1024), train "
     "steps with and without AMP; the CKA step's achieved GFLOP/s against the device's float32 matmul",
@@ -213,8 +214,18 @@ def _training(tmp: Path, gpu: str, small: bool, check, info, timed) -> None:
     amp_on = meta["amp"]["training"]["amp"]
     check("train on the device: AMP by default", amp_on is (gpu == "cuda"), f"recorded amp={amp_on}")
     l32, lamp, lcpu = (_first_loss(tmp / f"train-{k}") for k in ("fp32", "amp", "cpu"))
-    check("train fp32 on the device vs CPU, same seed", abs(l32 - lcpu) <= 1e-3 * abs(lcpu),
-          f"first-epoch loss {l32:.5f} vs {lcpu:.5f}")
+    info(f"train fp32, device vs CPU, mean loss of {cfg['n_train'] // cfg['batch_size']} steps", f"{l32:.5f} vs "
+         f"{lcpu:.5f} (training is chaotic: a "
+         "rounding difference grows about sixfold a step, so this differs by ~1e-3 even between CPU thread counts)")
+    # the same seed draws the same order, augmentations and PGD starts on every device (all from the CPU
+    # generator): the first batch's loss, before any update, is where the devices must agree
+    one = dict(cfg, n_train=cfg["batch_size"])
+    first = {}
+    for label, dev in (("fp32", gpu), ("cpu", "cpu")):
+        Trainer(TrainConfig(**one, device=dev, amp=False), tmp / f"one-{label}", progress=False).run()
+        first[label] = _first_loss(tmp / f"one-{label}")
+    check("train fp32 on the device vs CPU, same seed: the first batch's loss", abs(first["fp32"] - first["cpu"]) <=
+          1e-3 * abs(first["cpu"]), f"{first['fp32']:.6f} vs {first['cpu']:.6f}")
     check("train bf16 autocast vs fp32", abs(lamp - l32) <= 0.05 * abs(l32), f"first-epoch loss {lamp:.5f} vs "
           f"{l32:.5f}")
 

@@ -103,6 +103,9 @@ BUGS: List[Bug] = [
         "positive (both negative read as -CKA)", "clrobust/cka.py",
         "        defined = (self.bxx[:, :, None] > 0) & (self.byy[:, None, :] > 0)",
         "        defined = self.bxx[:, :, None] * self.byy[:, None, :] > 0", ("tests/test_uncertainty.py",)),
+    Bug("fitted-first-n", "a class-ordered split's fitted set is its first N (an image folder's: a class or two)",
+        "clrobust/data/__init__.py", "        if self.class_ordered:\n            return self.sample(",
+        "        if False:\n            return self.sample(", ("tests/test_data.py", "tests/test_train.py")),
     Bug("probe-pool-1x1", "probe features pooled to 1x1 instead of 2x2",
         "clrobust/activations.py", "POOL_SIZE = 2", "POOL_SIZE = 1", ("tests/test_probes.py",)),
 ]

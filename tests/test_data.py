@@ -185,6 +185,40 @@ def test_subset_and_batches():
     assert torch.equal(torch.cat([y for _, y in batches]), sub.labels)
 
 
+def test_a_fitted_set_of_a_class_ordered_split_holds_every_class(tmp_path):
+    """An image folder lists its images class by class, so its first N would be a class or two: the images
+    a job fits on (probes, training, training's evaluation) are a class-stratified N with sample seed 0
+    there, and the first N where the split's order mixes its classes (the embedded set, CIFAR's files)."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from clrobust.data import ImageData, chosen_images, stratified_indices
+    from clrobust.train import TrainConfig
+
+    for c, cls in enumerate(("a", "b", "c")):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((32, 32, 3), 20 * c + i, np.uint8)).save(tmp_path / "train" / cls / f"{i}.png")
+    folder = load_dataset("imagefolder", "train", str(tmp_path))
+    assert folder.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4 and folder.class_ordered
+    fixed = folder.fixed_subset(6)
+    assert sorted(fixed.labels.tolist()) == [0, 0, 1, 1, 2, 2]  # the first 6: four a, two b, no c
+    idx = torch.from_numpy(stratified_indices(folder.labels.numpy(), 6, 0))
+    assert torch.equal(fixed.images, folder.images[idx]) and "class-stratified, sample seed 0" in fixed.chosen
+    assert folder.fixed_subset(None) is folder and folder.fixed_subset(12) is folder
+    # every job's fitted set comes through chosen_images, the trainer's settings too; no job seed changes it
+    for settings in (SimpleNamespace(data="imagefolder", data_root=str(tmp_path), skip_bad_images=False),
+                     TrainConfig(data="imagefolder", data_root=str(tmp_path), n_train=6, seed=5)):
+        assert torch.equal(chosen_images(settings, "train", 6, sampled=False).images, fixed.images)
+    mini = load_dataset("cifar10-mini", "train")  # a mixed order: the first N, as before
+    assert not mini.class_ordered and torch.equal(mini.fixed_subset(50).images, mini.images[:50])
+    one = ImageData("x", "train", folder.images[:4], folder.labels[:4], folder.classes)  # one class: nothing to mix
+    assert not one.class_ordered and torch.equal(one.fixed_subset(2).images, one.images[:2])
+    mixed = ImageData("x", "train", folder.images[[0, 4, 1]], folder.labels[[0, 4, 1]], folder.classes)
+    assert not mixed.class_ordered  # sorted but for one step back
+
+
 @pytest.mark.parametrize("name,split,root,match", [
     ("nope", "test", None, "unknown data set"),
     ("cifar10-mini", "val", None, "unknown split"),

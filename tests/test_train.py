@@ -514,6 +514,33 @@ def test_evaluation_on_another_data_set_and_the_papers_attacks(tmp_path):
         assert 0 <= m[key] <= m["clean_accuracy"]
 
 
+def test_n_train_of_an_image_folder_draws_every_class_and_says_so(tmp_path):
+    """An image folder lists its images class by class: ``--n-train 10`` of 10 classes x 2 images trains on
+    one image of each class (its first 10 would be five classes), and its own test split's evaluation images
+    likewise; the checkpoint records how both were chosen."""
+    import numpy as np
+    from PIL import Image
+
+    from clrobust.data import CIFAR10_CLASSES
+
+    rng = np.random.default_rng(1)
+    for split in ("train", "test"):
+        for c in CIFAR10_CLASSES:
+            (tmp_path / "imgs" / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                    tmp_path / "imgs" / split / c / f"{i}.png")
+    cfg = TrainConfig(scheme="supervised", scenario="st", data="imagefolder", data_root=str(tmp_path / "imgs"),
+                      **{**ONE_BATCH, "n_train": 10, "batch_size": 10, "eval_samples": 10})
+    t = Trainer(cfg, tmp_path / "m", progress=False)
+    meta = t.run()
+    assert sorted(t.train_data.labels.tolist()) == list(range(10))
+    assert sorted(t.test_data.labels.tolist()) == list(range(10))
+    assert meta["training"]["train_images_chosen"].startswith("10 of the 20 in the split, class-stratified")
+    assert meta["metrics"]["eval_images"].startswith("10 of the 20 in the split, class-stratified")
+    assert meta["metrics"]["eval_images"].endswith("(imagefolder test split)")
+
+
 def test_epochs_from_a_state_saved_before_timings_were_recorded_are_counted_as_untimed(tmp_path):
     t = Trainer(TrainConfig(scheme="supervised", scenario="st", **TINY), tmp_path / "m", progress=False)
     t.train_data = load_dataset("cifar10-mini", "train").subset(32)

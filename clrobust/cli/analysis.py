@@ -8,6 +8,7 @@ import click
 
 from clrobust.cli.options import (
     COUNT,
+    FITTED_N,
     attack_options,
     attack_spec,
     classifier_option,
@@ -31,7 +32,7 @@ from clrobust.names import FIGURE_FAMILIES as FAMILIES
               help="blocks, all, or comma-separated glob patterns such as 'layer3.*,avgpool'.")
 @attack_options
 @click.option("--n-train", default=2000, show_default=True, type=COUNT,
-              help="Train images the probes are fitted on (the first N of the train split); also the "
+              help=f"Train images the probes are fitted on ({FITTED_N}); also the "
                    "probe of a model without a classifier of its own.")
 @click.option("--n-samples", default=512, show_default=True, type=COUNT,
               help="Test images the probes are evaluated on, clean and adversarial (chosen by --sampling).")

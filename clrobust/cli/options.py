@@ -205,12 +205,17 @@ def bootstrap_option(f: F) -> F:
                              "paired difference (seeded by --seed; 0 turns them off).")(f)
 
 
+#: How every fitted set's N images are chosen (:meth:`clrobust.data.ImageData.fixed_subset`), in --help's words.
+FITTED_N = ("the first N, or a seeded class-stratified N where the split lists its images class by class, as an "
+            "image folder does")
+
+
 def probe_train_option(default: Optional[int] = None, name: str = "--probe-train") -> Callable[[F], F]:
     """Train images a linear probe is fitted on (head-less encoders, per-layer probes)."""
     shown = "all" if default is None else str(default)
     return click.option(name, "probe_train", default=default, type=COUNT,
-                        help=f"Train images (the first N) a linear probe is fitted on, for models without a "
-                             f"classifier of their own [{shown}].")
+                        help=f"Train images a linear probe is fitted on, for models without a classifier of "
+                             f"their own ({FITTED_N}) [{shown}].")
 
 
 def seed_option(f: F) -> F:

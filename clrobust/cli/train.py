@@ -8,6 +8,7 @@ from clrobust.cli.options import (
     COUNT,
     COUNT0,
     EPS,
+    FITTED_N,
     NONNEGATIVE,
     POSITIVE,
     data_options,
@@ -74,7 +75,7 @@ from clrobust.names import ADV_METHODS, ADV_OBJECTIVES, ADV_VIEWS, AUGMENTS, DAT
 @click.option("--init-trust-checkpoint", is_flag=True,
               help="How --init is read: allow full unpickling (only for trusted sources).")
 @data_options
-@click.option("--n-train", default=None, type=COUNT, help="Use only the first N training images.")
+@click.option("--n-train", default=None, type=COUNT, help=f"Train on N of the training images: {FITTED_N} [all].")
 @click.option("--eval-samples", default=None, type=COUNT, help="Test images for the final evaluation [all].")
 @click.option("--eval-every", default=0, show_default=True, type=COUNT0, metavar="EPOCHS",
               help="Every EPOCHS epochs (and after the last of each phase) measure clean and robust accuracy as the "

@@ -56,6 +56,22 @@ class ImageData:
         return ImageData(self.name, self.split, self.images[:n], self.labels[:n], self.classes,
                          f"the first {n} of the {len(self)} in the split")
 
+    @property
+    def class_ordered(self) -> bool:
+        """Whether the split lists its images class by class (an image folder does), so that its first
+        images are of one or a few classes."""
+        y = self.labels
+        return len(y) > 1 and int(y[0]) != int(y[-1]) and bool((y[1:] >= y[:-1]).all())
+
+    def fixed_subset(self, n: Optional[int]) -> "ImageData":
+        """``n`` images that no job seed changes (the images a job fits on; training's evaluation images):
+        the first ``n`` where the split's order mixes its classes (the embedded set, CIFAR's files), but a
+        class-stratified ``n`` with sample seed 0 where it lists them class by class (an image folder),
+        whose first ``n`` would be of a few classes only."""
+        if self.class_ordered:
+            return self.sample(n, "stratified", seed=0)
+        return self.subset(n)
+
     def sample(self, n: Optional[int], sampling: str = "stratified", seed: int = 0) -> "ImageData":
         """``n`` images of the split: a seeded class-stratified random subset (each class in proportion
         to its share, kept in the split's order) or the first ``n`` (``sampling="first"``).
@@ -125,11 +141,12 @@ class SampledChoice(DataChoice, Protocol):
 
 def chosen_images(s: DataChoice, split: str, n: Optional[int], sampled: bool = True) -> ImageData:
     """The images a job's settings name: ``n`` of ``split`` drawn by the settings' ``sampling`` and
-    ``sample_seed`` (the images measured on), or the first ``n`` (``sampled=False``: images fitted on)."""
+    ``sample_seed`` (the images measured on), or (``sampled=False``: images fitted on) the same ``n`` for
+    every seed, :meth:`ImageData.fixed_subset`."""
     images = load_dataset(s.data, split, s.data_root, skip_bad=s.skip_bad_images,
                           image_size=getattr(s, "image_size", 32), resize=getattr(s, "resize", None))
     if not sampled:
-        return images.subset(n)
+        return images.fixed_subset(n)
     drawn = cast(SampledChoice, s)
     return images.sample(n, drawn.sampling, drawn.sample_seed)
 

@@ -222,12 +222,12 @@ class Trainer:
         return create_model(config)
 
     def _test_images(self) -> ImageData:
-        """The final evaluation's images: the first ``eval_samples`` of the test split of ``eval_data`` (or of the
-        training data set)."""
+        """The final evaluation's images: ``eval_samples`` of the test split of ``eval_data`` (or of the training
+        data set), the same for every seed (:meth:`ImageData.fixed_subset`)."""
         cfg = self.cfg
         if cfg.eval_data is None:
             return chosen_images(cfg, "test", cfg.eval_samples, sampled=False)
-        data = load_dataset(cfg.eval_data, "test", cfg.eval_data_root).subset(cfg.eval_samples)
+        data = load_dataset(cfg.eval_data, "test", cfg.eval_data_root).fixed_subset(cfg.eval_samples)
         if data.num_classes != self.train_data.num_classes:
             raise ClrobustError(f"--eval-data {cfg.eval_data} has {data.num_classes} classes, the training data "
                                 f"{self.train_data.num_classes}; evaluate on the same classes.")
@@ -624,9 +624,9 @@ class Trainer:
 
     def watch(self) -> Dict[str, Any]:
         """Clean and robust accuracy of the network as it stands, under the final evaluation's threat-model-II
-        attack on its images; a contrastive encoder is read through a linear probe fitted on a copy (on a
-        class-stratified sample of :data:`WATCH_PROBE_IMAGES` training images). The training's network, random
-        state and batch-norm statistics are left as they were."""
+        attack on its images; a contrastive encoder is read through a linear probe fitted on a copy (on
+        :data:`WATCH_PROBE_IMAGES` training images, chosen as every fitted set is: :meth:`ImageData.fixed_subset`).
+        The training's network, random state and batch-norm statistics are left as they were."""
         started = time.time()
         cpu_rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
@@ -635,9 +635,7 @@ class Trainer:
         probe = self.cfg.scheme in CONTRASTIVE and not any(h["phase"] in ("linear-probe", "pat", "fat")
                                                             for h in self.history)
         if probe:
-            # a class-stratified seeded subset: an image folder lists its images class by class, so the first
-            # images would all be of one class
-            self._fit_probe_into(net, self.train_data.sample(WATCH_PROBE_IMAGES, "stratified", seed=self.cfg.seed))
+            self._fit_probe_into(net, self.train_data.fixed_subset(WATCH_PROBE_IMAGES))
         r = accuracy(net, self.test_data, self.eval_attacks()["threat_model_II"], dist=self.dist)
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
@@ -672,7 +670,9 @@ class Trainer:
                 "paper_tm2_pgd40_4_255_accuracy": run["paper II"]["adversarial"],
                 "paper_tm1_pgd40_4_255_accuracy": run["paper I"]["adversarial"],
                 "eval_data": self.test_data.name, "eval_split": "test", "eval_samples": r2["n"],
-                "eval_images": f"the first {r2['n']} of the {self.test_data.name} test split",
+                "eval_images": (f"{self.test_data.chosen} ({self.test_data.name} test split)"
+                                if self.test_data.class_ordered else
+                                f"the first {r2['n']} of the {self.test_data.name} test split"),
                 "eval_attacks": {k: spec.to_dict() for k, spec in specs.items()}}
 
     def training_cost(self) -> Dict[str, Any]:
@@ -697,7 +697,8 @@ class Trainer:
                 "attack": metrics["eval_attacks"]["threat_model_II"], "images": metrics["eval_images"],
                 "robust": "right both clean and attacked", "epochs": curve}}
         return {"training": {**asdict(cfg), "eps_text": format_eps(cfg.eps),
-                             "train_attack": self.train_attack_text(), **self.training_cost(),
+                             "train_attack": self.train_attack_text(), "train_images_chosen": self.train_data.chosen,
+                             **self.training_cost(),
                              "command": command_line()},
                 "metrics": metrics, "versions": versions(),
                 **({"robust_bn": "adversarial"} if self.robust_bn_adversarial else {})}
