@@ -106,6 +106,10 @@ BUGS: List[Bug] = [
     Bug("fitted-first-n", "a class-ordered split's fitted set is its first N (an image folder's: a class or two)",
         "clrobust/data/__init__.py", "        if self.class_ordered:\n            return self.sample(",
         "        if False:\n            return self.sample(", ("tests/test_data.py", "tests/test_train.py")),
+    Bug("clock-counts-stops", "an epoch's seconds count the time the job was stopped (kill -STOP)",
+        "clrobust/train/clock.py", "    return time.monotonic() - (w.stopped if w is not None else 0.0)",
+        "    return time.monotonic()", ("tests/test_train.py::test_the_work_clock_leaves_out_the_time_the_process_was_"
+                                       "stopped",)),
     Bug("probe-pool-1x1", "probe features pooled to 1x1 instead of 2x2",
         "clrobust/activations.py", "POOL_SIZE = 2", "POOL_SIZE = 1", ("tests/test_probes.py",)),
 ]

@@ -8,6 +8,10 @@ different from its input), and replacing it by the identity must lower the first
 from __future__ import annotations
 
 import csv
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Collection, Dict, Iterable, List, Optional, Set, Tuple
@@ -539,6 +543,39 @@ def test_n_train_of_an_image_folder_draws_every_class_and_says_so(tmp_path):
     assert meta["training"]["train_images_chosen"].startswith("10 of the 20 in the split, class-stratified")
     assert meta["metrics"]["eval_images"].startswith("10 of the 20 in the split, class-stratified")
     assert meta["metrics"]["eval_images"].endswith("(imagefolder test split)")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="POSIX job control")
+def test_the_work_clock_leaves_out_the_time_the_process_was_stopped():
+    """A background job paused with SIGSTOP for 2 s and continued: the clock an epoch's seconds are read
+    from leaves the pause out (the wall clock counts it as training cost); a SIGCONT without a stop changes
+    nothing."""
+    code = ("import time\nfrom clrobust.train.clock import work_seconds\n"
+            "w0, t0 = work_seconds(), time.monotonic()\nprint('ready', flush=True)\n"
+            "while time.monotonic() - t0 < 4.0:\n    sum(range(1000))\n"
+            "print(work_seconds() - w0, time.monotonic() - t0, flush=True)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        time.sleep(0.4)
+        child.send_signal(signal.SIGCONT)  # not stopped: nothing to leave out
+        time.sleep(0.4)
+        child.send_signal(signal.SIGSTOP)
+        time.sleep(2.0)
+        child.send_signal(signal.SIGCONT)
+        work, wall = (float(v) for v in child.communicate(timeout=60)[0].split())
+    finally:
+        child.kill()
+    assert wall >= 4.0 and 1.6 <= wall - work <= 2.4, (work, wall)
+
+
+def test_an_epochs_seconds_come_from_the_work_clock(tmp_path, monkeypatch):
+    ticks = iter(range(0, 10_000, 7))
+    monkeypatch.setattr(trainer_module, "work_seconds", lambda: float(next(ticks)))
+    Trainer(TrainConfig(scheme="supervised", scenario="st", **ONE_BATCH), tmp_path / "m", progress=False).run()
+    with open(tmp_path / "m.history.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [float(r["seconds"]) for r in rows if r["phase"] == "pretrain"] == [7.0]
 
 
 def test_epochs_from_a_state_saved_before_timings_were_recorded_are_counted_as_untimed(tmp_path):

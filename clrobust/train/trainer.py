@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, cast
@@ -49,6 +48,7 @@ from clrobust.names import ADV_METHODS, ADV_OBJECTIVES, ADV_VIEWS, AUGMENTS, SCE
 from clrobust.provenance import command_line, versions
 from clrobust.robustness import accuracy
 from clrobust.train.augment import crop_flip_augment, simclr_augment
+from clrobust.train.clock import work_seconds
 
 CONTRASTIVE = ("simclr", "supcon")
 #: training images the in-training evaluation (``eval_every``) fits a contrastive encoder's linear probe on
@@ -328,7 +328,7 @@ class Trainer:
         bar = tqdm(total=epochs * per_epoch, initial=start * per_epoch, desc=phase, unit="batch",
                    disable=not self.progress)
         for epoch in range(start, epochs):
-            started = time.time()
+            started = work_seconds()
             net.train()
             if phase == "pat":
                 net.eval()  # encoder frozen, BN statistics included
@@ -355,7 +355,7 @@ class Trainer:
                 self.dist.all_reduce([total])
                 total /= self.dist.world
             mean = float(total) / max(per_epoch, 1)
-            seconds = time.time() - started
+            seconds = work_seconds() - started
             self.history.append({"phase": phase, "epoch": epoch + 1, "loss": mean,
                                  "lr": opt.param_groups[0]["lr"], "seconds": round(seconds, 3),
                                  "device": self.device.type, "processes": self.dist.world if self.dist else 1,
@@ -627,7 +627,7 @@ class Trainer:
         attack on its images; a contrastive encoder is read through a linear probe fitted on a copy (on
         :data:`WATCH_PROBE_IMAGES` training images, chosen as every fitted set is: :meth:`ImageData.fixed_subset`).
         The training's network, random state and batch-norm statistics are left as they were."""
-        started = time.time()
+        started = work_seconds()
         cpu_rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
         net = copy.deepcopy(self.net)
@@ -641,7 +641,7 @@ class Trainer:
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
         return {"eval_clean": r["clean"], "eval_robust": r["adversarial"],
-                "eval_seconds": round(time.time() - started, 3)}
+                "eval_seconds": round(work_seconds() - started, 3)}
 
     # ------------------------------------------------------------------ eval & outputs
     def eval_attacks(self) -> Dict[str, AttackSpec]:
