@@ -245,8 +245,8 @@ class AuditResult(Result):
                                                          for c in cols]) + " |")
         trained = {m: self.models.get(m, {}).get("training") for m in models}
         if any(trained.values()):  # what each model's training cost, from its checkpoint's metadata
-            lines += ["", "Training, as each checkpoint's metadata records it (time: wall clock over every resumed "
-                      "run; >= marks a lower bound):", "",
+            lines += ["", "Training, as each checkpoint's metadata records it (time: over every resumed run, less "
+                      "any time the job was stopped, which older records include; >= marks a lower bound):", "",
                       "| model | trained on | epochs | seed | device | optimiser steps | train time |",
                       "|---|---|---|---|---|---|---|"]
             for m, t in trained.items():

@@ -255,7 +255,8 @@ def describe(models: List[Dict[str, Any]]) -> str:
     return (f"clrobust zoo of {len(models)} models, trained on: {'; '.join(trained)}. Accuracies on "
             f"{'; '.join(evaluated) or 'unrecorded images'}, each with its 95% Wilson interval over those "
             "images; PGD-20 at 8/255 end to end (threat model II) and the label-free representation attack at "
-            "4/255 (threat model I). Train time: wall-clock seconds over every resumed run. Retrain: bash "
+            "4/255 (threat model I). Train time: over every resumed run, less any time the job was stopped "
+            "(which older records include). Retrain: bash "
             "analyses/train_zoo.sh (this zoo) or analyses/train_zoo_full.sh DATA_ROOT (the 50,000-image zoo).")
 
 

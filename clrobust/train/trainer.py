@@ -676,7 +676,7 @@ class Trainer:
                 "eval_attacks": {k: spec.to_dict() for k, spec in specs.items()}}
 
     def training_cost(self) -> Dict[str, Any]:
-        """What the training took, summed over every epoch of every run that resumed it: wall-clock seconds,
+        """What the training took, summed over every epoch of every run that resumed it: seconds of work,
         optimiser steps, images through the optimiser, and the devices (with their process counts) it ran on.
         Epochs from a state saved before timings were recorded count as ``untimed_epochs``."""
         epochs = [h for h in self.history if h["phase"] in ("pretrain", "pat", "fat")]
