@@ -132,9 +132,9 @@ class Stage:
                 group = plan[g:g + per_call]
                 xs = [to_float(data.images[lo:hi]).to(self.device) for _, (lo, hi) in group]
                 ys = [data.labels[lo:hi].to(self.device) for _, (lo, hi) in group]
-                cached = self.cache is not None and all(self.cache.has(lab, "adversarial", i)
-                                                        for lab in self.models for i, _ in group)
-                crafted = self._craft([i for i, _ in group], xs, ys) if per_call > 1 and not cached else None
+                uncached = [lab for lab in self.models  # only the models whose examples the cache lacks
+                            if self.cache is None or not all(self.cache.has(lab, "adversarial", i) for i, _ in group)]
+                crafted = self._craft([i for i, _ in group], xs, ys, uncached) if per_call > 1 and uncached else None
                 for k, (index, (lo, hi)) in enumerate(group):
                     adv = {lab: c[k] for lab, c in crafted.items()} if crafted is not None else None
                     yield Batch(index, lo, xs[k], ys[k], self._recordings(recorders, index, xs[k], ys[k], inputs, adv))
@@ -144,10 +144,11 @@ class Stage:
             for r in recorders.values():
                 r.remove()
 
-    def _craft(self, indices: List[int], xs: List[torch.Tensor], ys: List[torch.Tensor]
+    def _craft(self, indices: List[int], xs: List[torch.Tensor], ys: List[torch.Tensor], only: Sequence[str]
                ) -> Dict[str, List[torch.Tensor]]:
-        """The adversarial batches of a group (or of one batch) for every model, each model's in one attack call
-        (:func:`~clrobust.attacks.attack_batches`); with ``adv_source``, that model's only, shared."""
+        """The adversarial batches of a group (or of one batch) for the models ``only`` names, each model's in one
+        attack call (:func:`~clrobust.attacks.attack_batches`); with ``adv_source``, that model's, shared. Each
+        call is seeded by its batches' indices, so a model's examples do not depend on which others are crafted."""
         attack = self.attack
         assert attack is not None
 
@@ -159,9 +160,9 @@ class Stage:
         t = time.perf_counter()
         if self.adv_source is not None:
             shared = craft(self.models[self.adv_source])
-            out = {lab: shared for lab in self.models}
+            out = {lab: shared for lab in only}
         else:
-            out = {lab: craft(net) for lab, net in self.models.items()}
+            out = {lab: craft(self.models[lab]) for lab in only}
         self.timings["attack"] += time.perf_counter() - t
         return out
 
@@ -177,8 +178,12 @@ class Stage:
                     continue
                 xi = x
                 if inp == "adversarial":
-                    if crafted is None:  # this batch alone: every model's examples at once (or adv_source's)
-                        crafted = {lab: c[0] for lab, c in self._craft([index], [x], [y]).items()}
+                    if crafted is None or lab not in crafted:  # this batch alone: the examples of every model
+                        # whose cache lacks them (or adv_source's), this one's too (its file may be unreadable)
+                        need = [m for m in self.models if m not in (crafted or {}) and (
+                            m == lab or self.cache is None or not self.cache.has(m, "adversarial", index))]
+                        crafted = {**(crafted or {}),
+                                   **{m: c[0] for m, c in self._craft([index], [x], [y], need).items()}}
                     xi = crafted[lab]
                 elif inp == "noise":
                     assert self.attack is not None

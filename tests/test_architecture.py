@@ -25,7 +25,7 @@ FLOORS: List[List[str]] = [
     ["clrobust.models", "clrobust.models.*", "clrobust.data", "clrobust.data.*", "clrobust.cka", "clrobust.metrics",
      "clrobust.uncertainty", "clrobust.similarity",
      "clrobust.distributed", "clrobust.plots", "clrobust.provenance", "clrobust.results", "clrobust.losses",
-     "clrobust.linear_probe", "clrobust.train.augment"],
+     "clrobust.linear_probe", "clrobust.train.augment", "clrobust.train.clock"],
     ["clrobust.attacks", "clrobust.hooks", "clrobust.checkpoints", "clrobust.checkpoints.*", "clrobust.recordings"],
     ["clrobust.activations", "clrobust.heads", "clrobust.robustness"],
     ["clrobust.compare", "clrobust.probes", "clrobust.audit", "clrobust.train", "clrobust.train.trainer"],

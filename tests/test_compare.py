@@ -453,6 +453,39 @@ def test_grouped_attack_calls_give_the_same_comparison(tiny_checkpoints, monkeyp
         np.testing.assert_allclose(a.matrix, b.matrix, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("grouped", [False, True])
+def test_a_model_added_to_a_cached_comparison_is_the_only_one_attacked(tmp_path, tiny_checkpoints, monkeypatch,
+                                                                      one_thread, grouped):
+    """--cache holds one model's recordings; comparing it with a second attacks and records the second alone
+    (batch by batch, and in grouped attack calls), and gives the numbers of a run without the cache."""
+    import clrobust.activations as activations
+    from clrobust.attacks import AttackSpec
+    from clrobust.compare import CompareSettings, run_compare
+    from clrobust.hooks import LayerRecorder
+
+    a, b = (str(p) for p in tiny_checkpoints)
+    attack = AttackSpec("pgd", 8 / 255, 2, seed=2, batch_size=1024 if grouped else None)
+    base = dict(n_samples=24, batch_size=8, seed=2, layers="stem,layer3.*,avgpool", attack=attack)
+    run_compare(CompareSettings(models=[a], cache=str(tmp_path / "rec"), **base), progress=False)
+    crafted_on, forwards = [], []
+    real_one, real_many, real_record = activations.attack_batch, activations.attack_batches, LayerRecorder.record
+    monkeypatch.setattr(activations, "attack_batch", lambda s, net, *r, **k: crafted_on.append(net) or
+                        real_one(s, net, *r, **k))
+    monkeypatch.setattr(activations, "attack_batches", lambda s, net, *r, **k: crafted_on.append(net) or
+                        real_many(s, net, *r, **k))
+    monkeypatch.setattr(LayerRecorder, "record", lambda self, x: forwards.append(1) or real_record(self, x))
+    both = run_compare(CompareSettings(models=[a, b], cache=str(tmp_path / "rec"), **base), progress=False)
+    nets = {id(n) for n in crafted_on}  # the networks attacked, by identity
+    # the second model's adversarial examples (3 batches, or one grouped call) and noise (3 batches), and
+    # its 3 x 3 recordings; the first model's all come from the cache
+    assert len(nets) == 1 and len(forwards) == 3 * 3
+    assert len(crafted_on) == (1 if grouped else 3) + 3
+    fresh = run_compare(CompareSettings(models=[a, b], **base), progress=False)
+    assert both.accuracy == fresh.accuracy
+    for x, y in zip(both.cka, fresh.cka):
+        np.testing.assert_array_equal(x.matrix, y.matrix)
+
+
 def test_cached_recordings_are_reanalysed_without_attacks_or_forward_passes(tmp_path, tiny_checkpoints, monkeypatch,
                                                                              one_thread):
     """--cache: a second run with another measure reads every recording (no attack, no forward pass) and
