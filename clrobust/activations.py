@@ -132,8 +132,7 @@ class Stage:
                 group = plan[g:g + per_call]
                 xs = [to_float(data.images[lo:hi]).to(self.device) for _, (lo, hi) in group]
                 ys = [data.labels[lo:hi].to(self.device) for _, (lo, hi) in group]
-                uncached = [lab for lab in self.models  # only the models whose examples the cache lacks
-                            if self.cache is None or not all(self.cache.has(lab, "adversarial", i) for i, _ in group)]
+                uncached = self._uncached([i for i, _ in group])
                 crafted = self._craft([i for i, _ in group], xs, ys, uncached) if per_call > 1 and uncached else None
                 for k, (index, (lo, hi)) in enumerate(group):
                     adv = {lab: c[k] for lab, c in crafted.items()} if crafted is not None else None
@@ -143,6 +142,11 @@ class Stage:
             bar.close()
             for r in recorders.values():
                 r.remove()
+
+    def _uncached(self, indices: Sequence[int]) -> List[str]:
+        """The models whose adversarial examples for these batches the cache lacks (all without a cache)."""
+        return [lab for lab in self.models
+                if self.cache is None or not all(self.cache.has(lab, "adversarial", i) for i in indices)]
 
     def _craft(self, indices: List[int], xs: List[torch.Tensor], ys: List[torch.Tensor], only: Sequence[str]
                ) -> Dict[str, List[torch.Tensor]]:
@@ -180,8 +184,8 @@ class Stage:
                 if inp == "adversarial":
                     if crafted is None or lab not in crafted:  # this batch alone: the examples of every model
                         # whose cache lacks them (or adv_source's), this one's too (its file may be unreadable)
-                        need = [m for m in self.models if m not in (crafted or {}) and (
-                            m == lab or self.cache is None or not self.cache.has(m, "adversarial", index))]
+                        lacking = set(self._uncached([index])) | {lab}
+                        need = [m for m in self.models if m in lacking and m not in (crafted or {})]
                         crafted = {**(crafted or {}),
                                    **{m: c[0] for m, c in self._craft([index], [x], [y], need).items()}}
                     xi = crafted[lab]
