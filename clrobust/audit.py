@@ -27,7 +27,7 @@ from clrobust.activations import Stage
 from clrobust.attacks import AttackSpec, format_eps
 from clrobust.checkpoints import LoadOptions, distinct_labels, load, resolve
 from clrobust.checkpoints.zoo import duration, training_summary
-from clrobust.data import ImageData, chosen_images
+from clrobust.data import ImageData, SampledDataOptions, chosen_images
 from clrobust.distributed import Dist
 from clrobust.errors import ClrobustError
 from clrobust.heads import choose_classifier, ensure_classifier
@@ -69,15 +69,8 @@ SCHEMA = "clrobust.audit/1"
 
 
 @dataclass
-class AuditSettings:
+class AuditSettings(SampledDataOptions):
     models: Sequence[str]
-    data: str = "cifar10-mini"
-    data_root: Optional[str] = None
-    skip_bad_images: bool = False
-    image_size: int = 32  # image folders: side of the centre crop
-    resize: Optional[int] = None  # image folders: shorter side before the crop [image_size]
-    sampling: str = "stratified"  # how --n-samples images are chosen: stratified or first
-    sample_seed: int = 0
     split: str = "test"
     eps: Sequence[float] = (2 / 255, 4 / 255, 8 / 255)
     l2_eps: Sequence[float] = ()

@@ -25,7 +25,7 @@ from clrobust.checkpoints import LoadedModel, LoadOptions, distinct_labels, load
 from clrobust.checkpoints.zoo import expand_models
 from clrobust.cka import depth_thirds, early_mean, late_mean
 from clrobust.cka import disparity as cka_disparity
-from clrobust.data import chosen_images
+from clrobust.data import SampledDataOptions, chosen_images, data_fields
 from clrobust.distributed import Dist
 from clrobust.errors import ClrobustError
 from clrobust.heads import choose_classifier, ensure_classifier
@@ -55,15 +55,8 @@ LEVEL_TEXT = "95%"
 
 
 @dataclass
-class CompareSettings:
+class CompareSettings(SampledDataOptions):
     models: Sequence[str]
-    data: str = "cifar10-mini"
-    data_root: Optional[str] = None
-    skip_bad_images: bool = False
-    image_size: int = 32  # image folders: side of the centre crop
-    resize: Optional[int] = None  # image folders: shorter side before the crop [image_size]
-    sampling: str = "stratified"  # how --n-samples images are chosen: stratified or first
-    sample_seed: int = 0
     split: str = "test"
     layers: str = "blocks"
     attack: AttackSpec = field(default_factory=AttackSpec)
@@ -84,10 +77,7 @@ class CompareSettings:
 
     def to_dict(self) -> Dict[str, Any]:
         """The settings as settings.json records them."""
-        return {"models": list(self.models), "data": self.data, "data_root": self.data_root,
-                "skip_bad_images": self.skip_bad_images,
-                "image_size": self.image_size, "resize": self.resize, "sampling": self.sampling,
-                "sample_seed": self.sample_seed, "split": self.split,
+        return {"models": list(self.models), **data_fields(self), "split": self.split,
                 "layers": self.layers, "attack": self.attack.to_dict(), "n_samples": self.n_samples,
                 "batch_size": self.batch_size, "seed": self.seed, "device": self.device,
                 "load_options": self.load_options.kwargs(), "probe_train": self.probe_train,

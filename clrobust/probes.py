@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from clrobust.activations import POOL_SIZE, POOLING, Stage, pool_flatten
 from clrobust.attacks import AttackSpec
 from clrobust.checkpoints import LoadOptions
-from clrobust.data import ImageData
+from clrobust.data import ImageData, SampledDataOptions, data_fields
 from clrobust.distributed import Dist
 from clrobust.errors import ClrobustError
 from clrobust.hooks import layer_names
@@ -323,17 +323,10 @@ SCHEMA = "clrobust.probe-layers/1"
 
 
 @dataclass
-class ProbeSettings:
+class ProbeSettings(SampledDataOptions):
     """What ``probe-layers`` runs on."""
 
     model: str
-    data: str = "cifar10-mini"
-    data_root: Optional[str] = None
-    skip_bad_images: bool = False
-    image_size: int = 32  # image folders: side of the centre crop
-    resize: Optional[int] = None  # image folders: shorter side before the crop [image_size]
-    sampling: str = "stratified"  # how --n-samples images are chosen: stratified or first
-    sample_seed: int = 0
     layers: str = "blocks"
     attack: AttackSpec = field(default_factory=AttackSpec)
     n_train: Optional[int] = 2000
@@ -347,10 +340,7 @@ class ProbeSettings:
 
     def to_dict(self) -> Dict[str, Any]:
         """The settings as settings.json records them."""
-        return {"model": self.model, "data": self.data, "data_root": self.data_root,
-                "skip_bad_images": self.skip_bad_images,
-                "image_size": self.image_size, "resize": self.resize, "sampling": self.sampling,
-                "sample_seed": self.sample_seed, "layers": self.layers,
+        return {"model": self.model, **data_fields(self), "layers": self.layers,
                 "attack": self.attack.to_dict(), "n_train": self.n_train, "n_samples": self.n_samples,
                 "batch_size": self.batch_size, "seed": self.seed, "device": self.device, "cache": self.cache,
                 "load_options": self.load_options.kwargs(), "classifier": self.classifier}

@@ -189,11 +189,9 @@ def test_a_fitted_set_of_a_class_ordered_split_holds_every_class(tmp_path):
     """An image folder lists its images class by class, so its first N would be a class or two: the images
     a job fits on (probes, training, training's evaluation) are a class-stratified N with sample seed 0
     there, and the first N where the split's order mixes its classes (the embedded set, CIFAR's files)."""
-    from types import SimpleNamespace
-
     from PIL import Image
 
-    from clrobust.data import ImageData, chosen_images, stratified_indices
+    from clrobust.data import DataOptions, ImageData, SampledDataOptions, chosen_images, stratified_indices
     from clrobust.train import TrainConfig
 
     for c, cls in enumerate(("a", "b", "c")):
@@ -208,7 +206,8 @@ def test_a_fitted_set_of_a_class_ordered_split_holds_every_class(tmp_path):
     assert torch.equal(fixed.images, folder.images[idx]) and "class-stratified, sample seed 0" in fixed.chosen
     assert folder.fixed_subset(None) is folder and folder.fixed_subset(12) is folder
     # every job's fitted set comes through chosen_images, the trainer's settings too; no job seed changes it
-    for settings in (SimpleNamespace(data="imagefolder", data_root=str(tmp_path), skip_bad_images=False),
+    for settings in (DataOptions(data="imagefolder", data_root=str(tmp_path)),
+                     SampledDataOptions(data="imagefolder", data_root=str(tmp_path), sample_seed=9),
                      TrainConfig(data="imagefolder", data_root=str(tmp_path), n_train=6, seed=5)):
         assert torch.equal(chosen_images(settings, "train", 6, sampled=False).images, fixed.images)
     mini = load_dataset("cifar10-mini", "train")  # a mixed order: the first N, as before

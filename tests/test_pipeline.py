@@ -197,3 +197,41 @@ def test_train_init_reads_a_third_party_file_with_the_init_options(tmp_path):
     trained = load(str(out.with_suffix(".safetensors")))
     assert trained.network.normalize.mean.flatten().tolist() == pytest.approx([0.5] * 3)
     assert trained.network.config.arch == "resnet18" and trained.network.config.width == 4
+
+
+@pytest.mark.parametrize("command,module,attr", [
+    (["compare-layers", "simclr-st"], "clrobust.compare", "compare_layers"),
+    (["audit", "simclr-st"], "clrobust.audit", "run_audit"),
+    (["probe-layers", "simclr-st"], "clrobust.probes", "run_probe_layers"),
+    (["figures", "eps-sweep"], "clrobust.figures", "make_figures"),
+    (["train"], "clrobust.train", "Trainer"),
+])
+def test_every_data_option_reaches_the_settings(tmp_path, monkeypatch, command, module, attr):
+    """The data options (and the sampling options, where a command has them) are declared once and reach
+    every command's settings, the fields settings.json records."""
+    import importlib
+
+    from clrobust.cli import cli
+    from clrobust.data import DataOptions, SampledDataOptions, data_fields
+
+    class Seen(Exception):
+        pass
+
+    def spy(*args, **kwargs):
+        raise Seen(next(a for a in args if isinstance(a, DataOptions)))
+
+    monkeypatch.setattr(importlib.import_module(module), attr, spy)
+    given = {"data": "imagefolder", "data_root": str(tmp_path), "skip_bad_images": True, "image_size": 40,
+             "resize": 45}
+    args = ["--data", "imagefolder", "--data-root", str(tmp_path), "--skip-bad-images", "--image-size", "40",
+            "--resize", "45", "--out", str(tmp_path / "out")]
+    if command[0] != "train":
+        given.update(sampling="first", sample_seed=7)
+        args += ["--sampling", "first", "--sample-seed", "7"]
+    with pytest.raises(Seen) as seen:
+        cli.main(args=command + args, standalone_mode=False)
+    settings = seen.value.args[0]
+    assert isinstance(settings, SampledDataOptions) == (command[0] != "train")
+    assert data_fields(settings) == given
+    if hasattr(settings, "to_dict"):
+        assert {k: settings.to_dict()[k] for k in given} == given

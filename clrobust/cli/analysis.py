@@ -46,10 +46,9 @@ from clrobust.names import FIGURE_FAMILIES as FAMILIES
               help="Keep the layer features in OUT/features/*.npz so a re-run reuses them.")
 @out_options("probe-layers-out")
 @progress_option
-def probe_layers(model, data, data_root,
-                 skip_bad_images, image_size, resize,
-                 layers, attack, eps, steps, alpha, attack_batch_size, n_train, n_samples, sampling,
-                 sample_seed, batch_size, load_options, classifier, seed, device, cache, out, overwrite, progress):
+def probe_layers(model, data_options,
+                 layers, attack, eps, steps, alpha, attack_batch_size, n_train, n_samples, batch_size,
+                 load_options, classifier, seed, device, cache, out, overwrite, progress):
     """A linear probe at every layer of MODEL: train, clean test and adversarial test accuracy.
 
     MODEL is a zoo name or a checkpoint path. Every layer is recorded once per batch;
@@ -73,12 +72,10 @@ def probe_layers(model, data, data_root,
     """
     from clrobust.probes import ProbeSettings, run_probe_layers
 
-    settings = ProbeSettings(model=model, data=data, data_root=data_root,
-                             skip_bad_images=skip_bad_images, image_size=image_size, resize=resize, layers=layers,
+    settings = ProbeSettings(model=model, **data_options, layers=layers,
                              attack=attack_spec(attack, eps, steps, alpha, seed, attack_batch_size), n_train=n_train,
                              n_samples=n_samples, batch_size=batch_size, seed=seed, device=device, cache=cache,
-                             load_options=load_options, classifier=classifier, sampling=sampling,
-                             sample_seed=sample_seed)
+                             load_options=load_options, classifier=classifier)
     dist = join_processes(settings)  # each rank on its own GPU under torchrun
     res = run_probe_layers(settings, Path(out), overwrite=overwrite, progress=progress, dist=dist)
     if dist is not None and not dist.is_main:
@@ -113,9 +110,8 @@ def probe_layers(model, data, data_root,
                    "feed them to every model: the titles and findings say so [each model its own].")
 @click.option("--check", is_flag=True, help="Print whether the paper's findings hold in these numbers.")
 @progress_option
-def figures(family, data, data_root,
-            skip_bad_images, image_size, resize,
-            layers, attack, eps, steps, alpha, attack_batch_size, n_samples, sampling, sample_seed,
+def figures(family, data_options,
+            layers, attack, eps, steps, alpha, attack_batch_size, n_samples,
             n_train, batch_size, models,
             load_options, classifier, seed, device, out, overwrite, adv_source, check,
             progress):
@@ -143,14 +139,12 @@ def figures(family, data, data_root,
     subs, positional = parse_models(models, fams)
     if batch_size < 4:
         raise ClrobustError("--batch-size must be at least 4 (unbiased HSIC needs 4 samples per batch).")
-    settings = FigureSettings(data=data, data_root=data_root, skip_bad_images=skip_bad_images,
-                              image_size=image_size, resize=resize, layers=layers,
+    settings = FigureSettings(**data_options, layers=layers,
                               attack=attack_spec(attack, eps, steps, alpha, seed, attack_batch_size),
                               n_samples=n_samples,
                               n_train=n_train, batch_size=batch_size, seed=seed, device=device, models=subs,
                               positional=positional,
-                              load_options=load_options, classifier=classifier, sampling=sampling,
-                              sample_seed=sample_seed, adv_source=adv_source)
+                              load_options=load_options, classifier=classifier, adv_source=adv_source)
     dist = join_processes(settings)  # each rank on its own GPU under torchrun
     res = make_figures(fams, settings, Path(out), overwrite=overwrite, progress=progress, check=check, dist=dist)
     if dist is not None and not dist.is_main:

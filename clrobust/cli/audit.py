@@ -45,9 +45,8 @@ from clrobust.cli.options import (
 @device_option
 @out_options("audit-out", "a finished or different audit")
 @progress_option
-def audit(models, data, data_root,
-          skip_bad_images, image_size, resize,
-          split, eps_text, l2_text, attacks, n_samples, sampling, sample_seed, batch_size,
+def audit(models, data_options,
+          split, eps_text, l2_text, attacks, n_samples, batch_size,
           attack_batch_size, load_options,
           classifier, probe_train, seed, device, out, overwrite, progress):
     """Robust accuracy of one or many models, as a RobustBench-style table.
@@ -67,14 +66,12 @@ def audit(models, data, data_root,
     """
     from clrobust.attacks import parse_eps_list
     from clrobust.audit import AuditSettings, run_audit
-    settings = AuditSettings(models=list(models), data=data, data_root=data_root,
-                             skip_bad_images=skip_bad_images, image_size=image_size, resize=resize, split=split,
+    settings = AuditSettings(models=list(models), **data_options, split=split,
                              eps=parse_eps_list(eps_text), l2_eps=parse_eps_list(l2_text, "L2"),
                              attacks=[a.strip() for a in attacks.split(",") if a.strip()], n_samples=n_samples,
                              batch_size=batch_size, attack_batch_size=attack_batch_size, seed=seed, device=device,
                              probe_train=probe_train,
-                             load_options=load_options, classifier=classifier, sampling=sampling,
-                             sample_seed=sample_seed)
+                             load_options=load_options, classifier=classifier)
     dist = join_processes(settings)  # each rank on its own GPU under torchrun
     report = run_audit(settings, Path(out), overwrite=overwrite, progress=progress, dist=dist)
     if dist is None or dist.is_main:

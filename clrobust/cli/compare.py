@@ -67,10 +67,9 @@ from clrobust.names import METRICS
 @device_option
 @out_options("compare-layers-out")
 @progress_option
-def compare_layers(models, data, data_root,
-                   skip_bad_images, image_size, resize,
+def compare_layers(models, data_options,
                    split, layers, attack, eps, steps, alpha, attack_batch_size, n_samples, batch_size,
-                   sampling, sample_seed, metric, load_options, classifier, probe_train, noise_control, precision,
+                   metric, load_options, classifier, probe_train, noise_control, precision,
                    cache_dir,
                    measures, adv_source, seed, bootstrap, device,
                    out, overwrite, progress):
@@ -111,12 +110,10 @@ def compare_layers(models, data, data_root,
     spec = attack_spec(attack, eps, steps, alpha, seed, attack_batch_size)
     if batch_size < 4:
         raise ClrobustError("--batch-size must be at least 4 (unbiased HSIC needs 4 samples per batch).")
-    settings = CompareSettings(models=models, data=data, data_root=data_root,
-                               skip_bad_images=skip_bad_images, image_size=image_size, resize=resize,
-                               split=split, layers=layers,
+    settings = CompareSettings(models=models, **data_options, split=split, layers=layers,
                                attack=spec, n_samples=n_samples, batch_size=batch_size, seed=seed, device=device,
                                load_options=load_options, probe_train=probe_train, metric=metric,
-                               classifier=classifier, sampling=sampling, sample_seed=sample_seed,
+                               classifier=classifier,
                                bootstrap=bootstrap, noise_control=noise_control, adv_source=adv_source,
                                measures=[m.strip() for m in measures.split(",") if m.strip()], precision=precision,
                                cache=cache_dir)

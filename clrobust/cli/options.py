@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
 
 import click
 
@@ -135,8 +135,24 @@ def classifier_option(f: F) -> F:
                              "head and fit the probe (e.g. an ImageNet head on CIFAR).")(f)
 
 
+def _into_data_options(f: F, names: Tuple[str, ...]) -> F:
+    """Wrap a command so that the options ``names`` reach it inside one ``data_options`` dict (the keyword
+    arguments of :class:`~clrobust.data.DataOptions` / ``SampledDataOptions``), whichever decorator is first."""
+    command = f
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name) for name in names}
+        kwargs["data_options"] = {**kwargs.get("data_options", {}), **values}
+        return command(*args, **kwargs)
+
+    return wrapper
+
+
 def data_options(f: F) -> F:
-    """--data, --data-root, --skip-bad-images, --image-size and --resize."""
+    """--data, --data-root, --skip-bad-images, --image-size and --resize; the command receives them as one
+    ``data_options`` dict (with ``sampling_options``' values when it has those too)."""
+    f = _into_data_options(f, ("data", "data_root", "skip_bad_images", "image_size", "resize"))
     f = click.option("--resize", default=None, type=click.IntRange(min=1),
                      help="Image folders: resize the shorter side to this many pixels before the centre crop "
                           "[--image-size; ImageNet's evaluation: --resize 256 --image-size 224].")(f)
@@ -185,9 +201,10 @@ def attack_spec(attack: str, eps: str, steps: int, alpha: Optional[float], seed:
 
 
 def sampling_options(f: F) -> F:
-    """--sampling and --sample-seed: which --n-samples images of the split are used."""
+    """--sampling and --sample-seed: which --n-samples images of the split are used (in ``data_options``)."""
     from clrobust.names import SAMPLINGS
 
+    f = _into_data_options(f, ("sampling", "sample_seed"))
     f = click.option("--sample-seed", default=0, show_default=True, type=click.IntRange(0, 2 ** 63 - 1),
                      help="Seed of the stratified image subset (independent of --seed).")(f)
     f = click.option("--sampling", type=click.Choice(list(SAMPLINGS)), default="stratified", show_default=True,

@@ -101,8 +101,7 @@ from clrobust.names import ADV_METHODS, ADV_OBJECTIVES, ADV_VIEWS, AUGMENTS, DAT
 def train(scheme, scenario, adv_method, arch, width, epochs, batch_size, lr, temperature, eps, attack_steps,
           attack_alpha, adv_view, adv_objective, dual_bn, preset, proj_dim, clae_weight, augment, classifier_epochs,
           init, init_format, init_normalize, init_bn,
-          init_trust_checkpoint, data, data_root,
-          skip_bad_images, image_size, resize,
+          init_trust_checkpoint, data_options,
           n_train, eval_samples, eval_every, eval_data, eval_data_root, seed, device, amp, out, resume, overwrite,
           progress):
     """Train an encoder under one scheme and scenario, then its linear classifier.
@@ -132,8 +131,7 @@ def train(scheme, scenario, adv_method, arch, width, epochs, batch_size, lr, tem
                       attack_steps=attack_steps, attack_alpha=attack_alpha, clae_weight=clae_weight,
                       adv_view=adv_view, adv_objective=adv_objective, dual_bn=dual_bn, preset=preset,
                       proj_dim=proj_dim, eval_data=eval_data, eval_data_root=eval_data_root,
-                      augment=augment, classifier_epochs=classifier_epochs, init=init, data=data, data_root=data_root,
-                      skip_bad_images=skip_bad_images, image_size=image_size, resize=resize,
+                      augment=augment, classifier_epochs=classifier_epochs, init=init, **data_options,
                       n_train=n_train, eval_samples=eval_samples, eval_every=eval_every, seed=seed, device=device,
                       amp=amp,
                       init_load=load_options(None, None, init_format, init_normalize, init_bn, False,

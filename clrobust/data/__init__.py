@@ -7,10 +7,10 @@ batch is taken, so a whole CIFAR split costs 150 MB, not 600.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Protocol, Tuple, cast
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -124,31 +124,47 @@ def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(chosen))
 
 
-class DataChoice(Protocol):
-    """What every job's settings say about its data."""
+@dataclass(kw_only=True)
+class DataOptions:
+    """What every job's settings say about its data: the data set, and how an image folder is read.
 
-    data: str
-    data_root: Optional[str]
-    skip_bad_images: bool
+    The settings of each command inherit these fields (keyword-only, after the command's own);
+    the CLI's ``data_options`` fills them from ``--data ... --resize``.
+    """
+
+    data: str = "cifar10-mini"
+    data_root: Optional[str] = None
+    skip_bad_images: bool = False
+    image_size: int = 32  # image folders: side of the centre crop
+    resize: Optional[int] = None  # image folders: shorter side before the crop [image_size]
 
 
-class SampledChoice(DataChoice, Protocol):
-    """... and, for the images a job measures on, how they are drawn."""
+@dataclass(kw_only=True)
+class SampledDataOptions(DataOptions):
+    """... and, for the images a job measures on, how they are drawn from the split."""
 
-    sampling: str
-    sample_seed: int
+    sampling: str = "stratified"  # how --n-samples images are chosen: stratified or first
+    sample_seed: int = 0
 
 
-def chosen_images(s: DataChoice, split: str, n: Optional[int], sampled: bool = True) -> ImageData:
+def data_fields(s: DataOptions) -> Dict[str, Any]:
+    """The data fields of a job's settings (those of :class:`SampledDataOptions` where it has them), in the
+    order the fields are declared: the shared part of every ``settings.json``."""
+    base = SampledDataOptions if isinstance(s, SampledDataOptions) else DataOptions
+    return {f.name: getattr(s, f.name) for f in fields(base)}
+
+
+def chosen_images(s: DataOptions, split: str, n: Optional[int], sampled: bool = True) -> ImageData:
     """The images a job's settings name: ``n`` of ``split`` drawn by the settings' ``sampling`` and
     ``sample_seed`` (the images measured on), or (``sampled=False``: images fitted on) the same ``n`` for
     every seed, :meth:`ImageData.fixed_subset`."""
     images = load_dataset(s.data, split, s.data_root, skip_bad=s.skip_bad_images,
-                          image_size=getattr(s, "image_size", 32), resize=getattr(s, "resize", None))
+                          image_size=s.image_size, resize=s.resize)
     if not sampled:
         return images.fixed_subset(n)
-    drawn = cast(SampledChoice, s)
-    return images.sample(n, drawn.sampling, drawn.sample_seed)
+    if not isinstance(s, SampledDataOptions):
+        raise TypeError(f"{type(s).__name__} does not say how images are sampled (no SampledDataOptions)")
+    return images.sample(n, s.sampling, s.sample_seed)
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from clrobust.attacks import AttackSpec, format_eps
 from clrobust.checkpoints import LoadOptions
 from clrobust.cka import early_mean, late_mean
 from clrobust.compare import CompareResult
+from clrobust.data import SampledDataOptions, data_fields
 from clrobust.errors import ClrobustError
 from clrobust.provenance import versions
 from clrobust.results import Drawer, Result
@@ -32,16 +33,9 @@ class Role:
 
 
 @dataclass
-class FigureSettings:
+class FigureSettings(SampledDataOptions):
     """What the figures are computed on; ``models`` maps default zoo names to replacements."""
 
-    data: str = "cifar10-mini"
-    data_root: Optional[str] = None
-    skip_bad_images: bool = False
-    image_size: int = 32  # image folders: side of the centre crop
-    resize: Optional[int] = None  # image folders: shorter side before the crop [image_size]
-    sampling: str = "stratified"  # how --n-samples images are chosen: stratified or first
-    sample_seed: int = 0
     layers: str = "blocks"
     attack: AttackSpec = field(default_factory=AttackSpec)
     n_samples: Optional[int] = 512
@@ -57,10 +51,7 @@ class FigureSettings:
 
     def to_dict(self) -> Dict[str, Any]:
         """The settings as settings.json records them."""
-        return {"data": self.data, "data_root": self.data_root,
-                "skip_bad_images": self.skip_bad_images,
-                "image_size": self.image_size, "resize": self.resize, "sampling": self.sampling,
-                "sample_seed": self.sample_seed, "layers": self.layers,
+        return {**data_fields(self), "layers": self.layers,
                 "attack": self.attack.to_dict(), "n_samples": self.n_samples, "n_train": self.n_train,
                 "batch_size": self.batch_size, "seed": self.seed, "device": self.device, "models": dict(self.models),
                 "positional": self.positional, "load_options": self.load_options.kwargs(),

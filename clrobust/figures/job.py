@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 
 from clrobust.compare import CompareResult, CompareSettings, run_compare
+from clrobust.data import data_fields
 from clrobust.distributed import Dist
 from clrobust.errors import ClrobustError
 from clrobust.figures.at_probes import AtProbes
@@ -84,10 +85,7 @@ def compute_figures_and_results(families: Sequence[str], settings: FigureSetting
         for _, s in family_models(f, settings):
             if s not in specs:
                 specs.append(s)
-    cs = CompareSettings(models=specs, data=settings.data, data_root=settings.data_root,
-                         skip_bad_images=settings.skip_bad_images,
-                         image_size=settings.image_size, resize=settings.resize, sampling=settings.sampling,
-                         sample_seed=settings.sample_seed, split="test",
+    cs = CompareSettings(models=specs, **data_fields(settings), split="test",
                          layers=settings.layers, attack=replace(settings.attack), n_samples=settings.n_samples,
                          batch_size=settings.batch_size, seed=settings.seed, device=settings.device,
                          load_options=settings.load_options, probe_train=settings.n_train,

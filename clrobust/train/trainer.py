@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from clrobust.activations import batch_plan
 from clrobust.attacks import AttackSpec, cpu_uniform, format_eps, pgd_maximize
 from clrobust.checkpoints import load, save_network
-from clrobust.data import CIFAR10_MEAN, CIFAR10_STD, ImageData, chosen_images, load_dataset, to_float
+from clrobust.data import CIFAR10_MEAN, CIFAR10_STD, DataOptions, ImageData, chosen_images, load_dataset, to_float
 from clrobust.distributed import Dist, owns
 from clrobust.errors import ClrobustError
 from clrobust.linear_probe import fit_linear_probe
@@ -56,7 +56,7 @@ WATCH_PROBE_IMAGES = 5000
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DataOptions):
     """Settings of one training run (all recorded in the checkpoint's metadata)."""
 
     scheme: str = "simclr"
@@ -65,11 +65,6 @@ class TrainConfig:
     arch: str = "resnet18"
     width: int = 16
     proj_dim: Optional[int] = None  # projection output [128; the paper preset 100]
-    data: str = "cifar10-mini"
-    data_root: Optional[str] = None
-    skip_bad_images: bool = False
-    image_size: int = 32  # image folders: side of the centre crop
-    resize: Optional[int] = None  # image folders: shorter side before the crop [image_size]
     device: str = "cpu"  # where the network trains (the CLI resolves --device auto)
     #: bf16 autocast and channels-last memory for the forward passes [on CUDA only]
     amp: Optional[bool] = None
