@@ -53,7 +53,8 @@ def test_rebuilt_manifest_reads_the_checkpoints_metadata(tmp_path, monkeypatch):
     md = (tmp_path / "MANIFEST.md").read_text().splitlines()
     assert (e["device"], e["eval_data"], e["storage"], e["width"]) == ("cuda:0", "cifar10-mini", "float16", 4)
     (lo, hi), (rlo, rhi), (tlo, thi) = (_wilson(round(a * 846), 846) for a in (0.5, 0.25, 0.4))
-    assert any(line.startswith(f"| mine | simclr | at | imagefolder | 4 | cuda:0 | 8/255 | PGD-5 | 3 | 4 | 2.5 h | "
+    assert any(line.startswith(f"| mine | simclr | at | cifar10-jpeg/train | 4 | cuda:0 | 8/255 | PGD-5 | 3 | 4 | "
+                               f"2.5 h | "
                                f"50.0% [{lo:.1%}, {hi:.1%}] | 25.0% [{rlo:.1%}, {rhi:.1%}] | "
                                f"40.0% [{tlo:.1%}, {thi:.1%}] |") for line in md), md
     assert e["pgd20_8_255_accuracy_ci"] == pytest.approx([rlo, rhi], abs=1e-12)

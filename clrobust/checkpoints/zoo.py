@@ -150,7 +150,7 @@ def expand_models(specs: List[str]) -> Tuple[List[str], Dict[str, List[str]]]:
 
 
 _COLUMNS = [("name", "name", "{}"), ("scheme", "scheme", "{}"), ("scenario", "scenario", "{}"),
-            ("data", "data", "{}"), ("width", "width", "{}"), ("device", "device", "{}"),
+            ("train data", "train_data", "data"), ("width", "width", "{}"), ("device", "device", "{}"),
             ("train eps", "eps", "{}"), ("train attack", "train_attack", "{}"), ("epochs", "epochs", "{}"),
             ("seed", "seed", "{}"), ("train time", "train_seconds", "time"), ("clean", "clean_accuracy", "ci"),
             ("PGD-20 8/255 (II)", "pgd20_8_255_accuracy", "ci"),
@@ -158,10 +158,14 @@ _COLUMNS = [("name", "name", "{}"), ("scheme", "scheme", "{}"), ("scenario", "sc
 
 
 def _cell(e: Dict[str, Any], key: str, fmt: str) -> str:
+    if key == "train_data" and e.get(key) is None:  # a manifest from before train_data was recorded
+        key, fmt = "data", "{}"
     if e.get(key) is None:
         return "-"
     if fmt == "time":
         return duration(e)
+    if fmt == "data":  # the training images, short: cifar10-mini, cifar10-jpeg/train (an image folder's name)
+        return str(e[key]).removeprefix("image folder ").removesuffix(" train split")
     if fmt == "ci":
         low, high = (e.get(f"{key}_ci") or (None, None))
         return with_interval(e[key], low, high, percent=True)
