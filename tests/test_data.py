@@ -210,6 +210,8 @@ def test_a_fitted_set_of_a_class_ordered_split_holds_every_class(tmp_path):
                      SampledDataOptions(data="imagefolder", data_root=str(tmp_path), sample_seed=9),
                      TrainConfig(data="imagefolder", data_root=str(tmp_path), n_train=6, seed=5)):
         assert torch.equal(chosen_images(settings, "train", 6, sampled=False).images, fixed.images)
+    with pytest.raises(TypeError, match="does not say how images are sampled"):
+        chosen_images(DataOptions(data="imagefolder", data_root=str(tmp_path)), "train", 6)  # measured: drawn
     mini = load_dataset("cifar10-mini", "train")  # a mixed order: the first N, as before
     assert not mini.class_ordered and torch.equal(mini.fixed_subset(50).images, mini.images[:50])
     one = ImageData("x", "train", folder.images[:4], folder.labels[:4], folder.classes)  # one class: nothing to mix
