@@ -40,14 +40,17 @@ audit() {  # audit NAME N EPS ATTACKS OUT; a finished one is kept, an interrupte
 }
 
 for name in "$@"; do
-  scenario=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['training']['scenario'])" \
-             "$NEXT/$name.json")
   if [ ! -f "$CLROBUST_ZOO/$name.safetensors" ]; then
     echo "== $name: float16 copy into $CLROBUST_ZOO/"
     clrobust convert "$NEXT/$name.safetensors" "$CLROBUST_ZOO/$name" --half
     cp "$NEXT/$name.history.csv" "$CLROBUST_ZOO/$name.history.csv"
   fi
-  clrobust zoo --rebuild-manifest > /dev/null
+done
+clrobust zoo --rebuild-manifest > /dev/null  # once, before the audits name the models
+
+for name in "$@"; do
+  scenario=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['training']['scenario'])" \
+             "$NEXT/$name.json")
   echo "== $name ($scenario): audit at 8/255 and 4/255 on 846 images"
   if [ "$scenario" = st ]; then
     audit "$name" 846 8/255 fgsm,pgd20,apgd-ce,autoattack,tm1-pgd20 "$AUDITS/$name"
