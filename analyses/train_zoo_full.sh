@@ -8,6 +8,7 @@
 #   TIME_LIMIT=540 bash analyses/train_zoo_full.sh DATA_ROOT   # stop cleanly after 540 s (a lent GPU's slot)
 #   ONLY="simclr-at-s0" ... & ONLY="supervised-at-s1" ... &    # two at once on one GPU
 #   EVAL_EVERY=1 bash analyses/train_zoo_full.sh DATA_ROOT      # clean / PGD-20 accuracy every epoch [every 2]
+#   AMP=0 bash analyses/train_zoo_full.sh DATA_ROOT             # fp32: a CPU without bf16 instructions (see below)
 #
 # DATA_ROOT: an image folder of CIFAR-10's training images, e.g. the JPEG (quality 75) copy with the official
 # labels (class folders in CIFAR-10's class order). Nothing is downloaded and the package does not embed it.
@@ -16,7 +17,9 @@
 # train on clean + adversarial cross-entropy; every pre-training gets the same number of optimiser steps
 # (same epochs and batch size); PGD-5 at 8/255 with step 2.5 eps / 5. The device is auto and recorded in each
 # model's metadata; every model trains under bf16 autocast (--amp) on any device, so a model trained on a GPU and
-# one trained on a CPU share their precision (a CPU with bf16 instructions trains 2.1x faster with it).
+# one trained on a CPU share their precision (a CPU with bf16 instructions trains 2.1x faster with it). A CPU
+# without them (AVX512-BF16 or AMX; `clrobust train` warns) runs bf16 autocast about 30x slower than fp32: there
+# AMP=0 trains in fp32. Each epoch's history row records its precision, so a run resumed in the other one says so.
 # On one H100 a width-16 net leaves the GPU launch-bound: one process trains supervised AT at about 3,500 images/s
 # (7 min for 30 epochs) and SimCLR AT with dual BN at 2,250 (11 min); two processes sharing it ran 1.5x one's
 # throughput in all, six ran less than one (time-slicing), so run one or two at once.
@@ -34,7 +37,8 @@ FT_EPOCHS=${FT_EPOCHS:-10}
 WIDTH=${WIDTH:-16}
 mkdir -p "$ZOO/logs"
 COMMON=(--arch resnet18 --width "$WIDTH" --data imagefolder --data-root "$DATA" --eval-data cifar10-mini
-        --batch-size 256 --amp --no-progress --eval-every "${EVAL_EVERY:-2}")
+        --batch-size 256 --no-progress --eval-every "${EVAL_EVERY:-2}")
+if [[ "${AMP:-1}" != 0 ]]; then COMMON+=(--amp); fi
 AT=(--scenario at --eps 8/255 --attack-steps 5)
 
 run() {  # run NAME ARGS...

@@ -443,6 +443,22 @@ def test_amp_follows_the_device_and_is_recorded(tmp_path):
     assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.05)  # autocast really ran, at bf16 precision
 
 
+@pytest.mark.parametrize("has_bf16", [False, True])
+def test_amp_on_a_cpu_without_bf16_instructions_warns(tmp_path, monkeypatch, has_bf16):
+    """Emulated bf16 autocast runs about 30x slower than fp32: --amp there gets a warning naming --no-amp."""
+    import warnings
+
+    assert isinstance(trainer_module._cpu_has_bf16(), bool)
+    monkeypatch.setattr(trainer_module, "_cpu_has_bf16", lambda: has_bf16)
+    trainer = Trainer(TrainConfig(**ONE_BATCH, amp=True), tmp_path / "m", progress=False)
+    monkeypatch.setattr(trainer, "_phase", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(KeyboardInterrupt):
+        warnings.simplefilter("always")
+        trainer.run()
+    said = [str(w.message) for w in caught if "bf16" in str(w.message)]
+    assert (said == []) if has_bf16 else (len(said) == 1 and "--no-amp" in said[0]), said
+
+
 def test_the_paper_recipe_perturbs_the_plain_image_and_the_old_one_a_view(tmp_path, monkeypatch):
     """Contrastive AT: --adv-view plain attacks the un-augmented batch (every attacked row is a training image's
     exact pixels); view attacks augmented views (rows that are no training image)."""
