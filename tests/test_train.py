@@ -327,6 +327,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     training = meta["training"]
     assert training["train_seconds"] == pytest.approx(sum(float(r["seconds"]) for r in rows), abs=0.051)
     assert (training["optimizer_steps"], training["train_images"], training["train_devices"]) == (6, 96, ["cpu x1"])
+    assert training["train_precisions"] == ["fp32"]
     assert "untimed_epochs" not in training
     # With the bars off, the log says how each epoch went.
     assert lines[0] == "resuming pretrain after epoch 1"
@@ -605,6 +606,13 @@ def test_epochs_from_a_state_saved_before_timings_were_recorded_are_counted_as_u
                  {"phase": "linear-probe", "epoch": 1, "loss": float("nan"), "train_acc": 0.5}]
     assert t.training_cost() == {"train_seconds": 3.5, "optimizer_steps": 4, "train_images": 64,
                                  "train_devices": ["cuda x2"], "untimed_epochs": 1}
+    # A run resumed on the CPU in fp32 after bf16 epochs on a GPU lists both devices and both precisions.
+    t.history[1]["precision"] = "bf16"
+    t.history.insert(2, {"phase": "pretrain", "epoch": 3, "loss": 1.8, "lr": 0.1, "seconds": 9.0, "device": "cpu",
+                         "processes": 1, "precision": "fp32"})
+    assert t.training_cost() == {"train_seconds": 12.5, "optimizer_steps": 6, "train_images": 96,
+                                 "train_devices": ["cpu x1", "cuda x2"], "train_precisions": ["bf16", "fp32"],
+                                 "untimed_epochs": 1}
 
 
 def test_a_state_saved_before_a_setting_existed_still_resumes(tmp_path):

@@ -63,6 +63,11 @@ def test_rebuilt_manifest_reads_the_checkpoints_metadata(tmp_path, monkeypatch):
     assert e["eval_images"] == "the first 846 of the cifar10-mini test split"
     assert "trained on: image folder cifar10-jpeg/train. Accuracies on the first 846 of the cifar10-mini" in md[2]
     assert (e["optimizer_steps"], e["train_images"], e["train_devices"]) == (585, 149760, ["cuda x1"])
+    # Resumed on another device: the column names both kinds, the record keeps each one's process count.
+    mixed = {**meta["training"], "train_devices": ["cpu x1", "cuda x1"], "train_precisions": ["bf16", "fp32"]}
+    assert zoo.training_summary(mixed)["device"] == "cpu+cuda"
+    assert zoo.training_summary(mixed)["train_precisions"] == ["bf16", "fp32"]
+    assert zoo.training_summary({**mixed, "train_devices": ["cuda x1", "cuda x2"]})["device"] == "cuda:0"
     monkeypatch.setenv("CLROBUST_ZOO", str(tmp_path))
     assert zoo.zoo_dir() == tmp_path and resolve("mine") == ("mine", weights)
     assert load("mine").source == "zoo:mine"

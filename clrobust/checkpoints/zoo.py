@@ -14,7 +14,7 @@ from clrobust.errors import ClrobustError
 from clrobust.uncertainty import wilson_interval, with_interval
 
 #: The two models ``compare-layers`` compares when given none.
-DEFAULT_PAIR = ("simclr-st", "simclr-at")
+DEFAULT_PAIR = ("simclr-st-s0", "simclr-at-s0")
 
 
 def zoo_dir() -> Path:
@@ -205,6 +205,13 @@ def _entry_from_metadata(path: Path) -> Dict[str, Any]:
     return entry
 
 
+def _devices(tr: Dict[str, Any]) -> Any:
+    """The device a model trained on, or every kind when resumed runs used several (``cpu+cuda``); None for a
+    model trained before the device was recorded (the shipped width-8 zoo: the CPU)."""
+    kinds = sorted({str(d).split()[0] for d in tr.get("train_devices") or []})
+    return "+".join(kinds) if len(kinds) > 1 else tr.get("device")
+
+
 def training_summary(tr: Dict[str, Any]) -> Dict[str, Any]:
     """What a checkpoint's ``training`` metadata says about how it was trained: data, epochs, seed, device and
     the cost (summed over resumed runs; ``train_seconds`` alone for models trained before the rest was recorded)."""
@@ -212,9 +219,9 @@ def training_summary(tr: Dict[str, Any]) -> Dict[str, Any]:
         "epochs": tr.get("epochs") if not tr.get("init") else
         f"{tr.get('classifier_epochs')} (+ {Path(str(tr.get('init'))).stem})",
         "seed": tr.get("seed"), "data": tr.get("data"), "train_data": _train_images(tr),
-        "device": tr.get("device"),  # None: trained before the device was recorded (the shipped zoo: the CPU)
+        "device": _devices(tr),
         **{k: tr.get(k) for k in ("train_seconds", "optimizer_steps", "train_images", "train_devices",
-                                  "untimed_epochs") if tr.get(k) is not None},
+                                  "train_precisions", "untimed_epochs") if tr.get(k) is not None},
     }
 
 

@@ -76,8 +76,9 @@ def compare_layers(models, data_options,
     """CKA between every pair of layers, on clean and adversarial inputs.
 
     MODELS are zoo names (see `clrobust zoo`) or checkpoint paths; with none, the
-    embedded standard (simclr-st) and adversarially trained (simclr-at) SimCLR
-    encoders are compared on cifar10-mini test under PGD 8/255. NAME@a,b,c
+    embedded standard (simclr-st-s0) and adversarially trained (simclr-at-s0)
+    SimCLR encoders (width-16 ResNet-18s, all 50,000 CIFAR-10 training images) are
+    compared on cifar10-mini test under PGD 8/255. NAME@a,b,c
     (NAME-a, NAME-b, NAME-c) or a quoted glob names several training runs of one
     recipe: each is compared, and the group's mean, between-run SD and t-interval
     are reported.

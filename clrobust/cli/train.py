@@ -91,8 +91,8 @@ from clrobust.names import ADV_METHODS, ADV_OBJECTIVES, ADV_VIEWS, AUGMENTS, DAT
 @device_option
 @click.option("--amp/--no-amp", default=None,
               help="bf16 autocast and channels-last memory for training's forward passes [on with CUDA, off on "
-                   "the CPU, where a CPU with bf16 instructions (AVX512-BF16, AMX) trains about 2x faster with it and one "
-                   "without them far slower (a warning says so)]; "
+                   "the CPU, where a CPU with bf16 instructions (AVX512-BF16, AMX) trains about 2x faster with it "
+                   "and one without them far slower (a warning says so)]; "
                    "recorded in the checkpoint's metadata and each epoch's history row.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint path without suffix: writes OUT.safetensors, OUT.json, OUT.history.csv.")

@@ -685,15 +685,18 @@ class Trainer:
 
     def training_cost(self) -> Dict[str, Any]:
         """What the training took, summed over every epoch of every run that resumed it: seconds of work,
-        optimiser steps, images through the optimiser, and the devices (with their process counts) it ran on.
+        optimiser steps, images through the optimiser, the devices (with their process counts) and the precisions
+        it ran in (a run resumed on another device or with another --amp lists both).
         Epochs from a state saved before timings were recorded count as ``untimed_epochs``."""
         epochs = [h for h in self.history if h["phase"] in ("pretrain", "pat", "fat")]
         timed = [h for h in epochs if h.get("seconds") is not None]
         bs = min(self.cfg.batch_size, len(self.train_data))
         steps = len(epochs) * (len(self.train_data) // bs)
         devices = sorted({f"{h['device']} x{h.get('processes', 1)}" for h in timed})
+        precisions = sorted({str(h["precision"]) for h in timed if h.get("precision")})
         return {"train_seconds": round(sum(float(h["seconds"]) for h in timed), 1), "optimizer_steps": steps,
                 "train_images": steps * bs, "train_devices": devices,
+                **({"train_precisions": precisions} if precisions else {}),
                 **({"untimed_epochs": len(epochs) - len(timed)} if len(timed) < len(epochs) else {})}
 
     def _metadata(self, metrics: Dict[str, Any]) -> Dict[str, Any]:
