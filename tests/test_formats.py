@@ -602,7 +602,8 @@ def test_inspect_groups_dropped_keys_under_their_shared_prefix():
 @pytest.mark.slow
 def test_half_storage_halves_the_file_and_keeps_the_accuracies(tmp_path: Path, trained_checkpoint) -> None:
     """convert --half: float16 on disk, float32 in memory (every weight the float16 rounding of the original),
-    and the trained model's clean and PGD accuracies on 256 test images unchanged."""
+    and the trained model's clean accuracy on 256 test images unchanged, its PGD accuracy within 1% (the rounding
+    may tip an image on the attack's edge: one of 256 on some CPUs)."""
     from clrobust.attacks import AttackSpec
     from clrobust.checkpoints import load
     from clrobust.cli import main
@@ -627,4 +628,6 @@ def test_half_storage_halves_the_file_and_keeps_the_accuracies(tmp_path: Path, t
             assert torch.equal(b, a.half().float()), k
     data = load_dataset("cifar10-mini", "test").subset(256)
     spec = AttackSpec("pgd", 2 / 255, 5)
-    assert accuracy(half.network, data, spec) == accuracy(full.network, data, spec)
+    h, f = accuracy(half.network, data, spec), accuracy(full.network, data, spec)
+    assert (h["n"], h["clean"]) == (f["n"], f["clean"]) and 0 < f["adversarial"] < f["clean"]
+    assert abs(h["adversarial"] - f["adversarial"]) <= 2 / 256, (h, f)
