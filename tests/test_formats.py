@@ -602,8 +602,8 @@ def test_inspect_groups_dropped_keys_under_their_shared_prefix():
 @pytest.mark.slow
 def test_half_storage_halves_the_file_and_keeps_the_accuracies(tmp_path: Path, trained_checkpoint) -> None:
     """convert --half: float16 on disk, float32 in memory (every weight the float16 rounding of the original),
-    and the trained model's clean accuracy on 256 test images unchanged, its PGD accuracy within 1% (the rounding
-    may tip an image on the attack's edge: one of 256 on some CPUs)."""
+    and the trained model's clean accuracy on 256 test images unchanged, its PGD accuracy within 2 of 256 images
+    (the rounding may tip an image on the attack's edge: one of 256 on some CPUs)."""
     from clrobust.attacks import AttackSpec
     from clrobust.checkpoints import load
     from clrobust.cli import main
