@@ -7,6 +7,7 @@ pyplot state, and matplotlib's backend is neither chosen nor changed by clrobust
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
@@ -21,6 +22,16 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, figsize: Tuple[float, float], 
     return fig, fig.subplots(nrows, ncols, **kw)
 
 
+def _set_title(ax: Any, title: str, fontsize: float = 9) -> None:
+    """``ax``'s title, each line wrapped at word breaks to the axes' width (a long model name or path
+    would otherwise run into the colour bar or the next panel)."""
+    spec = ax.get_subplotspec()  # the panel's whole slot: a colour bar shrinks the axes, not the room above
+    box = spec.get_position(ax.figure) if spec is not None else ax.get_position()
+    inches = box.width * ax.figure.get_figwidth()
+    chars = max(24, int(inches * 170 / fontsize))  # 19 characters an inch at 9 pt, as drawn
+    ax.set_title("\n".join(textwrap.fill(line, chars) for line in title.split("\n")), fontsize=fontsize)
+
+
 def heatmap(ax, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str,
             row_label: str = "", col_label: str = "", cbar: bool = True) -> None:
     """A CKA heatmap on ``ax``, colour scale fixed to [0, 1], first layer at the bottom-left."""
@@ -28,7 +39,7 @@ def heatmap(ax, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], ti
 
     sns.heatmap(matrix[::-1], ax=ax, vmin=0, vmax=1, cmap="magma", square=True, cbar=cbar,
                 xticklabels=list(cols), yticklabels=list(rows)[::-1], cbar_kws={"label": "linear CKA"})
-    ax.set_title(title, fontsize=9)
+    _set_title(ax, title)
     ax.set_xlabel(col_label, fontsize=8)
     ax.set_ylabel(row_label, fontsize=8)
     ax.tick_params(labelsize=6)
@@ -40,7 +51,7 @@ def interval_width_heatmap(ax, width: np.ndarray, rows: Sequence[str], cols: Seq
 
     sns.heatmap(width[::-1], ax=ax, vmin=0, cmap="viridis", square=True, xticklabels=list(cols),
                 yticklabels=list(rows)[::-1], cbar_kws={"label": "95% interval width"})
-    ax.set_title(title, fontsize=9)
+    _set_title(ax, title)
     ax.tick_params(labelsize=6)
 
 
@@ -88,7 +99,7 @@ def disparity_axes(ax, curves: Mapping[str, Sequence[float]], layers: Mapping[st
         ax.set_xlabel("relative depth")
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("disparity  1 - CKA(clean, adversarial)")
-    ax.set_title(title, fontsize=9)
+    _set_title(ax, title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
 
@@ -122,6 +133,6 @@ def probe_axes(ax, layers: Sequence[str], curves: Mapping[str, Sequence[float]],
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("layer")
     ax.set_ylabel("linear-probe accuracy")
-    ax.set_title(title, fontsize=9)
+    _set_title(ax, title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

@@ -227,3 +227,17 @@ def test_figures_bad_models_exit_2():
                        capture_output=True, text=True)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "NAME=PATH" in p.stderr
+
+
+def test_panel_titles_wrap_to_their_panel():
+    """A title longer than its panel (long model names) wraps at word breaks; one that fits stays one line."""
+    from clrobust import plots
+
+    fig, axes = plots.new_figure(1, 2, figsize=(11, 5.2), squeeze=False)
+    m = np.eye(3)
+    long = "AT: CL AT (simclr-at-s0-with-a-long-name) vs SL AT (supervised-at-s0), adversarial inputs"
+    plots.heatmap(axes[0, 0], m, ["a", "b", "c"], ["a", "b", "c"], long)
+    plots.heatmap(axes[0, 1], m, ["a", "b", "c"], ["a", "b", "c"], "CL AT (simclr-at): clean vs clean")
+    wrapped = axes[0, 0].get_title()
+    assert "\n" in wrapped and wrapped.replace("\n", " ") == long
+    assert axes[0, 1].get_title() == "CL AT (simclr-at): clean vs clean"
