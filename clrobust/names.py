@@ -22,7 +22,7 @@ SCHEMES = ("simclr", "supcon", "supervised")
 SCENARIOS = ("st", "at", "pat", "fat")
 ADV_METHODS = ("pgd", "clae")
 #: contrastive PGD pre-training: what is perturbed (clrobust.train.trainer.TrainConfig.adv_view)
-ADV_VIEWS = ("plain", "crop-flip", "view")
+ADV_VIEWS = ("plain", "crop-flip", "view", "pair")
 #: supervised AT / PAT / FAT objectives
 ADV_OBJECTIVES = ("clean+adv", "adv")
 PRESETS = ("paper",)

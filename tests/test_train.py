@@ -474,6 +474,53 @@ def test_the_paper_recipe_perturbs_the_plain_image_and_the_old_one_a_view(tmp_pa
         assert all(hits) if exact else not any(hits), view
 
 
+def test_the_acl_pair_perturbs_both_views_and_contrasts_them_through_the_adversarial_batch_norm(tmp_path,
+                                                                                                 monkeypatch):
+    """--adv-view pair (ACL's dual stream): one attack on both augmented views together (2n rows, none a
+    training image's exact pixels) that raises the loss between them, and the first batch's loss is the clean
+    pair's NT-Xent plus the adversarial pair's, the latter through the adversarial batch norm (recomputed here
+    from the recorded views and the network before the update)."""
+    from clrobust.data import to_float
+    from clrobust.models import DualBatchNorm2d
+
+    build = Trainer._build
+
+    def distinct_adversarial_bn(self: Trainer) -> Any:  # the two batch norms start equal: tell them apart
+        net = build(self)
+        g = torch.Generator().manual_seed(0)
+        for m in net.modules():
+            if isinstance(m, DualBatchNorm2d):
+                m.adv.weight.data.uniform_(0.5, 1.5, generator=g)
+        return net
+
+    monkeypatch.setattr(Trainer, "_build", distinct_adversarial_bn)
+    cfg = TrainConfig(scheme="simclr", scenario="at", seed=3, adv_view="pair", dual_bn=True, **ONE_BATCH)
+    trainer, spy, _ = _run(monkeypatch, cfg, tmp_path / "pair", stop_after="pretrain")
+    n = ONE_BATCH["batch_size"]
+    (call,) = [c for c in spy.calls if c.phase == "pretrain"]
+    assert call.x.shape[0] == 2 * n and call.steps == STEPS
+    assert (call.x[:n] - call.x[n:]).flatten(1).abs().amax(1).min() > 0  # two views of each image, not one twice
+    images = to_float(trainer.train_data.images).flatten(1)
+    assert not any(bool(((images - r).abs().amax(1) == 0).any()) for r in call.x.flatten(1))
+    assert (call.out - call.x).abs().max() <= EPS + 1e-6
+
+    net = trainer._build()
+    net.load_state_dict(spy.before["pretrain"])
+    net.train()
+    t = cfg.temperature
+    with torch.no_grad():
+        z = net.project(call.x)
+        with adversarial_bn(net):
+            za, z0 = net.project(call.out), net.project(call.x)
+        with adversarial_bn(net, False):
+            za_clean_bn = net.project(call.out)
+    assert nt_xent(za[:n], za[n:], t) > nt_xent(z0[:n], z0[n:], t)  # the attack raised the pair's loss
+    expected = nt_xent(z[:n], z[n:], t) + nt_xent(za[:n], za[n:], t)
+    assert trainer.history[0]["loss"] == pytest.approx(expected.item(), rel=1e-5)
+    wrong_bn = nt_xent(z[:n], z[n:], t) + nt_xent(za_clean_bn[:n], za_clean_bn[n:], t)
+    assert abs(wrong_bn.item() - expected.item()) > 1e-3  # the batch norm the check tells apart
+
+
 def test_dual_bn_training_reads_robustness_through_the_adversarial_batch_norm(tmp_path):
     from clrobust.checkpoints import load
 

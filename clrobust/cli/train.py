@@ -47,7 +47,9 @@ from clrobust.names import ADV_METHODS, ADV_OBJECTIVES, ADV_VIEWS, AUGMENTS, DAT
 @click.option("--adv-view", type=click.Choice(list(ADV_VIEWS)), default="plain", show_default=True,
               help="Contrastive PGD pre-training perturbs: plain, the un-augmented image (the paper), or crop-flip, "
                    "a lightly augmented copy, each adversarial pair forwarded apart from the clean views; view: "
-                   "augmented view 1, forwarded with the clean views (the recipe of clrobust before 0.3).")
+                   "augmented view 1, forwarded with the clean views (the recipe of clrobust before 0.3); pair: "
+                   "both augmented views, perturbed together to maximise the loss between them and contrasted "
+                   "as a second pair, forwarded apart (ACL's dual stream; with --dual-bn, ACL).")
 @click.option("--adv-objective", type=click.Choice(list(ADV_OBJECTIVES)), default="clean+adv", show_default=True,
               help="Supervised AT, PAT and FAT train on clean + adversarial cross-entropy (the paper), or on the "
                    "adversarial examples only.")

@@ -81,7 +81,8 @@ class TrainConfig(DataOptions):
     clae_weight: float = 1.0
     #: contrastive PGD pre-training: what is perturbed. plain: the un-augmented image, its adversarial pair
     #: forwarded apart from the clean views (the paper); crop-flip: a lightly augmented copy, likewise;
-    #: view: augmented view 1, forwarded in one batch with the clean views (clrobust before 0.3)
+    #: view: augmented view 1, forwarded in one batch with the clean views (clrobust before 0.3); pair: both
+    #: augmented views, perturbed together to maximise the loss between them, forwarded apart (ACL's dual stream)
     adv_view: str = "plain"
     #: supervised AT / PAT / FAT objective: clean+adv (the paper) or adv (adversarial examples only)
     adv_objective: str = "clean+adv"
@@ -485,7 +486,7 @@ class Trainer:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
 
-    def _start(self, whole: torch.Tensor) -> Optional[torch.Tensor]:
+    def _start(self, whole: torch.Tensor) -> torch.Tensor:
         """This process's rows of a PGD random start drawn for the whole batch (the single-process draw)."""
         return self._mine(cpu_uniform(whole, -self.cfg.eps, self.cfg.eps))
 
@@ -536,6 +537,23 @@ class Trainer:
                                       v1, cfg.eps, cfg.attack_alpha, cfg.attack_steps, start=self._start(w1))
             z = self._project(torch.cat([v1, v2, v1_adv]))
             return self._contrastive_loss(z[:n], z[2 * n:], y) + self._contrastive_loss(z[:n], z[n:2 * n], y)
+        if cfg.adv_view == "pair":
+            # ACL's dual stream: perturb both augmented views together to maximise the contrastive loss between
+            # them; loss = the clean pair + the adversarial pair, the adversarial one forwarded on its own (through
+            # its own batch norm with dual_bn).
+            pair = torch.cat([v1, v2])
+
+            def pair_loss(xa: torch.Tensor) -> torch.Tensor:
+                za = self._project(xa)
+                return self._contrastive_loss(za[:n], za[n:], y)
+
+            with frozen_bn_stats(self.net), adversarial_bn(self.net, cfg.dual_bn):
+                pair_adv = pgd_maximize(pair_loss, pair, cfg.eps, cfg.attack_alpha, cfg.attack_steps,
+                                        start=torch.cat([self._start(w1), self._start(w2)]))
+            z = self._project(pair)
+            with adversarial_bn(self.net, cfg.dual_bn):
+                adversarial = pair_loss(pair_adv)
+            return self._contrastive_loss(z[:n], z[n:], y) + adversarial
         # The paper's adversarial pre-training: perturb the image (un-augmented, or lightly augmented) to
         # maximise the contrastive loss between it and its clean self; loss = the clean views' pair + the
         # adversarial pair, each forwarded on its own (the adversarial one through its own batch norm with
