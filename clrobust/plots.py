@@ -25,7 +25,7 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, figsize: Tuple[float, float], 
 def _set_title(ax: Any, title: str, fontsize: float = 9) -> None:
     """``ax``'s title, each line wrapped at word breaks to the axes' width (a long model name or path
     would otherwise run into the colour bar or the next panel)."""
-    spec = ax.get_subplotspec()  # the panel's whole slot: a colour bar shrinks the axes, not the room above
+    spec = ax.get_subplotspec()  # the axes' grid slot (what is left of it once a colour bar took its share)
     box = spec.get_position(ax.figure) if spec is not None else ax.get_position()
     inches = box.width * ax.figure.get_figwidth()
     chars = max(24, int(inches * 170 / fontsize))  # 19 characters an inch at 9 pt, as drawn
