@@ -505,6 +505,13 @@ class Trainer:
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.project(self._input(x))
 
+    def _pair_loss(self, both: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The contrastive loss between the two halves of ``both`` (two views of this process's images),
+        forwarded as one batch."""
+        z = self._project(both)
+        n = len(z) // 2
+        return self._contrastive_loss(z[:n], z[n:], y)
+
     def _contrastive_step(self, x: torch.Tensor, y: torch.Tensor, augment: nn.Module) -> torch.Tensor:
         cfg = self.cfg
         assert cfg.attack_alpha is not None  # filled in TrainConfig.__post_init__
@@ -512,8 +519,7 @@ class Trainer:
         v1, v2 = self._mine(w1), self._mine(w2)
         n = len(v1)
         if not cfg.adversarial_pretraining:
-            z = self._project(torch.cat([v1, v2]))
-            return self._contrastive_loss(z[:n], z[n:], y)
+            return self._pair_loss(torch.cat([v1, v2]), y)
         if cfg.adv_method == "clae":
             # CLAE: perturb view 2 to maximise the whole-batch loss, through the adversarial BN.
             with frozen_bn_stats(self.net):
@@ -542,18 +548,12 @@ class Trainer:
             # them; loss = the clean pair + the adversarial pair, the adversarial one forwarded on its own (through
             # its own batch norm with dual_bn).
             pair = torch.cat([v1, v2])
-
-            def pair_loss(xa: torch.Tensor) -> torch.Tensor:
-                za = self._project(xa)
-                return self._contrastive_loss(za[:n], za[n:], y)
-
             with frozen_bn_stats(self.net), adversarial_bn(self.net, cfg.dual_bn):
-                pair_adv = pgd_maximize(pair_loss, pair, cfg.eps, cfg.attack_alpha, cfg.attack_steps,
-                                        start=torch.cat([self._start(w1), self._start(w2)]))
-            z = self._project(pair)
+                pair_adv = pgd_maximize(lambda xa: self._pair_loss(xa, y), pair, cfg.eps, cfg.attack_alpha,
+                                        cfg.attack_steps, start=torch.cat([self._start(w1), self._start(w2)]))
+            clean = self._pair_loss(pair, y)
             with adversarial_bn(self.net, cfg.dual_bn):
-                adversarial = pair_loss(pair_adv)
-            return self._contrastive_loss(z[:n], z[n:], y) + adversarial
+                return clean + self._pair_loss(pair_adv, y)
         # The paper's adversarial pre-training: perturb the image (un-augmented, or lightly augmented) to
         # maximise the contrastive loss between it and its clean self; loss = the clean views' pair + the
         # adversarial pair, each forwarded on its own (the adversarial one through its own batch norm with
@@ -565,11 +565,11 @@ class Trainer:
             with adversarial_bn(self.net, cfg.dual_bn):
                 b_adv = pgd_maximize(lambda xa: self._contrastive_loss(zb_ref, self._project(xa), y),
                                      b, cfg.eps, cfg.attack_alpha, cfg.attack_steps, start=self._start(whole))
-        z = self._project(torch.cat([v1, v2]))
+        clean = self._pair_loss(torch.cat([v1, v2]), y)
         zb = self._project(b)
         with adversarial_bn(self.net, cfg.dual_bn):
             za = self._project(b_adv)
-        return self._contrastive_loss(z[:n], z[n:], y) + self._contrastive_loss(zb, za, y)
+        return clean + self._contrastive_loss(zb, za, y)
 
     def _light(self, x: torch.Tensor) -> torch.Tensor:
         """The light augmentation of ``--adv-view crop-flip`` (padded crop and flip), drawn for the whole batch."""
