@@ -557,6 +557,76 @@ def test_the_paper_preset_and_its_short_step(tmp_path):
         TrainConfig(preset="fast")
 
 
+def _image_folder(root, seed=0):
+    import numpy as np
+    from PIL import Image
+
+    from clrobust.data import CIFAR10_CLASSES
+
+    rng = np.random.default_rng(seed)
+    for c in CIFAR10_CLASSES:
+        (root / "train" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "train" / c / f"{i}.png")
+
+
+def test_a_state_resumes_from_its_images_in_another_folder_and_refuses_other_images(tmp_path):
+    """A state records what its training images are, not where they lay: moved to another folder (another
+    machine) they resume to the uninterrupted run's curve; one changed pixel is refused, the state untouched;
+    a state saved before the digest was kept (its settings name the folder) still resumes elsewhere."""
+    import json
+    import shutil
+
+    from PIL import Image
+
+    _image_folder(tmp_path / "a")
+    cfg = dict(scheme="supervised", scenario="st", seed=1, data="imagefolder",
+               **{**TINY, "n_train": None, "batch_size": 10, "epochs": 3})
+    Trainer(TrainConfig(**cfg, data_root=str(tmp_path / "a")), tmp_path / "full", progress=False).run()
+
+    class Stop(Exception):
+        pass
+
+    def cut(out):  # stopped in epoch 2 (2 batches an epoch): epoch 1's state stays
+        t = Trainer(TrainConfig(**cfg, data_root=str(tmp_path / "a")), out, progress=False)
+        orig, calls = t._supervised_step, {"n": 0}
+
+        def step(*a):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise Stop
+            return orig(*a)
+
+        t._supervised_step = step
+        with pytest.raises(Stop):
+            t.run()
+        return out.with_name(out.name + ".state.pt")
+
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    state = cut(tmp_path / "cut")
+    saved = state.read_bytes()
+    shutil.copytree(tmp_path / "a", tmp_path / "c")
+    img = tmp_path / "c" / "train" / "cat" / "1.png"
+    px = Image.open(img).convert("RGB")
+    px.putpixel((0, 0), tuple((v + 1) % 256 for v in px.getpixel((0, 0))))
+    px.save(img)
+    with pytest.raises(ClrobustError, match=r"cut.state.pt': it was trained on other images \(20 images 3x32x32, "
+                                            r"sha256 [0-9a-f]{16}; these are 20 images 3x32x32, sha256 "):
+        Trainer(TrainConfig(**cfg, data_root=str(tmp_path / "c")), tmp_path / "cut", progress=False).run(resume=True)
+    assert state.read_bytes() == saved
+    Trainer(TrainConfig(**cfg, data_root=str(tmp_path / "b")), tmp_path / "cut", progress=False).run(resume=True)
+    assert _curve(tmp_path / "cut.history.csv") == _curve(tmp_path / "full.history.csv")
+
+    old = cut(tmp_path / "old")  # as saved before the digest: no digest, the folder in the settings
+    s = torch.load(old, weights_only=True)
+    del s["data"]
+    s["settings"] = json.dumps({**json.loads(s["settings"]), "data_root": str(tmp_path / "a"),
+                                "eval_data_root": None}, sort_keys=True)
+    torch.save(s, old)
+    Trainer(TrainConfig(**cfg, data_root=str(tmp_path / "b")), tmp_path / "old", progress=False).run(resume=True)
+    assert _curve(tmp_path / "old.history.csv") == _curve(tmp_path / "full.history.csv")
+
+
 def test_evaluation_on_another_data_set_and_the_papers_attacks(tmp_path):
     """Train on an image folder (a stand-in for the JPEG CIFAR-10 copy), evaluate on the embedded exact test
     images; the metrics name them and carry the paper's PGD-40 at 4/255 for both threat models."""

@@ -54,6 +54,8 @@ from clrobust.train.clock import work_seconds
 CONTRASTIVE = ("simclr", "supcon")
 #: training images the in-training evaluation (``eval_every``) fits a contrastive encoder's linear probe on
 WATCH_PROBE_IMAGES = 5000
+#: settings a resumed run may change: where it runs, its precision, how often it watches, where its data lie
+_RESUME_FREE = ("device", "amp", "eval_every", "data_root", "eval_data_root")
 
 
 @dataclass
@@ -209,6 +211,7 @@ class Trainer:
         self.progress = progress and self.main
         self.log = log if self.main else (lambda _m: None)
         self.history: List[Dict[str, Any]] = []
+        self._digest: Optional[str] = None
 
     # ------------------------------------------------------------------ setup
     def _build(self) -> Network:
@@ -390,8 +393,22 @@ class Trainer:
 
         # any device may resume (and its precision follows the device)
         # nor with another --eval-every: watching leaves the training as it is
-        settings = {k: v for k, v in asdict(self.cfg).items() if k not in ("device", "amp", "eval_every")}
+        # nor with the data in another folder: the images themselves are checked (_data_digest)
+        settings = {k: v for k, v in asdict(self.cfg).items() if k not in _RESUME_FREE}
         return json.dumps(settings, sort_keys=True, default=str)
+
+    def _data_digest(self) -> str:
+        """What the training images are, wherever they lie: their count, size and a SHA-256 of pixels and labels
+        (a resumed run must train on the very images the saved state was trained on)."""
+        import hashlib
+
+        if self._digest is None:
+            x, y = self.train_data.images, self.train_data.labels
+            h = hashlib.sha256()
+            h.update(x.contiguous().numpy().tobytes())
+            h.update(y.to(torch.int64).contiguous().numpy().tobytes())
+            self._digest = f"{len(y)} images {'x'.join(map(str, x.shape[1:]))}, sha256 {h.hexdigest()[:16]}"
+        return self._digest
 
     def _same_settings(self, saved: Any) -> bool:
         """Whether a saved settings key is this run's: equal, or differing only by settings a later clrobust
@@ -407,6 +424,8 @@ class Trainer:
             return False
         if not isinstance(old, dict):
             return False
+        for key in _RESUME_FREE:  # a state saved before data folders were free to move named its folder
+            old.pop(key, None)
         now = json.loads(self._settings_key())
         defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
         for key in set(old) | set(now):
@@ -424,7 +443,7 @@ class Trainer:
         if not self.main:
             return
         tmp = self.state_path.with_name(self.state_path.name + ".partial")
-        torch.save({**state, "settings": self._settings_key()}, tmp)
+        torch.save({**state, "settings": self._settings_key(), "data": self._data_digest()}, tmp)
         os.replace(tmp, self.state_path)
 
     def _bad_state(self, problem: str) -> ClrobustError:
@@ -448,6 +467,10 @@ class Trainer:
             raise self._bad_state(f"phase {state['phase']!r}, epoch {state['epoch']} is no training step")
         if not self._same_settings(state.get("settings")):
             raise self._bad_state("it was saved by a run with other settings (resume with the same options)")
+        # a state saved before the digest was kept resumes as its settings allow
+        if "data" in state and state["data"] != self._data_digest():
+            raise self._bad_state(f"it was trained on other images ({state['data']}; these are "
+                                  f"{self._data_digest()}); resume on the same training images")
         return state
 
     # ------------------------------------------------------------------ several processes
