@@ -8,7 +8,6 @@ Grams once and add every requested pair into its :class:`~clrobust.cka.Streaming
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field, fields
 from functools import partial
@@ -40,6 +39,8 @@ from clrobust.uncertainty import (
     Bootstrap,
     PairedDifference,
     percentile_interval,
+    t_interval,
+    welch_interval,
     wilson_interval,
     with_interval,
 )
@@ -172,6 +173,9 @@ class CompareResult(Result):
     groups: Dict[str, List[str]] = field(default_factory=dict)
     #: per group: mean, between-run SD, t-interval of the mean over runs, and the values, of each summary number
     group_summary: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    #: every pair of groups: the difference of their means (first minus second) of each summary number,
+    #: with Welch's t-interval over runs
+    group_differences: List[Dict[str, Any]] = field(default_factory=list)
     #: other measures (clrobust.similarity), full batch on pooled features: measure -> label -> per-layer
     #: clean-vs-adversarial dissimilarity (1 - similarity; the Procrustes distance as it is); point values
     measures: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
@@ -300,6 +304,18 @@ class CompareResult(Result):
                          f"adv acc {cell(g['adversarial_accuracy'], True)}"
                          + (f"; robust acc {cell(g['robust_accuracy'], True)}" if "robust_accuracy" in g else "")
                          + " (interval: t over runs)")
+
+        def diff(e: Mapping[str, Any], percent: bool = False) -> str:
+            text = with_interval(e["difference"], e.get("ci_low"), e.get("ci_high"), percent=percent)
+            return text.replace("%", " pt") if percent else text
+
+        for d in self.group_differences:
+            runs = d["late_disparity"]["n"]
+            how = (f"Welch t over runs, df {d['late_disparity']['df']:.1f}" if "df" in d["late_disparity"]
+                   else "no interval: a group of one run")
+            lines.append(f"{d['a']} - {d['b']} ({runs[0]} vs {runs[1]} training runs): mean last 1/3 disparity "
+                         f"{diff(d['late_disparity'])}; clean acc {diff(d['clean_accuracy'], True)}; "
+                         f"robust acc {diff(d['robust_accuracy'], True)} ({how})")
         return [""] + lines if lines else []
 
     def _control_lines(self) -> List[str]:
@@ -508,6 +524,7 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
         uncertainty=boot.describe() if boot is not None else "none (--bootstrap 0)", replicates=replicates,
         **stats)
     result.group_summary = group_summary(result)
+    result.group_differences = group_differences(result.group_summary)
     if settings.measures:
         t = time.perf_counter()
         feats = {k: {name: torch.cat(chunks) for name, chunks in v.items()} for k, v in pooled.items()}
@@ -550,8 +567,6 @@ def measure_flips(result: CompareResult) -> List[str]:
 def group_summary(result: CompareResult) -> Dict[str, Dict[str, Any]]:
     """Per group of training runs: the mean over runs, the between-run SD and the t-interval of the mean
     (runs as the sample: a statement about the recipe, not one model) of each summary number."""
-    from scipy.stats import t as student_t
-
     numbers = {"late_disparity": lambda lab: result.late_disparity[lab]["value"],
                "clean_accuracy": lambda lab: result.accuracy[lab]["clean"],
                "adversarial_accuracy": lambda lab: result.accuracy[lab]["adversarial"],
@@ -562,14 +577,24 @@ def group_summary(result: CompareResult) -> Dict[str, Dict[str, Any]]:
     for group, labels in result.groups.items():
         stats: Dict[str, Any] = {"runs": list(labels)}
         for name, get in numbers.items():
-            v = np.array([get(lab) for lab in labels], dtype=float)
-            entry: Dict[str, Any] = {"mean": float(v.mean()), "values": v.tolist(), "n": len(v)}
-            if len(v) > 1:
-                sd = float(v.std(ddof=1))
-                half = float(student_t.ppf(0.975, len(v) - 1)) * sd / math.sqrt(len(v))
-                entry.update(sd=sd, ci_low=entry["mean"] - half, ci_high=entry["mean"] + half)
-            stats[name] = entry
+            stats[name] = t_interval([get(lab) for lab in labels])
         out[group] = stats
+    return out
+
+
+def group_differences(summary: Mapping[str, Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """Every pair of groups of training runs (in the order given): the difference of their means, first
+    minus second, of each summary number with Welch's t-interval over runs (two recipes compared, runs as
+    the sample; an interval needs two runs or more in each group)."""
+    out = []
+    names = list(summary)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            entry: Dict[str, Any] = {"a": a, "b": b}
+            for key, value in summary[a].items():
+                if key != "runs" and key in summary[b]:
+                    entry[key] = welch_interval(value["values"], summary[b][key]["values"])
+            out.append(entry)
     return out
 
 

@@ -1,5 +1,6 @@
 """Uncertainty of the numbers clrobust reports: bootstrap weights over images, percentile
-intervals, Wilson intervals for accuracies, paired differences and Holm's correction.
+intervals, Wilson intervals for accuracies, paired differences and Holm's correction, and
+t-intervals over training runs (one recipe's mean; two recipes' difference, Welch).
 
 The bootstrap resamples *images*. Every image gets one Poisson(1) weight per replicate,
 drawn from a generator seeded by (seed, batch index), so every model, input and layer
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -112,6 +113,39 @@ class PairedDifference:
 
     def significant(self, alpha: float = 1 - LEVEL) -> List[bool]:
         return [p < alpha for p in self.p_holm]
+
+
+def t_interval(values: Sequence[float], level: float = LEVEL) -> Dict[str, Any]:
+    """Mean of independent runs with its t-interval (runs as the sample): ``mean``, ``values``, ``n``, and
+    with two runs or more ``sd`` (ddof 1), ``ci_low``, ``ci_high``."""
+    from scipy.stats import t as student_t
+
+    v = np.asarray(values, dtype=np.float64)
+    out: Dict[str, Any] = {"mean": float(v.mean()), "values": v.tolist(), "n": len(v)}
+    if len(v) > 1:
+        sd = float(v.std(ddof=1))
+        half = float(student_t.ppf(0.5 + level / 2, len(v) - 1)) * sd / math.sqrt(len(v))
+        out.update(sd=sd, ci_low=out["mean"] - half, ci_high=out["mean"] + half)
+    return out
+
+
+def welch_interval(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Dict[str, Any]:
+    """Difference of the means of two groups of independent runs, ``a - b``, with Welch's t-interval
+    (unequal variances, Welch-Satterthwaite degrees of freedom): ``difference``, ``n`` (runs of each), and
+    with two runs or more in each ``df``, ``ci_low``, ``ci_high``. Runs that agree exactly give a zero-width
+    interval."""
+    from scipy.stats import t as student_t
+
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    out: Dict[str, Any] = {"difference": float(x.mean() - y.mean()), "n": [len(x), len(y)]}
+    if len(x) < 2 or len(y) < 2:
+        return out
+    va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(x) - 1) + vb ** 2 / (len(y) - 1)) if se > 0 else len(x) + len(y) - 2
+    half = float(student_t.ppf(0.5 + level / 2, df)) * se
+    out.update(df=float(df), ci_low=out["difference"] - half, ci_high=out["difference"] + half)
+    return out
 
 
 def with_interval(value: float, low: Optional[float], high: Optional[float], digits: int = 3,

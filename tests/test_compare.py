@@ -345,6 +345,8 @@ def test_groups_of_training_runs_report_mean_and_spread(tmp_path):
     for i, run in enumerate(("s0", "s1", "s2")):
         save_network(tmp_path / f"rec-{run}", tiny_network(20 + i))
     save_network(tmp_path / "other", tiny_network(30))
+    for i, run in enumerate(("a", "b")):
+        save_network(tmp_path / f"alt-{run}", tiny_network(40 + i))
     group = f"{tmp_path}/rec@s0,s1,s2"
     assert expand_group(group) == [f"{tmp_path}/rec-{r}" for r in ("s0", "s1", "s2")]
     assert expand_group(f"{tmp_path}/rec-s*.safetensors") == [str(tmp_path / f"rec-{r}.safetensors")
@@ -366,6 +368,50 @@ def test_groups_of_training_runs_report_mean_and_spread(tmp_path):
     assert (g["mean"], g["sd"], g["ci_low"], g["ci_high"], g["n"]) == pytest.approx(
         (v.mean(), v.std(ddof=1), v.mean() - half, v.mean() + half, 3))
     assert f"{group} (3 training runs: rec-s0, rec-s1, rec-s2)" in res.summary()
+    assert res.group_differences == []  # one group: nothing to compare it with
+
+    # two groups: the difference of their means with Welch's t-interval over runs (scipy as the reference)
+    from scipy.stats import ttest_ind
+
+    alt = f"{tmp_path}/alt@a,b"
+    two = run_compare(CompareSettings(models=[group, alt], attack=AttackSpec("pgd", 8 / 255, 1), n_samples=16,
+                                      batch_size=16, layers="stem,avgpool", bootstrap=0), progress=False)
+    (d,) = two.group_differences
+    assert (d["a"], d["b"]) == (group, alt)
+    for key, get in (("late_disparity", lambda lab: two.late_disparity[lab]["value"]),
+                     ("clean_accuracy", lambda lab: two.accuracy[lab]["clean"])):
+        x = np.array([get(lab) for lab in two.groups[group]])
+        y = np.array([get(lab) for lab in two.groups[alt]])
+        e = d[key]
+        assert e["difference"] == pytest.approx(x.mean() - y.mean()) and e["n"] == [3, 2]
+        if x.std() > 0 and y.std() > 0:  # (scipy warns on a constant group)
+            ci = ttest_ind(x, y, equal_var=False).confidence_interval(0.95)
+            assert (e["ci_low"], e["ci_high"]) == pytest.approx((ci.low, ci.high))
+    assert f"{group} - {alt} (3 vs 2 training runs): mean last 1/3 disparity" in two.summary()
+    assert json.loads(json.dumps(two.to_dict()))["group_differences"][0]["a"] == group
+
+
+def test_welch_interval_against_its_formula_and_scipy():
+    """Welch's interval: scipy's ttest_ind (unequal variances) and the Welch-Satterthwaite df in float64;
+    a group of one run has no interval; runs that agree exactly give a zero-width one."""
+    from scipy.stats import t as student_t
+    from scipy.stats import ttest_ind
+
+    from clrobust.uncertainty import t_interval, welch_interval
+
+    x, y = np.array([0.61, 0.64, 0.58]), np.array([0.12, 0.2])
+    e = welch_interval(x, y)
+    ci = ttest_ind(x, y, equal_var=False).confidence_interval(0.95)
+    assert (e["ci_low"], e["ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-12)
+    va, vb = x.var(ddof=1) / 3, y.var(ddof=1) / 2
+    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 1)
+    assert e["df"] == pytest.approx(df) and 1 <= e["df"] <= 3
+    assert e["ci_high"] - e["difference"] == pytest.approx(student_t.ppf(0.975, df) * np.sqrt(va + vb))
+    assert welch_interval(x, y[:1]) == {"difference": pytest.approx(x.mean() - 0.12), "n": [3, 1]}
+    flat = welch_interval([0.5, 0.5], [0.25, 0.25])
+    assert (flat["ci_low"], flat["difference"], flat["ci_high"]) == (0.25, 0.25, 0.25)
+    m = t_interval(x)
+    assert (m["ci_high"] - m["mean"]) == pytest.approx(student_t.ppf(0.975, 2) * x.std(ddof=1) / np.sqrt(3))
 
 
 def test_other_measures_on_the_same_features_and_flips(tiny_checkpoints):
