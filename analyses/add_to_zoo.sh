@@ -5,7 +5,8 @@
 #
 # For each NAME trained by analyses/train_zoo_full.sh (checkpoints/next/NAME.safetensors + NAME.json):
 #   1. its float16 copy in checkpoints/ (`clrobust convert --half` keeps the training record and metrics;
-#      loading upcasts), its history beside it, and the manifest rebuilt;
+#      loading upcasts), checked to predict as the float32 file does on the evaluation images (else it is
+#      stored in float32), its history beside it, and the manifest rebuilt;
 #   2. its audit on all 846 exact test images of cifar10-mini: at 8/255 FGSM, PGD-20, APGD-CE and threat
 #      model I (and AutoAttack for a standard model, which falls at once), at 4/255 PGD-20 and threat model I;
 #      for an adversarially trained model AutoAttack and PGD-50 with 5 restarts on the first 200 images
@@ -43,6 +44,33 @@ for name in "$@"; do
   if [ ! -f "$CLROBUST_ZOO/$name.safetensors" ]; then
     echo "== $name: float16 copy into $CLROBUST_ZOO/"
     clrobust convert "$NEXT/$name.safetensors" "$CLROBUST_ZOO/$name" --half
+    # float16 storage must not change a prediction on the evaluation images; where it does, the model is
+    # stored in float32 (twice the size) and says so here
+    if ! python - "$NEXT/$name.safetensors" "$CLROBUST_ZOO/$name.safetensors" <<'PY'
+import sys
+
+import torch
+
+from clrobust.checkpoints import load
+from clrobust.data import load_dataset, to_float
+
+full, half = sys.argv[1:]
+meta = load(full).metadata.get("metrics", {})
+data = load_dataset(meta.get("eval_data", "cifar10-mini"), meta.get("eval_split", "test"))
+n = int(meta.get("eval_samples", len(data.labels)))
+x, y = to_float(data.images[:n]), data.labels[:n]
+with torch.no_grad():  # through the batch norm every number is computed with (a dual-BN net: its robust one)
+    a, b = (torch.cat([load(p).network.eval()(x[i:i + 200]).argmax(1) for i in range(0, n, 200)])
+            for p in (full, half))
+changed = int((a != b).sum())
+print(f"   float16 against float32: {int((b == y).sum())} and {int((a == y).sum())} of {n} right, "
+      f"{changed} prediction(s) changed")
+sys.exit(1 if changed else 0)
+PY
+    then
+      echo "   the float16 copy changes a prediction: $name is stored in float32"
+      clrobust convert "$NEXT/$name.safetensors" "$CLROBUST_ZOO/$name" --overwrite
+    fi
     cp "$NEXT/$name.history.csv" "$CLROBUST_ZOO/$name.history.csv"
   fi
 done

@@ -118,6 +118,15 @@ def test_the_manifest_is_checked_against_an_audit(tmp_path):
     assert [ln.split()[-1] for ln in text[1:4]] == ["yes", "overlap", "NO"]
     assert text[-1].startswith("1 of 3 audit numbers lie within the manifest's 95% intervals, 2 intervals overlap")
     assert "Audit images: 200 images; manifest images: the first 846" in text[-1]
+    assert "No clean accuracy was measured on as many images" in text[-1]  # 200 images against 846
+    # On as many images: equal clean counts are said so, and a one-image difference is named.
+    same = [dict(r, n=n) for r in rows[:1]] + [dict(rows[0], model="m2", n=n, clean_accuracy=0.5 + 1 / n)]
+    entry2 = dict(entry, name="m2", file="m2.safetensors")
+    (tmp_path / "audit" / "report.json").write_text(json.dumps({"rows": same, "data": {"chosen": "846 images"}}))
+    last = zoo.check_table(zoo.check_against_audits([entry, entry2], [zoo.read_audit_report(tmp_path / "audit")]))
+    assert last.splitlines()[-1].endswith("(--sampling first): equal for 1 of 2 models; differs for m2 (+1 image). "
+                                          "Attacked numbers also vary with the attack's random starts.")
+    (tmp_path / "audit" / "report.json").write_text(json.dumps({"rows": rows, "data": {"chosen": "200 images"}}))
     # Through the command, with the zoo in a folder.
     (tmp_path / "zoo").mkdir()
     (tmp_path / "zoo" / "manifest.json").write_text(json.dumps({"models": [entry]}))

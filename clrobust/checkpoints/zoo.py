@@ -367,7 +367,20 @@ def check_table(rows: List[Dict[str, Any]]) -> str:
     lines.append(f"{sum(r['within'] for r in judged)} of {len(judged)} audit numbers lie within the manifest's "
                  f"95% intervals, {sum(r['overlap'] for r in judged)} intervals overlap. Audit images: "
                  f"{'; '.join(sorted({str(r['audit_images'] or 'not recorded') for r in rows}))}; manifest images: "
-                 f"{'; '.join(sorted({str(r['manifest_images']) for r in rows}))}. On the same images (--sampling "
-                 "first --n-samples of the manifest) the clean numbers are equal and the attacked ones differ by the "
-                 "attack's random starts alone.")
+                 f"{'; '.join(sorted({str(r['manifest_images']) for r in rows}))}. " + _clean_agreement(rows))
     return "\n".join(lines)
+
+
+def _clean_agreement(rows: List[Dict[str, Any]]) -> str:
+    """Whether each clean accuracy measured on as many images as the manifest's equals it, in images: an
+    unattacked count has no random start, so any difference is the model or the images, not chance."""
+    same = [r for r in rows if r["number"] == "clean_accuracy" and r["manifest_n"] == r["audit_n"]]
+    if not same:
+        return "No clean accuracy was measured on as many images as the manifest's."
+    differ = [(r["model"], round((r["audit"] - r["manifest"]) * r["audit_n"])) for r in same
+              if round(r["audit"] * r["audit_n"]) != round(r["manifest"] * r["audit_n"])]
+    text = (f"Clean accuracy on as many images as the manifest's (--sampling first): equal for "
+            f"{len(same) - len(differ)} of {len(same)} models")
+    if differ:
+        text += "; differs for " + ", ".join(f"{m} ({d:+d} image{'s' if abs(d) != 1 else ''})" for m, d in differ)
+    return text + ". Attacked numbers also vary with the attack's random starts."
