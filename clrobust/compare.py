@@ -311,7 +311,7 @@ class CompareResult(Result):
 
         for d in self.group_differences:
             runs = d["late_disparity"]["n"]
-            how = (f"Welch t over runs, df {d['late_disparity']['df']:.1f}" if "df" in d["late_disparity"]
+            how = ("interval: Welch t over runs, each number's df in results.json" if "df" in d["late_disparity"]
                    else "no interval: a group of one run")
             lines.append(f"{d['a']} - {d['b']} ({runs[0]} vs {runs[1]} training runs): mean last 1/3 disparity "
                          f"{diff(d['late_disparity'])}; clean acc {diff(d['clean_accuracy'], True)}; "
