@@ -54,14 +54,13 @@ import torch
 from clrobust.checkpoints import load
 from clrobust.data import load_dataset, to_float
 
-full, half = sys.argv[1:]
-meta = load(full).metadata.get("metrics", {})
+models = [load(p) for p in sys.argv[1:]]  # float32, float16; each through the batch norm its numbers use
+meta = models[0].metadata.get("metrics", {})
 data = load_dataset(meta.get("eval_data", "cifar10-mini"), meta.get("eval_split", "test"))
 n = int(meta.get("eval_samples", len(data.labels)))
 x, y = to_float(data.images[:n]), data.labels[:n]
-with torch.no_grad():  # through the batch norm every number is computed with (a dual-BN net: its robust one)
-    a, b = (torch.cat([load(p).network.eval()(x[i:i + 200]).argmax(1) for i in range(0, n, 200)])
-            for p in (full, half))
+with torch.no_grad():
+    a, b = (torch.cat([m.network.eval()(x[i:i + 200]).argmax(1) for i in range(0, n, 200)]) for m in models)
 changed = int((a != b).sum())
 print(f"   float16 against float32: {int((b == y).sum())} and {int((a == y).sum())} of {n} right, "
       f"{changed} prediction(s) changed")
