@@ -7,7 +7,10 @@ the forward passes that record the layers, the CKA (U-centred Grams and their
 products, float64) and writing results and figures. Also times the whole
 command as a user runs it (a fresh process, imports included).
 
-    python benchmarks/bench_compare_layers.py [--repeats 2] [--threads 2] [--statistics]
+    python benchmarks/bench_compare_layers.py [--repeats 2] [--threads 2] [--statistics | --layout]
+
+``--layout`` runs the job with the networks in channels-last memory (what loading on a CPU gives,
+``clrobust.models.fast_layout``) and in PyTorch's default layout, alternating, and prints the ratio part by part.
 
 ``--statistics`` also runs the job without its intervals and controls (``--bootstrap 0
 --no-noise-control``) and prints what the bootstrap (1000 replicates) and the noise
@@ -61,8 +64,26 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="runs to take the best of")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     ap.add_argument("--statistics", action="store_true", help="what the bootstrap and the noise control cost")
+    ap.add_argument("--layout", action="store_true", help="channels-last against the default memory layout")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.layout:
+        import clrobust.models.network as network
+
+        chosen = network.prefers_channels_last
+        one_run()  # warm-up: first loads and allocations
+        timed: dict = {"channels-last": [], "default": []}
+        for _ in range(args.repeats):  # alternating, so that a change in the machine's load hits both alike
+            for name, rule in (("channels-last", chosen), ("default", lambda net, device, amp=False: False)):
+                network.prefers_channels_last = rule
+                timed[name].append(one_run())
+        network.prefers_channels_last = chosen
+        fast, slow = (min(r, key=lambda t: t["total (in process)"]) for r in timed.values())
+        print(f"default compare-layers, best of {args.repeats} each, {args.threads} threads, torch {torch.__version__}")
+        print(f"{'part':<22}{'channels-last':>14}{'default':>9}{'ratio':>7}")
+        for k in fast:
+            print(f"{k:<22}{fast[k]:>14.2f}{slow[k]:>9.2f}{slow[k] / max(fast[k], 1e-9):>7.2f}")
+        return
     if args.statistics:
         one_run(0, False)  # warm-up: first loads and allocations
         plain = min((one_run(0, False) for _ in range(args.repeats)), key=lambda r: r["total (in process)"])

@@ -631,3 +631,53 @@ def test_half_storage_halves_the_file_and_keeps_the_accuracies(tmp_path: Path, t
     h, f = accuracy(half.network, data, spec), accuracy(full.network, data, spec)
     assert (h["n"], h["clean"]) == (f["n"], f["clean"]) and 0 < f["adversarial"] < f["clean"]
     assert abs(h["adversarial"] - f["adversarial"]) <= 2 / 256, (h, f)
+
+
+def test_loading_on_a_cpu_gives_channels_last_weights_with_the_float64_outputs(tmp_path: Path) -> None:
+    """The load door puts convolutions in channels-last memory on a CPU (oneDNN's fast kernels); the logits
+    still equal a float64 NCHW copy of the saved network's, and saving the loaded network again keeps every
+    value (the file holds contiguous tensors)."""
+    import copy
+
+    from clrobust.checkpoints import load, save_network
+    from clrobust.models import ModelConfig, create_model
+
+    torch.manual_seed(0)
+    net = create_model(ModelConfig(arch="resnet18", width=8, num_classes=10))
+    with torch.no_grad():  # batch norm that is not the identity in eval mode
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    save_network(tmp_path / "m", net)
+    loaded = load(str(tmp_path / "m.safetensors")).network
+    convs = [m for m in loaded.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert not all(c.weight.is_contiguous() for c in convs)
+    ref = copy.deepcopy(net).double().eval()
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out, want = loaded(x).double(), ref(x.double())
+    assert torch.allclose(out, want, rtol=0, atol=1e-4 * float(want.abs().max())), (out - want).abs().max()
+    save_network(tmp_path / "again", loaded)
+    again = load(str(tmp_path / "again.safetensors")).network
+    for (k, a), b in zip(net.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_narrow_nets_keep_the_default_layout_that_onednn_handles() -> None:
+    """Channels-last on a CPU only where every convolution has a multiple of 8 input channels (or is a wide one
+    on the image): torch 2.14's oneDNN hangs or corrupts memory in the weight gradient of a width-4 ResNet's
+    strided 1x1 shortcut on channels-last input. Under bf16 autocast every net is channels-last; fp32 on a GPU
+    keeps PyTorch's layout."""
+    from clrobust.models import ModelConfig, create_model, fast_layout, prefers_channels_last
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    narrow, wide = (create_model(ModelConfig(arch="resnet18", width=w, num_classes=10)) for w in (4, 8))
+    assert not prefers_channels_last(narrow, cpu) and prefers_channels_last(wide, cpu)
+    assert prefers_channels_last(narrow, cpu, amp=True) and prefers_channels_last(narrow, cuda, amp=True)
+    assert not prefers_channels_last(wide, cuda)
+    conv = next(m for m in fast_layout(narrow, cpu).modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous()
+    patch = nn.Sequential(nn.Conv2d(3, 16, 4, 4), nn.Conv2d(16, 16, 1, 2))  # a patch embedding is wide
+    assert prefers_channels_last(patch, cpu) and not prefers_channels_last(nn.Conv2d(3, 6, 1, 2), cpu)

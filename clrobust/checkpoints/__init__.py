@@ -30,7 +30,7 @@ from clrobust.checkpoints.report import LoadReport
 from clrobust.checkpoints.table import CheckpointFormat, format_names, register_format, unregister_format
 from clrobust.checkpoints.zoo import DEFAULT_PAIR, resolve, zoo_dir
 from clrobust.errors import ClrobustError
-from clrobust.models import Network, architecture
+from clrobust.models import Network, architecture, fast_layout
 
 
 @dataclass(frozen=True)
@@ -143,13 +143,15 @@ def load(name_or_path: str, *, device: str = "cpu", arch: Optional[str] = None, 
 
 def _ready(label: str, path: Path, net: Network, report: LoadReport, meta: Dict[str, Any], source_format: str,
            device: str) -> LoadedModel:
-    """The loaded model on ``device`` in eval mode, once its weights are known to be finite."""
+    """The loaded model on ``device`` in eval mode and its fastest memory layout there
+    (:func:`~clrobust.models.fast_layout`), once its weights are known to be finite."""
     broken = next((k for k, t in net.state_dict().items()
                    if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
     if broken is not None:
         raise ClrobustError(f"{str(path)!r} has NaN or Inf weights ({broken}); no number can come from it: "
                             "retrain the model or fetch the file again.")
-    return LoadedModel(label, path, net.to(torch.device(device)).eval(), has_classifier=report.has_classifier,
+    net = fast_layout(net, torch.device(device))
+    return LoadedModel(label, path, net.eval(), has_classifier=report.has_classifier,
                        source_format=source_format, normalize=dict(report.normalize), metadata=meta, report=report)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from clrobust.models.network import ModelConfig, Network, Normalize, ProjectionHead
+from clrobust.models.network import ModelConfig, Network, Normalize, ProjectionHead, fast_layout, prefers_channels_last
 from clrobust.models.norm import DualBatchNorm2d, adversarial_bn, has_dual_bn
 from clrobust.models.preact_resnet import PreActBlock, PreActResNet, PreActStem
 from clrobust.models.registry import ARCHITECTURES, architecture, default_width, known_architectures
@@ -31,5 +31,6 @@ def create_model(config: ModelConfig) -> Network:
 __all__ = [
     "ARCHITECTURES", "DualBatchNorm2d", "LAYER_TYPES", "ModelConfig", "Network", "Normalize", "PreActResNet",
     "ProjectionHead", "ResNet", "adversarial_bn", "architecture", "build_encoder", "create_model",
-    "default_width", "has_dual_bn", "known_architectures", "resnet18", "resnet34", "resnet50",
+    "default_width", "fast_layout", "has_dual_bn", "known_architectures", "prefers_channels_last", "resnet18",
+    "resnet34", "resnet50",
 ]

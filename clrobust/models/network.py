@@ -4,12 +4,36 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple, cast
+from typing import Any, Dict, Optional, Sequence, Tuple, TypeVar, cast
 
 import torch
 from torch import nn
 
 from clrobust.models.registry import default_width
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def fast_layout(net: M, device: torch.device, amp: bool = False) -> M:
+    """``net`` on ``device``, in channels-last memory where :func:`prefers_channels_last` says its convolutions
+    run faster so. Only the layout changes: outputs agree to the order of floating-point sums (about 4e-7), and
+    saved weights are made contiguous."""
+    net = net.to(device)
+    return net.to(memory_format=torch.channels_last) if prefers_channels_last(net, device, amp) else net
+
+
+def prefers_channels_last(net: nn.Module, device: torch.device, amp: bool = False) -> bool:
+    """Channels-last under bf16 autocast on any device, and on a CPU in fp32 (oneDNN's kernels; measured at
+    width 16 on 2 cores: attack steps 1.47x, training steps 1.2x) when every convolution has a multiple of 8
+    input channels or is a wider-than-1x1 one on the 3-channel image. The exception keeps narrow nets in the
+    default layout: in torch 2.14, oneDNN's AVX2 weight gradient of a strided 1x1 convolution on channels-last
+    input with fewer than 8 channels hangs or corrupts memory (the width-4 ResNet's shortcut)."""
+    if amp:
+        return True
+    if device.type != "cpu":
+        return False
+    return all(c.in_channels % 8 == 0 or (c.in_channels == 3 and c.kernel_size != (1, 1))
+               for c in net.modules() if isinstance(c, nn.Conv2d))
 
 
 class Normalize(nn.Module):

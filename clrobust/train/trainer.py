@@ -43,7 +43,15 @@ from clrobust.distributed import Dist, owns
 from clrobust.errors import ClrobustError
 from clrobust.linear_probe import fit_linear_probe
 from clrobust.losses import nt_xent, supcon
-from clrobust.models import DualBatchNorm2d, ModelConfig, Network, adversarial_bn, create_model
+from clrobust.models import (
+    DualBatchNorm2d,
+    ModelConfig,
+    Network,
+    adversarial_bn,
+    create_model,
+    fast_layout,
+    prefers_channels_last,
+)
 from clrobust.models.norm import sync_batch_norm
 from clrobust.names import ADV_METHODS, ADV_OBJECTIVES, ADV_VIEWS, AUGMENTS, SCENARIOS, SCHEMES
 from clrobust.provenance import command_line, versions
@@ -271,8 +279,9 @@ class Trainer:
         self.net = self._build().to(self.device)
         if self.dist is not None:
             sync_batch_norm(self.net)
-        if cfg.amp:  # bf16 autocast with channels-last: 2.1x on a CPU with bf16 instructions, more on a GPU
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self.net = fast_layout(self.net, self.device, bool(cfg.amp))
+        self._channels_last = prefers_channels_last(self.net, self.device, bool(cfg.amp))
+        if cfg.amp:  # bf16 autocast: 2.1x on a CPU with bf16 instructions, more on a GPU
             if self.device.type == "cpu" and not _cpu_has_bf16():
                 warnings.warn("--amp on a CPU without bf16 instructions (AVX512-BF16 or AMX): bf16 autocast runs "
                               "many times slower than fp32 there (about 30x measured); train with --no-amp.",
@@ -514,7 +523,7 @@ class Trainer:
         return self._mine(cpu_uniform(whole, -self.cfg.eps, self.cfg.eps))
 
     def _input(self, t: torch.Tensor) -> torch.Tensor:
-        return t.contiguous(memory_format=torch.channels_last) if self.cfg.amp else t
+        return t.contiguous(memory_format=torch.channels_last) if self._channels_last else t
 
     # ------------------------------------------------------------------ steps
     def _contrastive_loss(self, z1: torch.Tensor, z2: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
