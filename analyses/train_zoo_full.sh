@@ -22,6 +22,8 @@
 # one trained on a CPU share their precision (a CPU with bf16 instructions trains 2.1x faster with it). A CPU
 # without them (AVX512-BF16 or AMX; `clrobust train` warns) runs bf16 autocast about 30x slower than fp32: there
 # AMP=0 trains in fp32. Each epoch's history row records its precision, so a run resumed in the other one says so.
+# In fp32 a CPU trains the nets in channels-last memory (models.fast_layout): SimCLR ST at width 16 went from 426 to
+# 502 s an epoch to 349 s on 2 idle cores (simclr-st-s1, epochs 5-6 and 9).
 # On one H100 a width-16 net leaves the GPU launch-bound: one process trains supervised AT at about 3,500 images/s
 # (7 min for 30 epochs) and SimCLR AT with dual BN at 2,250 (11 min); two processes sharing it ran 1.5x one's
 # throughput in all, six ran less than one (time-slicing), so run one or two at once. On one H200 side by side,
