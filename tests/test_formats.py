@@ -668,15 +668,15 @@ def test_loading_on_a_cpu_gives_channels_last_weights_with_the_float64_outputs(t
 def test_narrow_nets_keep_the_default_layout_that_onednn_handles() -> None:
     """Channels-last on a CPU only where every convolution has a multiple of 8 input channels (or is a wide one
     on the image): torch 2.14's oneDNN hangs or corrupts memory in the weight gradient of a width-4 ResNet's
-    strided 1x1 shortcut on channels-last input. Under bf16 autocast every net is channels-last; fp32 on a GPU
-    keeps PyTorch's layout."""
+    strided 1x1 shortcut on channels-last input. The rule holds under bf16 autocast on a CPU too; on a GPU
+    every net is channels-last under bf16 autocast and keeps PyTorch's layout in fp32."""
     from clrobust.models import ModelConfig, create_model, fast_layout, prefers_channels_last
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     narrow, wide = (create_model(ModelConfig(arch="resnet18", width=w, num_classes=10)) for w in (4, 8))
     assert not prefers_channels_last(narrow, cpu) and prefers_channels_last(wide, cpu)
-    assert prefers_channels_last(narrow, cpu, amp=True) and prefers_channels_last(narrow, cuda, amp=True)
-    assert not prefers_channels_last(wide, cuda)
+    assert not prefers_channels_last(narrow, cpu, amp=True) and prefers_channels_last(wide, cpu, amp=True)
+    assert prefers_channels_last(narrow, cuda, amp=True) and not prefers_channels_last(wide, cuda)
     conv = next(m for m in fast_layout(narrow, cpu).modules() if isinstance(m, nn.Conv2d))
     assert conv.weight.is_contiguous()
     patch = nn.Sequential(nn.Conv2d(3, 16, 4, 4), nn.Conv2d(16, 16, 1, 2))  # a patch embedding is wide
