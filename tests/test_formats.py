@@ -643,7 +643,7 @@ def test_loading_on_a_cpu_gives_channels_last_weights_with_the_float64_outputs(t
     from clrobust.models import ModelConfig, create_model
 
     torch.manual_seed(0)
-    net = create_model(ModelConfig(arch="resnet18", width=8, num_classes=10))
+    net = create_model(ModelConfig(arch="resnet18", width=16, num_classes=10))
     with torch.no_grad():  # batch norm that is not the identity in eval mode
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -666,18 +666,23 @@ def test_loading_on_a_cpu_gives_channels_last_weights_with_the_float64_outputs(t
 
 
 def test_narrow_nets_keep_the_default_layout_that_onednn_handles() -> None:
-    """Channels-last on a CPU only where every convolution has a multiple of 8 input channels (or is a wide one
-    on the image): torch 2.14's oneDNN hangs or corrupts memory in the weight gradient of a width-4 ResNet's
-    strided 1x1 shortcut on channels-last input. The rule holds under bf16 autocast on a CPU too; on a GPU
-    every net is channels-last under bf16 autocast and keeps PyTorch's layout in fp32."""
+    """Channels-last on a CPU only where oneDNN handles every convolution: its weight gradient of a strided 1x1
+    convolution on channels-last input with fewer input channels than its block (8 with AVX2, 16 with AVX-512)
+    hangs or gives wrong gradients (a width-4 ResNet's shortcut hung here). The rule holds under bf16 autocast
+    on a CPU too; on a GPU every net is channels-last under bf16 autocast and keeps PyTorch's layout in fp32."""
     from clrobust.models import ModelConfig, create_model, fast_layout, prefers_channels_last
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    narrow, wide = (create_model(ModelConfig(arch="resnet18", width=w, num_classes=10)) for w in (4, 8))
-    assert not prefers_channels_last(narrow, cpu) and prefers_channels_last(wide, cpu)
-    assert not prefers_channels_last(narrow, cpu, amp=True) and prefers_channels_last(wide, cpu, amp=True)
-    assert prefers_channels_last(narrow, cuda, amp=True) and not prefers_channels_last(wide, cuda)
-    conv = next(m for m in fast_layout(narrow, cpu).modules() if isinstance(m, nn.Conv2d))
+    w4, w8, w16 = (create_model(ModelConfig(arch="resnet18", width=w, num_classes=10)) for w in (4, 8, 16))
+    assert not prefers_channels_last(w4, cpu) and not prefers_channels_last(w8, cpu)  # 4 and 8 in a shortcut
+    assert prefers_channels_last(w16, cpu) and prefers_channels_last(w16, cpu, amp=True)
+    assert not prefers_channels_last(w4, cpu, amp=True)
+    assert prefers_channels_last(w4, cuda, amp=True) and not prefers_channels_last(w16, cuda)
+    conv = next(m for m in fast_layout(w4, cpu).modules() if isinstance(m, nn.Conv2d))
     assert conv.weight.is_contiguous()
-    patch = nn.Sequential(nn.Conv2d(3, 16, 4, 4), nn.Conv2d(16, 16, 1, 2))  # a patch embedding is wide
-    assert prefers_channels_last(patch, cpu) and not prefers_channels_last(nn.Conv2d(3, 6, 1, 2), cpu)
+
+    def single(*args: int) -> bool:
+        return prefers_channels_last(nn.Conv2d(*args), cpu)
+
+    assert single(3, 16, 4, 4) and single(3, 64, 7, 2) and single(16, 32, 1, 2) and single(8, 8, 1, 1)
+    assert not single(8, 16, 1, 2) and not single(3, 6, 1, 2) and not single(12, 12, 3, 1)

@@ -24,15 +24,19 @@ def fast_layout(net: M, device: torch.device, amp: bool = False) -> M:
 
 def prefers_channels_last(net: nn.Module, device: torch.device, amp: bool = False) -> bool:
     """On a GPU, channels-last under bf16 autocast (``amp``). On a CPU, in fp32 and bf16 alike (oneDNN's
-    kernels; measured at width 16 on 2 cores in fp32: attack steps 1.47x, training steps 1.2x), when every
-    convolution has a multiple of 8 input channels or is a wider-than-1x1 one on the 3-channel image. The
-    condition keeps narrow nets in the default layout: in torch 2.14, oneDNN's AVX2 weight gradient of a strided
-    1x1 convolution on channels-last input with fewer than 8 channels hangs or corrupts memory (the width-4
-    ResNet's shortcut)."""
+    kernels; measured at width 16 on 2 cores in fp32: attack steps 1.47x, training steps 1.2x), unless a
+    convolution is one oneDNN mishandles there: its weight gradient of a strided 1x1 convolution on channels-last
+    input with fewer input channels than its channel block (8 with AVX2, 16 with AVX-512) writes past a
+    workspace, which hangs, crashes or silently gives wrong gradients (oneDNN issue 6035; here the width-4
+    ResNet's shortcut hung). So a net keeps the default layout where a strided 1x1 convolution has fewer than
+    16 input channels, or any convolution other than a wider-than-1x1 one on the 3-channel image has a number
+    of input channels that is not a multiple of 8."""
     if device.type != "cpu":
         return amp
-    return all(c.in_channels % 8 == 0 or (c.in_channels == 3 and c.kernel_size != (1, 1))
-               for c in net.modules() if isinstance(c, nn.Conv2d))
+    convs = [c for c in net.modules() if isinstance(c, nn.Conv2d)]
+    strided_1x1 = [c for c in convs if c.kernel_size == (1, 1) and c.stride != (1, 1)]
+    return (all(c.in_channels >= 16 for c in strided_1x1)
+            and all(c.in_channels % 8 == 0 or (c.in_channels == 3 and c.kernel_size != (1, 1)) for c in convs))
 
 
 class Normalize(nn.Module):
