@@ -24,13 +24,13 @@ import torch
 CHECKS = [
     "every command once on CUDA (compare-layers, probe-layers, audit, figures, train, inspect) with small sizes",
     "compare-layers --attack none: CUDA vs CPU, max |dCKA| <= 1e-5 and equal accuracies",
-    "compare-layers PGD-10 8/255: CUDA vs CPU (random starts from the CPU generator), max |dCKA| <= 1e-3 and "
-    "equal accuracies",
+    "compare-layers PGD-10 8/255: CUDA vs CPU (random starts from the CPU generator), max |dCKA| <= 1e-3, equal "
+    "clean accuracies and adversarial ones within 1% of the images",
     "--attack-batch-size auto (1024 images per call) gives the batch-by-batch PGD comparison",
     "the torchrun path through a one-process NCCL group: compare-layers, audit and train equal the plain CUDA "
     "runs (every collective tensor on the rank's GPU; train's batch norm over all processes)",
     "train on CUDA: bf16 autocast and channels-last by default (recorded), first-epoch loss close to fp32's; "
-    "the same seed's first batch gives the CPU's loss",
+    "the same seed's first batch of standard training gives the CPU's loss (within 1e-4)",
     "probe-layers on CUDA: probe accuracies close to the CPU's",
     "throughput (images/s): forward, PGD-10, AutoAttack (one batch of 128 and grouped calls of 1024), train "
     "steps with and without AMP; the CKA step's achieved GFLOP/s against the device's float32 matmul",
@@ -134,8 +134,16 @@ def _comparisons(gpu: str, n: int, small: bool, check, info) -> None:
     for aname, tol in (("none", 1e-5), ("pgd", 1e-3)):
         c, g = runs[("cpu", aname)], runs[(gpu, aname)]
         d = _max_cka_diff(c, g)
-        check(f"compare-layers {aname}, {gpu} vs cpu", d <= tol and c.accuracy == g.accuracy,
-              f"max |dCKA| {d:.2e} (bound {tol:g}); accuracies {'equal' if c.accuracy == g.accuracy else 'differ'}")
+        # clean predictions are continuous in rounding: equal on every device. Sign-PGD is not: a rounding
+        # difference flips a pixel's step, so a few images at the decision boundary may end on the other side;
+        # allow 1% of the images (far inside the accuracies' own 95% intervals)
+        shift = {f"{lab} {k}": round(abs(g.accuracy[lab][k] - c.accuracy[lab][k]) * c.n_samples)
+                 for lab in c.accuracy for k in c.accuracy[lab]}
+        clean_equal = all(v == 0 for k, v in shift.items() if k.endswith(" clean"))
+        ok = d <= tol and clean_equal and max(shift.values()) <= (0 if aname == "none" else 0.01 * c.n_samples)
+        moved = ", ".join(f"{k} {v}" for k, v in shift.items() if v) or "none"
+        check(f"compare-layers {aname}, {gpu} vs cpu", ok,
+              f"max |dCKA| {d:.2e} (bound {tol:g}); images whose count moved: {moved} (of {c.n_samples})")
     grouped = run_compare(CompareSettings(models=list(DEFAULT_PAIR), device=gpu, n_samples=n,
                                           attack=AttackSpec("pgd", 8 / 255, 10, batch_size=1024)), progress=False)
     d = _max_cka_diff(grouped, runs[(gpu, "pgd")])
@@ -218,14 +226,20 @@ def _training(tmp: Path, gpu: str, small: bool, check, info, timed) -> None:
          f"{lcpu:.5f} (training is chaotic: a "
          "rounding difference grows about sixfold a step, so this differs by ~1e-3 even between CPU thread counts)")
     # the same seed draws the same order, augmentations and PGD starts on every device (all from the CPU
-    # generator): the first batch's loss, before any update, is where the devices must agree
-    one = dict(cfg, n_train=cfg["batch_size"])
+    # generator): the first batch's loss, before any update, is where the devices must agree. Standard training's
+    # loss is continuous in rounding, so it must agree closely; adversarial training's passes through sign-PGD,
+    # where a rounding difference flips a pixel's step (measured on an H100: 5.5116 vs 5.5195), so it is shown
     first = {}
-    for label, dev in (("fp32", gpu), ("cpu", "cpu")):
-        Trainer(TrainConfig(**one, device=dev, amp=False), tmp / f"one-{label}", progress=False).run()
-        first[label] = _first_loss(tmp / f"one-{label}")
-    check("train fp32 on the device vs CPU, same seed: the first batch's loss", abs(first["fp32"] - first["cpu"]) <=
-          1e-3 * abs(first["cpu"]), f"{first['fp32']:.6f} vs {first['cpu']:.6f}")
+    for scenario in ("st", "at"):
+        one = dict(cfg, n_train=cfg["batch_size"], scenario=scenario)
+        for label, dev in (("fp32", gpu), ("cpu", "cpu")):
+            Trainer(TrainConfig(**one, device=dev, amp=False), tmp / f"one-{scenario}-{label}", progress=False).run()
+            first[(scenario, label)] = _first_loss(tmp / f"one-{scenario}-{label}")
+    a, b = first[("st", "fp32")], first[("st", "cpu")]
+    check("train fp32 on the device vs CPU, same seed: the first batch's loss (standard training)",
+          abs(a - b) <= 1e-4 * abs(b), f"{a:.6f} vs {b:.6f}")
+    info("train fp32 on the device vs CPU, same seed: the first batch's loss (adversarial training, sign-PGD)",
+         f"{first[('at', 'fp32')]:.6f} vs {first[('at', 'cpu')]:.6f}")
     check("train bf16 autocast vs fp32", abs(lamp - l32) <= 0.05 * abs(l32), f"first-epoch loss {lamp:.5f} vs "
           f"{l32:.5f}")
 
