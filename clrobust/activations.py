@@ -167,7 +167,7 @@ class Stage:
             out = {lab: shared for lab in only}
         else:
             out = {lab: craft(self.models[lab]) for lab in only}
-        self.timings["attack"] += time.perf_counter() - t
+        self.timings["attack"] += elapsed_since(t, xs[0].device)
         return out
 
     def _recordings(self, recorders: Dict[str, LayerRecorder], index: int, x: torch.Tensor, y: torch.Tensor,
@@ -199,11 +199,19 @@ class Stage:
                     raise ClrobustError(f"model {lab}, {inp} inputs: {exc}") from None
                 output = recorders[lab].output
                 assert output is not None  # set by record()
-                self.timings["forward"] += time.perf_counter() - t
+                self.timings["forward"] += elapsed_since(t, output.device)
                 check_finite(lab, inp, index, output)
                 if self.cache is not None:
                     self.cache.put(lab, inp, index, xi, output, acts)
                 yield Recording(lab, inp, xi, acts, output)
+
+
+def elapsed_since(start: float, device: torch.device) -> float:
+    """Seconds since ``start`` (a ``time.perf_counter()``) once ``device`` has done its queued work: CUDA runs
+    asynchronously, so without waiting a stage's GPU time is charged to whichever stage next reads a result."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def check_finite(model: str, inp: str, index: int, logits: torch.Tensor) -> None:

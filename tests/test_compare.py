@@ -564,3 +564,20 @@ def test_cached_recordings_are_reanalysed_without_attacks_or_forward_passes(tmp_
     files[0].write_bytes(b"broken")  # an unreadable file is recomputed, with a warning
     with pytest.warns(UserWarning, match="recording cache"):
         run_compare(CompareSettings(**base, attack=AttackSpec("pgd", 8 / 255, 2, seed=2)), progress=False)
+
+
+def test_stage_timings_wait_for_the_device(monkeypatch):
+    """A CUDA stage's clock stops only once the device has done its queued work (CUDA runs asynchronously:
+    without the wait a stage's GPU time lands in whichever stage next reads a result); a CPU stage never waits."""
+    import time
+
+    import torch
+
+    import clrobust.activations as activations
+
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    start = time.perf_counter()
+    assert activations.elapsed_since(start, torch.device("cpu")) >= 0 and waited == []
+    gpu = torch.device("cuda", 0)
+    assert activations.elapsed_since(start, gpu) >= 0 and waited == [gpu]
