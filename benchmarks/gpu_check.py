@@ -24,6 +24,8 @@ import torch
 CHECKS = [
     "every command once on CUDA (compare-layers, probe-layers, audit, figures, train, inspect) with small sizes",
     "compare-layers --attack none: CUDA vs CPU, max |dCKA| <= 1e-5 and equal accuracies",
+    "minibatch CKA on CUDA activations (Grams and sums on the device, bootstrap replicates, a CPU batch added to a "
+    "CUDA accumulator): equal to the CPU's within 1e-12",
     "compare-layers PGD-10 8/255: CUDA vs CPU (random starts from the CPU generator), max |dCKA| <= 1e-3, equal "
     "clean accuracies and adversarial ones within 1% of the images",
     "--attack-batch-size auto (1024 images per call) gives the batch-by-batch PGD comparison",
@@ -37,6 +39,9 @@ CHECKS = [
 ]
 
 
+SECTIONS = ("commands", "cka", "comparisons", "torchrun", "training", "probes", "throughput")
+
+
 def _max_cka_diff(a, b) -> float:
     return max(float(np.abs(x.matrix - y.matrix).max()) for x, y in zip(a.cka, b.cka))
 
@@ -45,7 +50,13 @@ def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rehearse", action="store_true",
                         help="run every step on the CPU with small sizes (no GPU needed)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated sections to run [all: {','.join(SECTIONS)}]")
     args = parser.parse_args(argv)
+    sections = [x for x in args.sections.split(",") if x]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; use some of: {', '.join(SECTIONS)}")
     if not args.rehearse and not torch.cuda.is_available():
         print("no CUDA device: dry run. On a machine with a GPU this script checks:")
         for c in CHECKS:
@@ -81,15 +92,23 @@ def main(argv: List[str]) -> int:
         return time.perf_counter() - t
 
     with tempfile.TemporaryDirectory() as tmp:
-        _commands(Path(tmp), gpu, small, check)
-        _comparisons(gpu, n, small, check, info)
-        _torchrun_path(Path(tmp), gpu, n, small, check, info)
-        _training(Path(tmp), gpu, small, check, info, timed)
-        _probes(Path(tmp), gpu, small, check, info)
-    rows = _throughput(gpu, small, timed)
-    print(f"\nthroughput on {name}:")
-    for what, v in rows:
-        print(f"  {what:<60}{v:>14,.1f}")
+        if "commands" in sections:
+            _commands(Path(tmp), gpu, small, check)
+        if "cka" in sections:
+            _cka_on_device(gpu, check)
+        if "comparisons" in sections:
+            _comparisons(gpu, n, small, check, info)
+        if "torchrun" in sections:
+            _torchrun_path(Path(tmp), gpu, n, small, check, info)
+        if "training" in sections:
+            _training(Path(tmp), gpu, small, check, info, timed)
+        if "probes" in sections:
+            _probes(Path(tmp), gpu, small, check, info)
+    if "throughput" in sections:
+        rows = _throughput(gpu, small, timed)
+        print(f"\nthroughput on {name}:")
+        for what, v in rows:
+            print(f"  {what:<60}{v:>14,.1f}")
     failed = [w for w, ok, _ in results if not ok]
     print(f"\n{len(results) - len(failed)} of {len(results)} checks passed" + (f"; failed: {failed}" if failed else ""))
     return 1 if failed else 0
@@ -117,6 +136,28 @@ def _commands(tmp: Path, gpu: str, small: bool, check) -> None:
         tail = (p.stdout + p.stderr).strip().splitlines()[-1:] or [""]
         check(f"clrobust {cmd} on {gpu}", p.returncode == 0, f"exit {p.returncode} in {time.perf_counter() - t:.1f}s;"
               f" {tail[0][:150]}")
+
+
+def _cka_on_device(gpu: str, check) -> None:
+    """StreamingCKA fed the device's activations keeps its Grams and sums there and gives the CPU's numbers."""
+    from clrobust.cka import StreamingCKA
+
+    g = torch.Generator().manual_seed(0)
+    batches = [[torch.randn(64, 16 * (i + 1), generator=g) * 10.0 ** (i - 2) for i in range(4)] for _ in range(3)]
+    weights = [torch.randint(0, 3, (8, 64), generator=g) for _ in batches]
+    on_device = True
+    for precision, tol in (("exact", 1e-12), ("fast", 1e-5)):
+        cpu, dev = StreamingCKA(bootstrap=8, precision=precision), StreamingCKA(bootstrap=8, precision=precision)
+        for i, (acts, w) in enumerate(zip(batches, weights)):
+            cpu.update(acts, acts[::-1], w)
+            moved = acts if i == 2 else [a.to(gpu) for a in acts]  # the last batch arrives on the CPU
+            dev.update(moved, moved[::-1], w)
+        on_device &= all(t is not None and t.device.type == torch.device(gpu).type for t in dev.state())
+        d = max(float(np.abs(cpu.compute() - dev.compute()).max()),
+                float(np.nanmax(np.abs(cpu.replicates() - dev.replicates()))))
+        check(f"minibatch CKA on {gpu} activations ({precision})", d <= tol and on_device,
+              f"max |dCKA| vs the CPU {d:.2e} (bound {tol:g}), incl. 8 bootstrap replicates; "
+              f"sums on {gpu}: {on_device}")
 
 
 def _comparisons(gpu: str, n: int, small: bool, check, info) -> None:

@@ -123,7 +123,7 @@ def _centred(x: ArrayLike, what: str) -> torch.Tensor:
 
 def _hsic_biased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
     n = k.shape[0]
-    h = torch.eye(n, dtype=k.dtype) - 1.0 / n
+    h = torch.eye(n, dtype=k.dtype, device=k.device) - 1.0 / n
     return torch.trace(k @ h @ l @ h) / (n - 1) ** 2
 
 
@@ -212,7 +212,8 @@ def ugram_stack(acts: Sequence[ArrayLike], precision: str = "exact") -> Prepared
         exps.append(float(e))
     if not grams:
         raise ClrobustError("no layers to compare: the recording is empty (check --layers).")
-    return PreparedGrams(torch.stack(grams), torch.tensor(exps, dtype=torch.float64))
+    stacked = torch.stack(grams)
+    return PreparedGrams(stacked, torch.tensor(exps, dtype=torch.float64, device=stacked.device))
 
 
 class StreamingCKA:
@@ -226,6 +227,9 @@ class StreamingCKA:
     ``update_prepared`` takes :meth:`prepare` results, so several pairs that share a
     recording compute its Grams once per batch. It is the first entry of the metric
     registry (:mod:`clrobust.metrics`).
+
+    Device: the sums live where the first batch's Grams were computed (a GPU's activations are
+    multiplied there); later batches are moved to them, and :meth:`compute` returns host arrays.
 
     Scale: each batch's layer features are rescaled by ``2**-e`` before their Gram.
     The sums are kept relative to a running reference exponent per row and per
@@ -279,12 +283,15 @@ class StreamingCKA:
         b = math.isqrt(gx.shape[1])
         if gy.shape[1] != gx.shape[1]:
             raise ClrobustError("both recordings of a CKA pair must come from the same batch.")
-        self.ensure_state(gx.shape[0], gy.shape[0])
-        self.align([px.exponents, py.exponents])
+        self.ensure_state(gx.shape[0], gy.shape[0], gx.device)
         assert self.ex is not None and self.ey is not None and self.xy is not None
         assert self.xx is not None and self.yy is not None
-        fx = torch.exp2(2 * (px.exponents - self.ex))  # <= 1: this batch relative to the reference
-        fy = torch.exp2(2 * (py.exponents - self.ey))
+        dev = self.xy.device
+        gx, gy = gx.to(dev), gy.to(dev)
+        pex, pey = px.exponents.to(dev), py.exponents.to(dev)
+        self.align([pex, pey])
+        fx = torch.exp2(2 * (pex - self.ex))  # <= 1: this batch relative to the reference
+        fy = torch.exp2(2 * (pey - self.ey))
         scale = 1.0 / (b * (b - 3))
         self.xy += (gx @ gy.T) * scale * fx[:, None] * fy[None, :]
         self.xx += (gx * gx).sum(1) * scale * fx ** 2
@@ -293,7 +300,7 @@ class StreamingCKA:
             if weights is None or tuple(weights.shape) != (self.bootstrap, b):
                 raise ClrobustError(f"bootstrap weights of shape ({self.bootstrap}, {b}) are needed for this batch.")
             assert self.bxy is not None and self.bxx is not None and self.byy is not None
-            v = 2 * weights.to(torch.float64) - 1
+            v = 2 * weights.to(dev, torch.float64) - 1
             ux, uy = gx.view(-1, b, b), gy.view(-1, b, b)
             cxy = torch.einsum("iab,jab->ija", ux, uy)
             cxx = (ux * ux).sum(2)
@@ -304,19 +311,20 @@ class StreamingCKA:
         self.n += b
         self.batches += 1
 
-    def ensure_state(self, rows: int, cols: int) -> None:
-        """Zero sums of shape (rows, cols), (rows,), (cols,) when no batch was added, so that a process
-        that owned no batch still joins every all-reduce with tensors of the right shape."""
+    def ensure_state(self, rows: int, cols: int, device: Optional[torch.device] = None) -> None:
+        """Zero sums of shape (rows, cols), (rows,), (cols,) on ``device`` (the CPU by default) when no
+        batch was added, so that a process that owned no batch still joins every all-reduce with tensors
+        of the right shape."""
         if self.xy is None:
-            self.xy = torch.zeros(rows, cols, dtype=torch.float64)
-            self.xx = torch.zeros(rows, dtype=torch.float64)
-            self.yy = torch.zeros(cols, dtype=torch.float64)
-            self.ex = torch.full((rows,), NO_EXPONENT, dtype=torch.float64)
-            self.ey = torch.full((cols,), NO_EXPONENT, dtype=torch.float64)
+            self.xy = torch.zeros(rows, cols, dtype=torch.float64, device=device)
+            self.xx = torch.zeros(rows, dtype=torch.float64, device=device)
+            self.yy = torch.zeros(cols, dtype=torch.float64, device=device)
+            self.ex = torch.full((rows,), NO_EXPONENT, dtype=torch.float64, device=device)
+            self.ey = torch.full((cols,), NO_EXPONENT, dtype=torch.float64, device=device)
             if self.bootstrap:
-                self.bxy = torch.zeros(self.bootstrap, rows, cols, dtype=torch.float64)
-                self.bxx = torch.zeros(self.bootstrap, rows, dtype=torch.float64)
-                self.byy = torch.zeros(self.bootstrap, cols, dtype=torch.float64)
+                self.bxy = torch.zeros(self.bootstrap, rows, cols, dtype=torch.float64, device=device)
+                self.bxx = torch.zeros(self.bootstrap, rows, dtype=torch.float64, device=device)
+                self.byy = torch.zeros(self.bootstrap, cols, dtype=torch.float64, device=device)
 
     def state(self) -> List[Optional[torch.Tensor]]:
         """The running sums (and their bootstrap replicates), e.g. to all-reduce across processes (None
@@ -334,7 +342,8 @@ class StreamingCKA:
         processes), rescaling the sums exactly, so that sums of several processes add up."""
         assert self.ex is not None and self.ey is not None and self.xy is not None
         assert self.xx is not None and self.yy is not None
-        ex, ey = torch.maximum(self.ex, exponents[0]), torch.maximum(self.ey, exponents[1])
+        ex = torch.maximum(self.ex, exponents[0].to(self.ex.device))
+        ey = torch.maximum(self.ey, exponents[1].to(self.ey.device))
         fx, fy = torch.exp2(2 * (self.ex - ex)), torch.exp2(2 * (self.ey - ey))
         self.xy *= fx[:, None] * fy[None, :]
         self.xx *= fx ** 2
@@ -361,7 +370,7 @@ class StreamingCKA:
             side, idx = ("rows", bad[0]) if bad else ("columns", bad_y[0])
             raise ClrobustError(f"CKA undefined for layer {idx} of the {side}: its activations are "
                                 "constant over the samples (self-HSIC <= 0).")
-        return (self.xy / torch.sqrt(self.xx[:, None] * self.yy[None, :])).numpy()
+        return (self.xy / torch.sqrt(self.xx[:, None] * self.yy[None, :])).cpu().numpy()
 
     def replicates(self) -> Optional[np.ndarray]:
         """(replicates, rows, cols) CKA under each bootstrap replicate's weights (NaN where a replicate
@@ -371,7 +380,7 @@ class StreamingCKA:
         assert self.bxx is not None and self.byy is not None
         defined = (self.bxx[:, :, None] > 0) & (self.byy[:, None, :] > 0)  # both self-HSICs, not their product
         out = self.bxy / torch.sqrt((self.bxx[:, :, None] * self.byy[:, None, :]).clamp(min=0))
-        return torch.where(defined, out, torch.full_like(out, float("nan"))).numpy()
+        return torch.where(defined, out, torch.full_like(out, float("nan"))).cpu().numpy()
 
 
 def disparity(cka_clean_adversarial: ArrayLike) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from clrobust import similarity
-from clrobust.activations import MIN_BATCH, Recording, Stage, batch_plan, pool_flatten
+from clrobust.activations import MIN_BATCH, Recording, Stage, batch_plan, elapsed_since, pool_flatten
 from clrobust.attacks import AttackSpec, format_eps
 from clrobust.checkpoints import LoadedModel, LoadOptions, distinct_labels, load, resolve
 from clrobust.checkpoints.zoo import expand_models
@@ -452,19 +452,21 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
         weights = boot.weights(batch.index, len(batch.y)) if boot is not None else None
         held: Dict[str, Recording] = {}  # this model's clean and adversarial recordings, until its noise one
         right: Dict[str, Dict[str, torch.Tensor]] = {lab: {} for lab in labels}  # which images each got right
+        device = batch.x.device
         for rec in batch.recordings:
             if settings.measures and rec.input in INPUTS:
                 for name, act in rec.layers.items():
                     pooled[(rec.model, rec.input)].setdefault(name, []).append(pool_flatten(act).double().cpu())
             right[rec.model][rec.input] = (rec.logits.argmax(1) == batch.y).cpu()
             t = time.perf_counter()
-            grams[(rec.model, rec.input)] = measure.prepare([a.cpu() for a in rec.layers.values()])
+            grams[(rec.model, rec.input)] = measure.prepare(list(rec.layers.values()))  # on the model's device
             if noise:
                 held[rec.input] = rec
                 if rec.input == "noise":
                     gains[rec.model].update(held["clean"], held["adversarial"], rec, batch.x, weights)
                     held = {}
-            timings["cka"] += time.perf_counter() - t
+            device = rec.logits.device
+            timings["cka"] += elapsed_since(t, device)
         for lab in labels:
             for k, c in right_counts(right[lab]).items():
                 correct[lab][k] += c
@@ -474,7 +476,7 @@ def run_compare(settings: CompareSettings, progress: bool = True, dist: Optional
                 accs[e].update_prepared(grams[e[0]], grams[e[1]])
             else:
                 accs[e].update_prepared(grams[e[0]], grams[e[1]], weights)
-        timings["cka"] += time.perf_counter() - t
+        timings["cka"] += elapsed_since(t, device)
     timings["attack"] += stage.timings["attack"]
     timings["forward"] += stage.timings["forward"]
 

@@ -47,8 +47,8 @@ class Metric(Protocol):
     def state(self) -> List[Optional[torch.Tensor]]:
         """The running sums (summed across processes under torchrun)."""
 
-    def ensure_state(self, rows: int, cols: int) -> None:
-        """Zero sums of the right shape when this process saw no batch."""
+    def ensure_state(self, rows: int, cols: int, device: Optional[torch.device] = None) -> None:
+        """Zero sums of the right shape (on ``device``, the CPU by default) when this process saw no batch."""
 
     def exponents(self) -> List[Optional[torch.Tensor]]:
         """Reference scales of the sums (their maximum over the processes is taken first)."""

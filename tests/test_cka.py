@@ -577,3 +577,18 @@ def test_bad_feature_messages_are_one_line_and_carry_the_cause():
     with pytest.raises(ClrobustError) as err:
         linear_cka(np.arange(10.0).reshape(5, 2), bad)
     assert str(err.value) == "y: NaN or Inf values (first in sample 3); CKA of non-finite features is undefined."
+
+
+def test_streaming_sums_stay_on_their_device_and_take_batches_from_another():
+    """The sums live on the device of the first batch's Grams (a GPU's, in compare-layers); a batch that
+    arrives from another device is moved to them. The meta device stands in for a second device here;
+    benchmarks/gpu_check.py checks the numbers on CUDA."""
+    g = torch.Generator().manual_seed(3)
+    acts = [torch.randn(8, 5, generator=g), torch.randn(8, 3, generator=g)]
+    acc = StreamingCKA(bootstrap=4)
+    acc.ensure_state(2, 2, torch.device("meta"))
+    acc.update(acts, acts, torch.ones(4, 8))  # CPU Grams, exponents and weights into meta sums
+    assert {t.device.type for t in acc.state() + acc.exponents()} == {"meta"}
+    cpu = StreamingCKA()
+    cpu.update(acts, acts)
+    assert isinstance(cpu.compute(), np.ndarray) and cpu.xy.device.type == "cpu"
