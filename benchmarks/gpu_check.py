@@ -178,11 +178,11 @@ def _comparisons(gpu: str, n: int, small: bool, check, info) -> None:
         # clean predictions are continuous in rounding: equal on every device. Sign-PGD is not: a rounding
         # difference flips a pixel's step, so a few images at the decision boundary may end on the other side;
         # allow 1% of the images (far inside the accuracies' own 95% intervals)
-        shift = {f"{lab} {k}": round(abs(g.accuracy[lab][k] - c.accuracy[lab][k]) * c.n_samples)
+        shift = {(lab, k): round(abs(g.accuracy[lab][k] - c.accuracy[lab][k]) * c.n_samples)
                  for lab in c.accuracy for k in c.accuracy[lab]}
-        clean_equal = all(v == 0 for k, v in shift.items() if k.endswith(" clean"))
+        clean_equal = all(v == 0 for (_, k), v in shift.items() if k == "clean")
         ok = d <= tol and clean_equal and max(shift.values()) <= (0 if aname == "none" else 0.01 * c.n_samples)
-        moved = ", ".join(f"{k} {v}" for k, v in shift.items() if v) or "none"
+        moved = ", ".join(f"{lab} {k} {v}" for (lab, k), v in shift.items() if v) or "none"
         check(f"compare-layers {aname}, {gpu} vs cpu", ok,
               f"max |dCKA| {d:.2e} (bound {tol:g}); images whose count moved: {moved} (of {c.n_samples})")
     grouped = run_compare(CompareSettings(models=list(DEFAULT_PAIR), device=gpu, n_samples=n,

@@ -276,11 +276,11 @@ class Trainer:
         if min(cfg.batch_size, len(self.train_data)) % world:
             raise ClrobustError(f"a batch of {min(cfg.batch_size, len(self.train_data))} images does not split "
                                 f"evenly over {world} processes; use a --batch-size that is a multiple of {world}.")
-        self.net = self._build().to(self.device)
+        net = self._build()
         if self.dist is not None:
-            sync_batch_norm(self.net)
-        self.net = fast_layout(self.net, self.device, bool(cfg.amp))
-        self._channels_last = prefers_channels_last(self.net, self.device, bool(cfg.amp))
+            sync_batch_norm(net)
+        self._channels_last = prefers_channels_last(net, self.device, bool(cfg.amp))  # inputs follow the net
+        self.net = fast_layout(net, self.device, bool(cfg.amp))
         if cfg.amp:  # bf16 autocast: 2.1x on a CPU with bf16 instructions, more on a GPU
             if self.device.type == "cpu" and not _cpu_has_bf16():
                 warnings.warn("--amp on a CPU without bf16 instructions (AVX512-BF16 or AMX): bf16 autocast runs "
